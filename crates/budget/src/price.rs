@@ -1,0 +1,277 @@
+//! Model prices and the built-in price book.
+
+use serde::{Deserialize, Serialize};
+
+use crate::money::{format_decimal_micros, parse_decimal_micros};
+use crate::{BudgetError, MicroUsd, Usage};
+
+/// Prices of one model in micro-USD per million tokens, for the four kinds of token Bedrock bills.
+///
+/// Being per *million* tokens in micro-USD, every published price (e.g. `0.035` USD) is an exact
+/// integer here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Price {
+    /// Input tokens.
+    pub input: u64,
+    /// Output tokens.
+    pub output: u64,
+    /// Prompt-cache reads.
+    pub cache_read: u64,
+    /// Prompt-cache writes.
+    pub cache_write: u64,
+}
+
+impl Price {
+    /// A price from USD-per-million-token decimals, deriving absent cache prices the way Bedrock
+    /// bills Anthropic models: writes at 1.25 x input, reads at 0.1 x input (rounded up, so a
+    /// derived price never undercharges).
+    pub fn from_usd_per_million(
+        input: &str,
+        output: &str,
+        cache_read: Option<&str>,
+        cache_write: Option<&str>,
+    ) -> Result<Price, BudgetError> {
+        let input = parse_decimal_micros(input)?;
+        let output = parse_decimal_micros(output)?;
+        let cache_read = match cache_read {
+            Some(v) => parse_decimal_micros(v)?,
+            None => input.div_ceil(10),
+        };
+        let cache_write = match cache_write {
+            Some(v) => parse_decimal_micros(v)?,
+            None => input.saturating_mul(5).div_ceil(4),
+        };
+        Ok(Price {
+            input,
+            output,
+            cache_read,
+            cache_write,
+        })
+    }
+
+    /// The exact cost of `usage`, rounded up to the next micro-dollar.
+    pub fn cost(&self, usage: &Usage) -> MicroUsd {
+        let numerator = u128::from(usage.input_tokens) * u128::from(self.input)
+            + u128::from(usage.output_tokens) * u128::from(self.output)
+            + u128::from(usage.cache_read_tokens) * u128::from(self.cache_read)
+            + u128::from(usage.cache_write_tokens) * u128::from(self.cache_write);
+        let micros = numerator.div_ceil(1_000_000);
+        MicroUsd(u64::try_from(micros).unwrap_or(u64::MAX))
+    }
+
+    /// The most a request can cost when its input is at most `input_tokens` and its output at
+    /// most `max_output_tokens`: every input token is priced at the dearest input kind, because
+    /// how much of the prompt is read from or written to the cache is only known afterwards.
+    pub fn worst_case(&self, input_tokens: u64, max_output_tokens: u64) -> MicroUsd {
+        let dearest_input = self.input.max(self.cache_read).max(self.cache_write);
+        let numerator = u128::from(input_tokens) * u128::from(dearest_input)
+            + u128::from(max_output_tokens) * u128::from(self.output);
+        MicroUsd(u64::try_from(numerator.div_ceil(1_000_000)).unwrap_or(u64::MAX))
+    }
+
+    /// The dearer of input and output price; used to order models by cost.
+    pub fn is_above(&self, other: &Price) -> bool {
+        self.input > other.input || self.output > other.output
+    }
+
+    /// The input price as a USD decimal per million tokens, e.g. `0.8`.
+    pub fn input_usd(&self) -> String {
+        format_decimal_micros(self.input)
+    }
+
+    /// The output price as a USD decimal per million tokens.
+    pub fn output_usd(&self) -> String {
+        format_decimal_micros(self.output)
+    }
+
+    /// The cache-read price as a USD decimal per million tokens.
+    pub fn cache_read_usd(&self) -> String {
+        format_decimal_micros(self.cache_read)
+    }
+
+    /// The cache-write price as a USD decimal per million tokens.
+    pub fn cache_write_usd(&self) -> String {
+        format_decimal_micros(self.cache_write)
+    }
+}
+
+/// Where the built-in prices come from, and when they were read.
+pub const PRICE_BOOK_SOURCE: &str = "Amazon Bedrock on-demand pricing, us-east-1, as recorded in \
+tokenfence's design notes on 2026-11-27 (AWS ML blog 'proactive AI cost management', Parts 1-2; \
+aws.amazon.com/bedrock/pricing). Verify before relying on them; override per model in the spec.";
+
+/// One built-in entry: a base model ID and its prices in USD per million tokens.
+struct Entry {
+    model: &'static str,
+    input: &'static str,
+    output: &'static str,
+    /// Regional (`us.`, `eu.`, ...) inference profiles of this model cost 10% more than global ones.
+    regional_premium: bool,
+}
+
+const BUILT_IN: &[Entry] = &[
+    Entry {
+        model: "anthropic.claude-3-7-sonnet-20250219-v1:0",
+        input: "3.00",
+        output: "15.00",
+        regional_premium: false,
+    },
+    Entry {
+        model: "anthropic.claude-sonnet-4-20250514-v1:0",
+        input: "3.00",
+        output: "15.00",
+        regional_premium: false,
+    },
+    Entry {
+        model: "anthropic.claude-3-5-haiku-20241022-v1:0",
+        input: "0.80",
+        output: "4.00",
+        regional_premium: false,
+    },
+    Entry {
+        model: "anthropic.claude-haiku-4-5-20251001-v1:0",
+        input: "1.00",
+        output: "5.00",
+        regional_premium: true,
+    },
+    Entry {
+        model: "anthropic.claude-3-haiku-20240307-v1:0",
+        input: "0.25",
+        output: "1.25",
+        regional_premium: false,
+    },
+    Entry {
+        model: "amazon.nova-micro-v1:0",
+        input: "0.035",
+        output: "0.14",
+        regional_premium: false,
+    },
+    Entry {
+        model: "amazon.nova-lite-v1:0",
+        input: "0.06",
+        output: "0.24",
+        regional_premium: false,
+    },
+    Entry {
+        model: "amazon.nova-pro-v1:0",
+        input: "0.80",
+        output: "3.20",
+        regional_premium: false,
+    },
+    Entry {
+        model: "meta.llama3-70b-instruct-v1:0",
+        input: "2.65",
+        output: "3.50",
+        regional_premium: false,
+    },
+];
+
+/// Prefixes of cross-region (system) inference profile IDs; `global.` has no regional premium.
+const REGIONAL_PREFIXES: &[&str] = &["us.", "eu.", "apac.", "jp.", "au.", "ca.", "us-gov."];
+
+/// The built-in price book: looks up a price by model ID, inference profile ID or ARN.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PriceBook;
+
+impl PriceBook {
+    /// The model IDs the built-in book prices.
+    pub fn known_models() -> impl Iterator<Item = &'static str> {
+        BUILT_IN.iter().map(|e| e.model)
+    }
+
+    /// The built-in price of a model, inference profile or ARN, if known.
+    ///
+    /// `us.anthropic.claude-haiku-4-5-...` resolves to the base model with its regional premium;
+    /// `arn:aws:bedrock:...:foundation-model/ID` and `.../inference-profile/ID` resolve to `ID`.
+    pub fn lookup(model: &str) -> Option<Price> {
+        let id = model.rsplit_once('/').map_or(model, |(_, id)| id);
+        let (base, regional) = match REGIONAL_PREFIXES.iter().find_map(|p| id.strip_prefix(p)) {
+            Some(base) => (base, true),
+            None => (id.strip_prefix("global.").unwrap_or(id), false),
+        };
+        let entry = BUILT_IN.iter().find(|e| e.model == base)?;
+        let mut price = Price::from_usd_per_million(entry.input, entry.output, None, None)
+            .expect("built-in prices are valid decimals");
+        if regional && entry.regional_premium {
+            for p in [
+                &mut price.input,
+                &mut price.output,
+                &mut price.cache_read,
+                &mut price.cache_write,
+            ] {
+                *p = p.saturating_mul(11).div_ceil(10);
+            }
+        }
+        Some(price)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn book_prices_base_models_profiles_and_arns() {
+        let haiku = PriceBook::lookup("anthropic.claude-3-5-haiku-20241022-v1:0").unwrap();
+        assert_eq!((haiku.input, haiku.output), (800_000, 4_000_000));
+        assert_eq!((haiku.cache_write, haiku.cache_read), (1_000_000, 80_000));
+        let arn = "arn:aws:bedrock:us-east-1::foundation-model/amazon.nova-micro-v1:0";
+        assert_eq!(PriceBook::lookup(arn).unwrap().input, 35_000);
+        let sonnet = PriceBook::lookup("us.anthropic.claude-sonnet-4-20250514-v1:0").unwrap();
+        assert_eq!(
+            (sonnet.input, sonnet.cache_write, sonnet.cache_read),
+            (3_000_000, 3_750_000, 300_000)
+        );
+        let regional = PriceBook::lookup("eu.anthropic.claude-haiku-4-5-20251001-v1:0").unwrap();
+        let global = PriceBook::lookup("global.anthropic.claude-haiku-4-5-20251001-v1:0").unwrap();
+        assert_eq!((regional.input, global.input), (1_100_000, 1_000_000));
+        assert!(PriceBook::lookup("acme.unknown-v1").is_none());
+    }
+
+    #[test]
+    fn costs_round_up_to_the_micro_dollar() {
+        let nova_micro = PriceBook::lookup("amazon.nova-micro-v1:0").unwrap();
+        // 1 input token at $0.035 per million is 0.035 micro-USD: charged as 1.
+        assert_eq!(nova_micro.cost(&Usage::new(1, 0)), MicroUsd(1));
+        // 1M input + 1M output = 0.035 + 0.14 USD exactly.
+        assert_eq!(
+            nova_micro.cost(&Usage::new(1_000_000, 1_000_000)),
+            MicroUsd(175_000)
+        );
+        let cached = Usage {
+            input_tokens: 10,
+            output_tokens: 0,
+            cache_read_tokens: 1_000_000,
+            cache_write_tokens: 1_000_000,
+        };
+        let sonnet = PriceBook::lookup("anthropic.claude-sonnet-4-20250514-v1:0").unwrap();
+        assert_eq!(sonnet.cost(&cached), MicroUsd(30 + 300_000 + 3_750_000));
+    }
+
+    #[test]
+    fn worst_case_prices_input_at_the_dearest_kind() {
+        let sonnet = PriceBook::lookup("anthropic.claude-sonnet-4-20250514-v1:0").unwrap();
+        assert_eq!(
+            sonnet.worst_case(1_000_000, 1_000_000),
+            MicroUsd(3_750_000 + 15_000_000)
+        );
+        let huge = sonnet.worst_case(u64::MAX, u64::MAX);
+        assert_eq!(huge, MicroUsd(u64::MAX));
+    }
+
+    #[test]
+    fn spec_prices_parse_exactly() {
+        let p = Price::from_usd_per_million("3.00", "15.00", Some("0.30"), Some("3.75")).unwrap();
+        assert_eq!(
+            p,
+            Price {
+                input: 3_000_000,
+                output: 15_000_000,
+                cache_read: 300_000,
+                cache_write: 3_750_000
+            }
+        );
+        assert_eq!(p.input_usd(), "3");
+        assert!(Price::from_usd_per_million("0.0000001", "1", None, None).is_err());
+    }
+}
