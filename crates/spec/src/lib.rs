@@ -1,0 +1,101 @@
+//! The tokenfence spec: a YAML file declaring applications, model aliases, limits and alerts.
+//!
+//! [`parse`] reads and validates a spec and reports every problem at once, each with
+//! `file:line:col`, its YAML path and a hint. [`json_schema`] describes the format for editors.
+
+mod decode;
+mod error;
+pub mod model;
+pub mod names;
+mod schema;
+pub mod yaml;
+
+pub use decode::{MAX_MAX_TOKENS, MAX_TOKENS_LIMIT, MAX_USD_LIMIT};
+pub use error::{SpecError, SpecErrors};
+pub use model::*;
+pub use schema::json_schema;
+
+/// Parses and validates the spec in `source`; `file` names it in error messages.
+pub fn parse(file: &str, source: &str) -> Result<Spec, SpecErrors> {
+    let fail = |errors| SpecErrors {
+        file: file.to_string(),
+        errors,
+    };
+    let root = yaml::load(source).map_err(|e| {
+        fail(vec![SpecError {
+            path: String::new(),
+            message: format!("invalid YAML: {}", e.message),
+            help: None,
+            span: e.span,
+        }])
+    })?;
+    decode::decode(&root).map_err(fail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema_keys(schema: &serde_json::Value, def: Option<&str>) -> Vec<String> {
+        let node = match def {
+            None => schema,
+            Some(d) => &schema["$defs"][d],
+        };
+        let mut keys: Vec<String> = node["properties"]
+            .as_object()
+            .expect("an object schema")
+            .keys()
+            .cloned()
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    fn sorted(keys: &[&str]) -> Vec<String> {
+        let mut v: Vec<String> = keys.iter().map(|s| s.to_string()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn schema_and_decoder_know_the_same_keys() {
+        let s = json_schema();
+        assert_eq!(schema_keys(&s, None), sorted(decode::TOP_KEYS));
+        assert_eq!(
+            schema_keys(&s, Some("ModelFull")),
+            sorted(decode::MODEL_KEYS)
+        );
+        assert_eq!(
+            schema_keys(&s, Some("PriceSchema")),
+            sorted(decode::PRICE_KEYS)
+        );
+        assert_eq!(
+            schema_keys(&s, Some("DefaultsSchema")),
+            sorted(decode::DEFAULTS_KEYS)
+        );
+        assert_eq!(
+            schema_keys(&s, Some("AlertsSchema")),
+            sorted(decode::ALERTS_KEYS)
+        );
+        assert_eq!(
+            schema_keys(&s, Some("ApplicationSchema")),
+            sorted(decode::APP_KEYS)
+        );
+        assert_eq!(
+            schema_keys(&s, Some("LimitSchema")),
+            sorted(decode::LIMIT_KEYS)
+        );
+        assert_eq!(
+            schema_keys(&s, Some("OnExceedFull")),
+            sorted(decode::ON_EXCEED_KEYS)
+        );
+        assert_eq!(
+            schema_keys(&s, Some("AlarmSchema")),
+            sorted(decode::ALARM_KEYS)
+        );
+        assert_eq!(
+            schema_keys(&s, Some("CostBudgetSchema")),
+            sorted(decode::COST_BUDGET_KEYS)
+        );
+    }
+}

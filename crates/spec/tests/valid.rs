@@ -1,0 +1,72 @@
+//! Every example in `examples/` is a valid spec and decodes to what it says.
+
+use budget::{MicroUsd, Window};
+use spec::{AlarmKind, Metric, Mode, OnExceed};
+
+fn example(name: &str) -> String {
+    let path = format!("{}/../../examples/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"))
+}
+
+#[test]
+fn quickstart_decodes_to_its_meaning() {
+    let spec = spec::parse("quickstart.yaml", &example("quickstart.yaml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(spec.name, "acme-genai");
+    assert!(spec.access.rest && spec.access.queue);
+    let sonnet = &spec.models["sonnet"];
+    assert!(sonnet.price_from_spec);
+    assert_eq!(sonnet.price.unwrap().cache_write, 3_750_000);
+    assert!(!spec.models["haiku"].price_from_spec && spec.models["haiku"].price.is_some());
+    let app = &spec.applications["support-bot"];
+    assert_eq!(app.models, ["haiku", "nova-lite"]);
+    assert_eq!(app.limit(Window::Minute).unwrap().tokens, Some(200_000));
+    assert_eq!(
+        app.limit(Window::Day).unwrap().usd,
+        Some(MicroUsd::from_usd(40))
+    );
+    assert_eq!(
+        app.on_exceed,
+        OnExceed::Fallback {
+            model: "nova-micro".into()
+        }
+    );
+    assert_eq!(app.mode, Mode::Enforce);
+    assert_eq!(app.alarms.len(), 3);
+    assert_eq!(app.alarms[0].kind, AlarmKind::Threshold { percent: 80 });
+    assert_eq!(app.alarms[0].metric, Metric::Usd);
+    assert_eq!(
+        (app.alarms[2].window, app.alarms[2].kind),
+        (Window::Hour, AlarmKind::Anomaly)
+    );
+    assert_eq!(app.cost_budget.as_ref().unwrap().actual_percents, [80, 100]);
+}
+
+#[test]
+fn multi_team_decodes() {
+    let spec = spec::parse("multi-team.yaml", &example("multi-team.yaml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(spec.applications.len(), 4);
+    assert_eq!(
+        spec.applications["legal-review"]
+            .limit(Window::Month)
+            .unwrap()
+            .usd,
+        Some(MicroUsd(900_500_000))
+    );
+    assert_eq!(spec.applications["research-sandbox"].mode, Mode::Shadow);
+    assert_eq!(
+        spec.applications["research-sandbox"].models,
+        ["llama-70b", "sonnet"]
+    );
+}
+
+#[test]
+fn defaults_apply_when_sections_are_left_out() {
+    let src = "version: 1\nname: tiny\nmodels: { m: amazon.nova-micro-v1:0 }\napplications:\n  a:\n    limits: [{ window: day, tokens: 100000 }]\n";
+    let spec = spec::parse("tiny.yaml", src).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(spec.defaults.max_tokens, 1024);
+    assert!(spec.access.rest && !spec.access.queue);
+    assert_eq!(spec.applications["a"].models, ["m"]);
+    assert_eq!(spec.applications["a"].on_exceed, OnExceed::Reject);
+}
