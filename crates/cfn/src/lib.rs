@@ -1,0 +1,220 @@
+//! CloudFormation rendering of a tokenfence spec.
+//!
+//! Props in, templates out: [`render`] turns a validated [`spec::Spec`] into one stack, or, when
+//! one stack would exceed CloudFormation's quotas, a platform stack plus budget stacks linked by
+//! exports. Output is deterministic and logical IDs derive from names only, so adding an
+//! application renames nothing.
+
+mod app;
+pub mod platform;
+pub mod template;
+
+use spec::Spec;
+use spec::names::Names;
+use thiserror::Error;
+
+pub use app::{AppUnit, Link, render_app};
+use template::{Template, quotas};
+
+/// Errors of rendering.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum RenderError {
+    /// A stack would break a CloudFormation quota even after splitting.
+    #[error("stack `{stack}` would have {what}; CloudFormation allows {limit}")]
+    QuotaExceeded {
+        /// The stack.
+        stack: String,
+        /// What is too large, with its figure.
+        what: String,
+        /// The quota.
+        limit: String,
+    },
+}
+
+/// Where rendering finds what it cannot know from the spec.
+#[derive(Debug, Clone)]
+pub struct RenderOptions {
+    /// Directory holding the Lambda artifacts (`provider/bootstrap`, `invoke/bootstrap`), as a
+    /// path relative to the directory the templates are written to, for `aws cloudformation package`.
+    pub code_dir: String,
+}
+
+/// What a stack is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StackRole {
+    /// Everything in one stack.
+    Single,
+    /// The shared platform of a split rendering; deploy it first.
+    Platform,
+    /// Applications' budgets, importing from the platform.
+    Budgets,
+}
+
+/// One rendered stack.
+#[derive(Debug, Clone)]
+pub struct RenderedStack {
+    /// The CloudFormation stack name to deploy it as.
+    pub stack_name: String,
+    /// The template's file name.
+    pub file_name: String,
+    /// What it is for.
+    pub role: StackRole,
+    /// The applications whose resources it holds.
+    pub applications: Vec<String>,
+    /// The template.
+    pub template: Template,
+    /// The template as YAML.
+    pub yaml: String,
+}
+
+/// A rendered spec.
+#[derive(Debug, Clone)]
+pub struct Rendering {
+    /// Stacks in deployment order.
+    pub stacks: Vec<RenderedStack>,
+}
+
+impl Rendering {
+    /// Whether the spec was split across stacks.
+    pub fn is_split(&self) -> bool {
+        self.stacks.len() > 1
+    }
+}
+
+/// Renders `spec`.
+pub fn render(spec: &Spec, opts: &RenderOptions) -> Result<Rendering, RenderError> {
+    let names = Names::new(&spec.name);
+
+    let mut single = Template::new(format!(
+        "tokenfence stack `{}`: budget gateway for Amazon Bedrock and {} application(s)",
+        spec.name,
+        spec.applications.len()
+    ));
+    platform::add_platform(&mut single, spec, opts);
+    let units: Vec<AppUnit> = spec
+        .applications
+        .iter()
+        .map(|(app, a)| render_app(spec, app, a, Link::Local))
+        .collect();
+    let platform_resources = single.resources.len();
+    let platform_outputs = single.outputs.len();
+    let app_resources: usize = units.iter().map(|u| u.resources.len()).sum();
+    let app_outputs: usize = units.iter().map(|u| u.outputs.len()).sum();
+    let app_bytes: usize = units.iter().map(AppUnit::approx_bytes).sum();
+    let fits = platform_resources + app_resources <= quotas::MAX_RESOURCES
+        && platform_outputs + app_outputs <= quotas::MAX_OUTPUTS
+        && app_bytes < quotas::MAX_TEMPLATE_BYTES / 2;
+
+    if fits {
+        for unit in units {
+            add_unit(&mut single, unit);
+        }
+        let stack = finish(
+            names.stack(),
+            StackRole::Single,
+            spec.applications.keys().cloned().collect(),
+            single,
+        )?;
+        return Ok(Rendering {
+            stacks: vec![stack],
+        });
+    }
+
+    // Split: the platform alone, then applications packed in declaration order, so that adding
+    // applications at the end of the spec moves none of the existing ones.
+    let mut platform_only = Template::new(format!(
+        "tokenfence platform `{}`: ledger, Lambdas, API and alerts shared by every budget stack",
+        spec.name
+    ));
+    platform::add_platform(&mut platform_only, spec, opts);
+    let mut stacks = vec![finish(
+        names.platform_stack(),
+        StackRole::Platform,
+        Vec::new(),
+        platform_only,
+    )?];
+
+    let link = Link::Imported { prefix: &spec.name };
+    let mut current: Option<(Template, Vec<String>, usize)> = None;
+    for (app, application) in &spec.applications {
+        let unit = render_app(spec, app, application, link);
+        let bytes = unit.approx_bytes();
+        let full = current.as_ref().is_some_and(|(t, _, size)| {
+            t.resources.len() + unit.resources.len() > quotas::MAX_RESOURCES
+                || t.outputs.len() + unit.outputs.len() > quotas::MAX_OUTPUTS
+                || size + bytes >= quotas::MAX_TEMPLATE_BYTES / 2
+        });
+        if full {
+            let (t, apps, _) = current.take().expect("checked above");
+            let n = stacks.len();
+            stacks.push(finish(names.budget_stack(n), StackRole::Budgets, apps, t)?);
+        }
+        let (t, apps, size) =
+            current.get_or_insert_with(|| (Template::new(String::new()), Vec::new(), 0));
+        add_unit(t, unit);
+        apps.push(app.clone());
+        *size += bytes;
+    }
+    if let Some((t, apps, _)) = current {
+        let n = stacks.len();
+        stacks.push(finish(names.budget_stack(n), StackRole::Budgets, apps, t)?);
+    }
+    Ok(Rendering { stacks })
+}
+
+fn add_unit(t: &mut Template, unit: AppUnit) {
+    for (id, resource) in unit.resources {
+        t.add(id, resource);
+    }
+    for (id, output) in unit.outputs {
+        t.outputs.insert(id, output);
+    }
+}
+
+fn finish(
+    stack_name: String,
+    role: StackRole,
+    applications: Vec<String>,
+    mut template: Template,
+) -> Result<RenderedStack, RenderError> {
+    if role == StackRole::Budgets {
+        template.description = format!(
+            "tokenfence budgets `{stack_name}`: {} application(s), {} to {}; imports from the platform stack",
+            applications.len(),
+            applications.first().map_or("", String::as_str),
+            applications.last().map_or("", String::as_str)
+        );
+    }
+    let quota = |what: String, limit: String| RenderError::QuotaExceeded {
+        stack: stack_name.clone(),
+        what,
+        limit,
+    };
+    if template.resources.len() > quotas::MAX_RESOURCES {
+        return Err(quota(
+            format!("{} resources", template.resources.len()),
+            format!("{}", quotas::MAX_RESOURCES),
+        ));
+    }
+    if template.outputs.len() > quotas::MAX_OUTPUTS {
+        return Err(quota(
+            format!("{} outputs", template.outputs.len()),
+            format!("{}", quotas::MAX_OUTPUTS),
+        ));
+    }
+    let yaml = template.to_yaml();
+    if yaml.len() > quotas::MAX_TEMPLATE_BYTES {
+        return Err(quota(
+            format!("a {}-byte template", yaml.len()),
+            format!("{} bytes", quotas::MAX_TEMPLATE_BYTES),
+        ));
+    }
+    Ok(RenderedStack {
+        file_name: format!("{stack_name}.yaml"),
+        stack_name,
+        role,
+        applications,
+        template,
+        yaml,
+    })
+}

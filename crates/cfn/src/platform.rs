@@ -1,0 +1,615 @@
+//! The platform: ledger table, Lambdas and their roles, REST API, dead-letter queue, alert topic,
+//! dashboard. One per spec.
+
+use serde_json::{Value, json};
+use spec::names::Names;
+use spec::{OnLedgerError, Spec};
+
+use crate::RenderOptions;
+use crate::template::{Resource, Template, get_att, r, stable_hash, sub};
+
+/// Names of the platform's exports, shared by the platform and the stacks that import from it.
+pub mod exports {
+    /// The provider Lambda's ARN: the `ServiceToken` of `Custom::TokenBudget` / `Custom::TokenAlarm`.
+    pub const SERVICE_TOKEN: &str = "ServiceToken";
+    /// The ledger table's name.
+    pub const TABLE_NAME: &str = "LedgerTableName";
+    /// The REST API's base URL.
+    pub const API_URL: &str = "ApiUrl";
+    /// The REST API's ID.
+    pub const REST_API_ID: &str = "RestApiId";
+    /// The REST API's stage name.
+    pub const REST_API_STAGE: &str = "RestApiStage";
+    /// The invoke Lambda's ARN.
+    pub const INVOKE_FUNCTION_ARN: &str = "InvokeFunctionArn";
+    /// The alert topic's ARN.
+    pub const ALERT_TOPIC_ARN: &str = "AlertTopicArn";
+    /// The dead-letter queue's ARN.
+    pub const DEAD_LETTER_QUEUE_ARN: &str = "DeadLetterQueueArn";
+
+    /// The export name of `what` for the spec called `prefix`.
+    pub fn name(prefix: &str, what: &str) -> String {
+        format!("{prefix}-{what}")
+    }
+}
+
+/// Logical IDs of platform resources that application resources refer to.
+pub mod ids {
+    /// The provider Lambda.
+    pub const PROVIDER_FUNCTION: &str = "ProviderFunction";
+    /// The invoke Lambda.
+    pub const INVOKE_FUNCTION: &str = "InvokeFunction";
+    /// The REST API.
+    pub const REST_API: &str = "RestApi";
+    /// The REST API's stage.
+    pub const API_STAGE: &str = "ApiStage";
+    /// The alert topic.
+    pub const ALERT_TOPIC: &str = "AlertTopic";
+    /// The dead-letter queue.
+    pub const DEAD_LETTER_QUEUE: &str = "DeadLetterQueue";
+    /// The ledger table.
+    pub const LEDGER_TABLE: &str = "LedgerTable";
+}
+
+/// The REST API's stage.
+pub const STAGE_NAME: &str = "v1";
+/// The invoke Lambda's timeout. API Gateway cuts synchronous calls at 29 s regardless; the queue
+/// front can use the whole timeout.
+pub const INVOKE_TIMEOUT_SECONDS: u32 = 120;
+/// SQS visibility timeout of the request queues: six times the function timeout, as AWS advises
+/// for Lambda event sources.
+pub const QUEUE_VISIBILITY_SECONDS: u32 = 6 * INVOKE_TIMEOUT_SECONDS;
+/// Log retention of the Lambdas' log groups.
+pub const LOG_RETENTION_DAYS: u32 = 30;
+/// The ledger's TTL attribute.
+pub const TTL_ATTRIBUTE: &str = "expires_at";
+
+fn lambda_trust() -> Value {
+    json!({
+        "Version": "2012-10-17",
+        "Statement": [{ "Effect": "Allow", "Principal": { "Service": "lambda.amazonaws.com" }, "Action": "sts:AssumeRole" }]
+    })
+}
+
+fn log_statement(log_group_id: &str) -> Value {
+    json!({
+        "Effect": "Allow",
+        "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+        "Resource": [get_att(log_group_id, "Arn")]
+    })
+}
+
+/// IAM resources that let a role call a Bedrock model: the model itself, and for a cross-region
+/// inference profile the profile plus the foundation model in every region it routes to.
+pub fn model_resource_arns(id: &str) -> Vec<Value> {
+    if id.starts_with("arn:") {
+        return vec![Value::String(id.to_string())];
+    }
+    let prefixes = [
+        "us.", "eu.", "apac.", "jp.", "au.", "ca.", "us-gov.", "global.",
+    ];
+    match prefixes.iter().find_map(|p| id.strip_prefix(p)) {
+        Some(base) => vec![
+            sub(&format!(
+                "arn:${{AWS::Partition}}:bedrock:${{AWS::Region}}:${{AWS::AccountId}}:inference-profile/{id}"
+            )),
+            sub(&format!(
+                "arn:${{AWS::Partition}}:bedrock:*::foundation-model/{base}"
+            )),
+        ],
+        None => vec![sub(&format!(
+            "arn:${{AWS::Partition}}:bedrock:${{AWS::Region}}::foundation-model/{id}"
+        ))],
+    }
+}
+
+/// The ARN an application inference profile copies from.
+pub fn model_source_arn(id: &str) -> Value {
+    model_resource_arns(id)
+        .into_iter()
+        .next()
+        .expect("every model has an ARN")
+}
+
+/// Adds the platform resources and their exported outputs to `t`.
+pub fn add_platform(t: &mut Template, spec: &Spec, opts: &RenderOptions) {
+    let names = Names::new(&spec.name);
+    let prefix = spec.name.as_str();
+    let export = |what: &str| Some(crate::platform::exports::name(prefix, what));
+
+    t.add(
+        ids::LEDGER_TABLE,
+        Resource::new(
+            "AWS::DynamoDB::Table",
+            json!({
+                "TableName": names.table(),
+                "BillingMode": "PAY_PER_REQUEST",
+                "AttributeDefinitions": [
+                    { "AttributeName": "pk", "AttributeType": "S" },
+                    { "AttributeName": "sk", "AttributeType": "S" }
+                ],
+                "KeySchema": [
+                    { "AttributeName": "pk", "KeyType": "HASH" },
+                    { "AttributeName": "sk", "KeyType": "RANGE" }
+                ],
+                "TimeToLiveSpecification": { "AttributeName": TTL_ATTRIBUTE, "Enabled": true },
+                "PointInTimeRecoverySpecification": { "PointInTimeRecoveryEnabled": true },
+                "SSESpecification": { "SSEEnabled": true },
+                "Tags": [{ "Key": "tokenfence:stack", "Value": prefix }]
+            }),
+        )
+        .retain(),
+    );
+
+    let table_arn = get_att(ids::LEDGER_TABLE, "Arn");
+    let alarm_arn = sub(&format!(
+        "arn:${{AWS::Partition}}:cloudwatch:${{AWS::Region}}:${{AWS::AccountId}}:alarm:{prefix}-*"
+    ));
+    let budget_arn = sub(&format!(
+        "arn:${{AWS::Partition}}:budgets::${{AWS::AccountId}}:budget/{prefix}-*"
+    ));
+
+    // Provider: writes budget configuration, manages alarms and AWS Budgets named after the spec.
+    t.add("ProviderLogGroup", log_group(&names.function("provider")));
+    t.add(
+        "ProviderRole",
+        Resource::new(
+            "AWS::IAM::Role",
+            json!({
+                "AssumeRolePolicyDocument": lambda_trust(),
+                "Policies": [{
+                    "PolicyName": "tokenfence-provider",
+                    "PolicyDocument": {
+                        "Version": "2012-10-17",
+                        "Statement": [
+                            log_statement("ProviderLogGroup"),
+                            {
+                                "Effect": "Allow",
+                                "Action": ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:Query"],
+                                "Resource": [table_arn.clone()]
+                            },
+                            {
+                                "Effect": "Allow",
+                                "Action": ["cloudwatch:PutMetricAlarm", "cloudwatch:DeleteAlarms", "cloudwatch:DescribeAlarms"],
+                                "Resource": [alarm_arn]
+                            },
+                            {
+                                "Effect": "Allow",
+                                "Action": ["budgets:ViewBudget", "budgets:ModifyBudget"],
+                                "Resource": [budget_arn]
+                            }
+                        ]
+                    }
+                }]
+            }),
+        ),
+    );
+    t.add(
+        ids::PROVIDER_FUNCTION,
+        lambda(
+            &names.function("provider"),
+            "tokenfence provider: Custom::TokenBudget and Custom::TokenAlarm",
+            &format!("{}/provider", opts.code_dir),
+            "ProviderRole",
+            "ProviderLogGroup",
+            128,
+            300,
+            json!({ "TOKENFENCE_TABLE": r(ids::LEDGER_TABLE), "TOKENFENCE_NAME": prefix }),
+        ),
+    );
+
+    // Invoke: reserves in the ledger, calls the declared models only, serves both fronts.
+    let mut model_arns: Vec<Value> = Vec::new();
+    for def in spec.models.values() {
+        for arn in model_resource_arns(&def.id) {
+            if !model_arns.contains(&arn) {
+                model_arns.push(arn);
+            }
+        }
+    }
+    model_arns.push(sub("arn:${AWS::Partition}:bedrock:${AWS::Region}:${AWS::AccountId}:application-inference-profile/*"));
+    let mut invoke_statements = vec![
+        log_statement("InvokeLogGroup"),
+        json!({
+            "Effect": "Allow",
+            "Action": ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:Query", "dynamodb:ConditionCheckItem"],
+            "Resource": [table_arn]
+        }),
+        json!({
+            "Effect": "Allow",
+            "Action": ["bedrock:InvokeModel", "bedrock:InvokeModelWithResponseStream", "bedrock:CountTokens"],
+            "Resource": model_arns
+        }),
+    ];
+    if spec.access.queue {
+        invoke_statements.push(json!({
+            "Effect": "Allow",
+            "Action": ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueAttributes"],
+            "Resource": [sub(&format!("arn:${{AWS::Partition}}:sqs:${{AWS::Region}}:${{AWS::AccountId}}:{prefix}-*-requests"))]
+        }));
+        invoke_statements.push(json!({
+            "Effect": "Allow",
+            "Action": ["sqs:SendMessage"],
+            "Resource": [sub(&format!("arn:${{AWS::Partition}}:sqs:${{AWS::Region}}:${{AWS::AccountId}}:{prefix}-*-results"))]
+        }));
+    }
+    t.add("InvokeLogGroup", log_group(&names.function("invoke")));
+    t.add(
+        "InvokeRole",
+        Resource::new(
+            "AWS::IAM::Role",
+            json!({
+                "AssumeRolePolicyDocument": lambda_trust(),
+                "Policies": [{
+                    "PolicyName": "tokenfence-invoke",
+                    "PolicyDocument": { "Version": "2012-10-17", "Statement": invoke_statements }
+                }]
+            }),
+        ),
+    );
+    let aliases: serde_json::Map<String, Value> = spec
+        .models
+        .iter()
+        .map(|(alias, def)| (alias.clone(), Value::String(def.id.clone())))
+        .collect();
+    t.add(
+        ids::INVOKE_FUNCTION,
+        lambda(
+            &names.function("invoke"),
+            "tokenfence invoke: enforces token and USD budgets before calling Bedrock",
+            &format!("{}/invoke", opts.code_dir),
+            "InvokeRole",
+            "InvokeLogGroup",
+            256,
+            INVOKE_TIMEOUT_SECONDS,
+            json!({
+                "TOKENFENCE_TABLE": r(ids::LEDGER_TABLE),
+                "TOKENFENCE_NAME": prefix,
+                "TOKENFENCE_MODELS": Value::Object(aliases).to_string(),
+                "TOKENFENCE_DEFAULT_MAX_TOKENS": spec.defaults.max_tokens.to_string(),
+                "TOKENFENCE_ON_LEDGER_ERROR": match spec.defaults.on_ledger_error { OnLedgerError::Deny => "deny", OnLedgerError::Allow => "allow" },
+            }),
+        ),
+    );
+
+    if spec.access.rest {
+        add_rest_api(t, spec);
+        t.output("ApiUrl", "Base URL of the REST API: POST {ApiUrl}/model/{modelId}/converse with header x-api-key", sub(&format!("https://${{{}}}.execute-api.${{AWS::Region}}.${{AWS::URLSuffix}}/{STAGE_NAME}", ids::REST_API)), export(exports::API_URL));
+        t.output(
+            "RestApiId",
+            "ID of the REST API",
+            r(ids::REST_API),
+            export(exports::REST_API_ID),
+        );
+        t.output(
+            "RestApiStage",
+            "Stage of the REST API",
+            r(ids::API_STAGE),
+            export(exports::REST_API_STAGE),
+        );
+    }
+    if spec.access.queue {
+        t.add(
+            ids::DEAD_LETTER_QUEUE,
+            Resource::new(
+                "AWS::SQS::Queue",
+                json!({
+                    "QueueName": names.dead_letter_queue(),
+                    "MessageRetentionPeriod": 1_209_600,
+                    "SqsManagedSseEnabled": true,
+                    "Tags": [{ "Key": "tokenfence:stack", "Value": prefix }]
+                }),
+            ),
+        );
+        t.output(
+            "DeadLetterQueueArn",
+            "Dead-letter queue of the request queues",
+            get_att(ids::DEAD_LETTER_QUEUE, "Arn"),
+            export(exports::DEAD_LETTER_QUEUE_ARN),
+        );
+    }
+
+    add_alerts(t, spec);
+    add_dashboard(t, spec);
+
+    t.output(
+        "ProviderServiceToken",
+        "ServiceToken for Custom::TokenBudget and Custom::TokenAlarm",
+        get_att(ids::PROVIDER_FUNCTION, "Arn"),
+        export(exports::SERVICE_TOKEN),
+    );
+    t.output(
+        "LedgerTableName",
+        "The budget ledger table",
+        r(ids::LEDGER_TABLE),
+        export(exports::TABLE_NAME),
+    );
+    t.output(
+        "InvokeFunctionArn",
+        "The enforcing invoke Lambda",
+        get_att(ids::INVOKE_FUNCTION, "Arn"),
+        export(exports::INVOKE_FUNCTION_ARN),
+    );
+    t.output(
+        "AlertTopicArn",
+        "SNS topic receiving alarms and budget notifications",
+        r(ids::ALERT_TOPIC),
+        export(exports::ALERT_TOPIC_ARN),
+    );
+}
+
+fn log_group(function_name: &str) -> Resource {
+    Resource::new(
+        "AWS::Logs::LogGroup",
+        json!({ "LogGroupName": format!("/aws/lambda/{function_name}"), "RetentionInDays": LOG_RETENTION_DAYS }),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn lambda(
+    name: &str,
+    description: &str,
+    code: &str,
+    role: &str,
+    log_group: &str,
+    memory: u32,
+    timeout: u32,
+    env: Value,
+) -> Resource {
+    Resource::new(
+        "AWS::Lambda::Function",
+        json!({
+            "FunctionName": name,
+            "Description": description,
+            "Runtime": "provided.al2023",
+            "Handler": "bootstrap",
+            "Architectures": ["x86_64"],
+            "Code": code,
+            "MemorySize": memory,
+            "Timeout": timeout,
+            "Role": get_att(role, "Arn"),
+            "Environment": { "Variables": env },
+            "LoggingConfig": { "LogFormat": "JSON", "LogGroup": r(log_group) }
+        }),
+    )
+}
+
+fn add_rest_api(t: &mut Template, spec: &Spec) {
+    let invoke_uri = sub(&format!(
+        "arn:${{AWS::Partition}}:apigateway:${{AWS::Region}}:lambda:path/2015-03-31/functions/${{{}.Arn}}/invocations",
+        ids::INVOKE_FUNCTION
+    ));
+    t.add(
+        ids::REST_API,
+        Resource::new(
+            "AWS::ApiGateway::RestApi",
+            json!({
+                "Name": spec.name,
+                "Description": "tokenfence: Bedrock Converse behind token and USD budgets",
+                "ApiKeySourceType": "HEADER",
+                "EndpointConfiguration": { "Types": ["REGIONAL"] },
+                "Tags": [{ "Key": "tokenfence:stack", "Value": spec.name }]
+            }),
+        ),
+    );
+    t.add(
+        "ApiRequestValidator",
+        Resource::new(
+            "AWS::ApiGateway::RequestValidator",
+            json!({ "RestApiId": r(ids::REST_API), "Name": "body-and-parameters", "ValidateRequestBody": true, "ValidateRequestParameters": true }),
+        ),
+    );
+    t.add(
+        "ConverseRequestModel",
+        Resource::new(
+            "AWS::ApiGateway::Model",
+            json!({
+                "RestApiId": r(ids::REST_API),
+                "ContentType": "application/json",
+                "Name": "ConverseRequest",
+                "Schema": {
+                    "$schema": "http://json-schema.org/draft-04/schema#",
+                    "type": "object",
+                    "required": ["messages"],
+                    "properties": {
+                        "messages": { "type": "array", "minItems": 1 },
+                        "system": { "type": "array" },
+                        "inferenceConfig": { "type": "object" }
+                    }
+                }
+            }),
+        ),
+    );
+    let resource = |parent: Value, part: &str| {
+        Resource::new(
+            "AWS::ApiGateway::Resource",
+            json!({ "RestApiId": r(ids::REST_API), "ParentId": parent, "PathPart": part }),
+        )
+    };
+    t.add(
+        "ApiModelResource",
+        resource(get_att(ids::REST_API, "RootResourceId"), "model"),
+    );
+    t.add(
+        "ApiModelIdResource",
+        resource(r("ApiModelResource"), "{modelId}"),
+    );
+    t.add(
+        "ApiConverseResource",
+        resource(r("ApiModelIdResource"), "converse"),
+    );
+    t.add(
+        "ApiUsageResource",
+        resource(get_att(ids::REST_API, "RootResourceId"), "usage"),
+    );
+    t.add(
+        "ApiConverseMethod",
+        Resource::new(
+            "AWS::ApiGateway::Method",
+            json!({
+                "RestApiId": r(ids::REST_API),
+                "ResourceId": r("ApiConverseResource"),
+                "HttpMethod": "POST",
+                "AuthorizationType": "NONE",
+                "ApiKeyRequired": true,
+                "RequestValidatorId": r("ApiRequestValidator"),
+                "RequestModels": { "application/json": r("ConverseRequestModel") },
+                "RequestParameters": { "method.request.path.modelId": true },
+                "Integration": { "Type": "AWS_PROXY", "IntegrationHttpMethod": "POST", "Uri": invoke_uri.clone() }
+            }),
+        ),
+    );
+    t.add(
+        "ApiUsageMethod",
+        Resource::new(
+            "AWS::ApiGateway::Method",
+            json!({
+                "RestApiId": r(ids::REST_API),
+                "ResourceId": r("ApiUsageResource"),
+                "HttpMethod": "GET",
+                "AuthorizationType": "NONE",
+                "ApiKeyRequired": true,
+                "Integration": { "Type": "AWS_PROXY", "IntegrationHttpMethod": "POST", "Uri": invoke_uri }
+            }),
+        ),
+    );
+    t.add(
+        "ApiDeployment",
+        Resource::new(
+            "AWS::ApiGateway::Deployment",
+            json!({ "RestApiId": r(ids::REST_API), "Description": "tokenfence API" }),
+        )
+        .depends_on([
+            "ApiConverseMethod".to_string(),
+            "ApiUsageMethod".to_string(),
+        ]),
+    );
+    t.add(
+        ids::API_STAGE,
+        Resource::new(
+            "AWS::ApiGateway::Stage",
+            json!({
+                "RestApiId": r(ids::REST_API),
+                "DeploymentId": r("ApiDeployment"),
+                "StageName": STAGE_NAME,
+                "Description": "tokenfence API stage",
+                "MethodSettings": [{ "ResourcePath": "/*", "HttpMethod": "*", "ThrottlingBurstLimit": 500, "ThrottlingRateLimit": 1000, "DataTraceEnabled": false }],
+                "Tags": [{ "Key": "tokenfence:stack", "Value": spec.name }]
+            }),
+        ),
+    );
+    t.add(
+        "InvokeApiPermission",
+        Resource::new(
+            "AWS::Lambda::Permission",
+            json!({
+                "FunctionName": get_att(ids::INVOKE_FUNCTION, "Arn"),
+                "Action": "lambda:InvokeFunction",
+                "Principal": "apigateway.amazonaws.com",
+                "SourceArn": sub(&format!("arn:${{AWS::Partition}}:execute-api:${{AWS::Region}}:${{AWS::AccountId}}:${{{}}}/*", ids::REST_API))
+            }),
+        ),
+    );
+}
+
+fn add_alerts(t: &mut Template, spec: &Spec) {
+    let names = Names::new(&spec.name);
+    // CloudWatch and AWS Budgets can publish to an encrypted topic only with a customer managed
+    // key whose policy lets them use it; the AWS managed SNS key does not.
+    t.add(
+        "AlertKey",
+        Resource::new(
+            "AWS::KMS::Key",
+            json!({
+                "Description": format!("{}: encrypts the alert topic", spec.name),
+                "EnableKeyRotation": true,
+                "KeyPolicy": {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Sid": "AccountAdministers",
+                            "Effect": "Allow",
+                            "Principal": { "AWS": sub("arn:${AWS::Partition}:iam::${AWS::AccountId}:root") },
+                            "Action": "kms:*",
+                            "Resource": "*"
+                        },
+                        {
+                            "Sid": "AlarmsAndBudgetsPublish",
+                            "Effect": "Allow",
+                            "Principal": { "Service": ["cloudwatch.amazonaws.com", "budgets.amazonaws.com"] },
+                            "Action": ["kms:Decrypt", "kms:GenerateDataKey*"],
+                            "Resource": "*"
+                        }
+                    ]
+                }
+            }),
+        ),
+    );
+    t.add(
+        ids::ALERT_TOPIC,
+        Resource::new(
+            "AWS::SNS::Topic",
+            json!({
+                "TopicName": names.topic(),
+                "KmsMasterKeyId": r("AlertKey"),
+                "Tags": [{ "Key": "tokenfence:stack", "Value": spec.name }]
+            }),
+        ),
+    );
+    t.add(
+        "AlertTopicPolicy",
+        Resource::new(
+            "AWS::SNS::TopicPolicy",
+            json!({
+                "Topics": [r(ids::ALERT_TOPIC)],
+                "PolicyDocument": {
+                    "Version": "2012-10-17",
+                    "Statement": [{
+                        "Sid": "AlarmsAndBudgetsPublish",
+                        "Effect": "Allow",
+                        "Principal": { "Service": ["cloudwatch.amazonaws.com", "budgets.amazonaws.com"] },
+                        "Action": "sns:Publish",
+                        "Resource": r(ids::ALERT_TOPIC),
+                        "Condition": { "StringEquals": { "aws:SourceAccount": r("AWS::AccountId") } }
+                    }]
+                }
+            }),
+        ),
+    );
+    for email in &spec.alerts.emails {
+        t.add(
+            format!("AlertEmail{:016X}", stable_hash(email)),
+            Resource::new(
+                "AWS::SNS::Subscription",
+                json!({ "TopicArn": r(ids::ALERT_TOPIC), "Protocol": "email", "Endpoint": email }),
+            ),
+        );
+    }
+}
+
+fn add_dashboard(t: &mut Template, spec: &Spec) {
+    let search = |metric: &str, stat: &str| json!([{ "expression": format!("SEARCH('{{TokenFence,Application}} MetricName=\"{metric}\"', '{stat}', 60)"), "id": "e1" }]);
+    let widget = |x: u32, y: u32, title: &str, metric: &str, stat: &str| {
+        json!({
+            "type": "metric", "x": x, "y": y, "width": 12, "height": 6,
+            "properties": { "title": title, "region": "${AWS::Region}", "view": "timeSeries", "stacked": false, "metrics": search(metric, stat) }
+        })
+    };
+    let body = json!({
+        "widgets": [
+            widget(0, 0, "Cost per application (USD per minute)", "CostUsd", "Sum"),
+            widget(12, 0, "Tokens per application (per minute)", "TotalTokens", "Sum"),
+            widget(0, 6, "Budget utilization per window (%)", "WindowUtilization", "Maximum"),
+            widget(12, 6, "Projected utilization at window end (%)", "ProjectedUtilization", "Maximum"),
+            widget(0, 12, "Requests denied by budget", "RateLimitDenied", "Sum"),
+            widget(12, 12, "Invocations failed", "InvocationFailed", "Sum")
+        ]
+    });
+    t.add(
+        "Dashboard",
+        Resource::new(
+            "AWS::CloudWatch::Dashboard",
+            json!({ "DashboardName": spec.name, "DashboardBody": sub(&body.to_string()) }),
+        ),
+    );
+}

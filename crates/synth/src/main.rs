@@ -1,0 +1,268 @@
+//! `synth`: validate a tokenfence spec, render it to CloudFormation, print its JSON Schema.
+
+use std::path::{Component, Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use miette::{Diagnostic, NamedSource, SourceSpan};
+use thiserror::Error;
+
+/// Token and dollar budgets for Amazon Bedrock, declared as infrastructure.
+#[derive(Parser)]
+#[command(name = "synth", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a spec and render it to CloudFormation templates.
+    Render {
+        /// The spec (YAML).
+        spec: PathBuf,
+        /// Directory to write the templates to (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Directory holding the Lambda builds (`provider/bootstrap`, `invoke/bootstrap`), as
+        /// `cargo lambda build` leaves them.
+        #[arg(long, default_value = "target/lambda")]
+        artifacts: PathBuf,
+    },
+    /// Validate a spec and report every problem.
+    Validate {
+        /// The spec (YAML).
+        spec: PathBuf,
+    },
+    /// Print the spec's JSON Schema (for YAML editors) on stdout.
+    Schema,
+}
+
+/// A spec problem, shown with its source snippet.
+#[derive(Debug, Error, Diagnostic)]
+#[error("{message}")]
+struct SpecDiagnostic {
+    message: String,
+    #[source_code]
+    source_code: NamedSource<Arc<String>>,
+    #[label("here")]
+    span: SourceSpan,
+    #[help]
+    help: Option<String>,
+}
+
+/// Exit code for an invalid spec (1 is for everything else).
+const INVALID_SPEC: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(report) => {
+            eprintln!("{report:?}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> miette::Result<ExitCode> {
+    match cli.command {
+        Command::Schema => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&spec::json_schema()).expect("a schema serializes")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate { spec: path } => {
+            let Some(spec) = load(&path)? else {
+                return Ok(ExitCode::from(INVALID_SPEC));
+            };
+            println!(
+                "{}: valid spec `{}`: {} application(s), {} model alias(es)",
+                path.display(),
+                spec.name,
+                spec.applications.len(),
+                spec.models.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Render {
+            spec: path,
+            out,
+            artifacts,
+        } => {
+            let Some(spec) = load(&path)? else {
+                return Ok(ExitCode::from(INVALID_SPEC));
+            };
+            let code_dir = relative_to(&artifacts, &out)?;
+            let rendering = cfn::render(&spec, &cfn::RenderOptions { code_dir })
+                .map_err(|e| miette::miette!("{e}"))?;
+            write(&spec, &rendering, &out)?;
+            print_summary(&spec, &rendering, &out, &path);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Reads and validates a spec; prints its problems and returns `None` when it is invalid.
+fn load(path: &Path) -> miette::Result<Option<spec::Spec>> {
+    let source = std::fs::read_to_string(path)
+        .map_err(|e| miette::miette!("cannot read `{}`: {e}", path.display()))?;
+    let name = path.display().to_string();
+    match spec::parse(&name, &source) {
+        Ok(spec) => Ok(Some(spec)),
+        Err(errors) => {
+            let shared = Arc::new(source);
+            for e in &errors.errors {
+                let message = format!("{}:{}:{}: {e}", name, e.span.line, e.span.col);
+                let message = match &e.help {
+                    // The help is shown below the snippet; keep the headline short.
+                    Some(help) => message.trim_end_matches(&format!(" ({help})")).to_string(),
+                    None => message,
+                };
+                let diagnostic = SpecDiagnostic {
+                    message,
+                    source_code: NamedSource::new(&name, Arc::clone(&shared)),
+                    span: (e.span.offset, e.span.len).into(),
+                    help: e.help.clone(),
+                };
+                eprintln!("{:?}", miette::Report::new(diagnostic));
+            }
+            eprintln!(
+                "{}: {} problem(s); nothing was rendered",
+                name,
+                errors.errors.len()
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// `target` as seen from `base`, both taken relative to the working directory.
+fn relative_to(target: &Path, base: &Path) -> miette::Result<String> {
+    let cwd = std::env::current_dir()
+        .map_err(|e| miette::miette!("cannot read the working directory: {e}"))?;
+    let target = normalize(&cwd.join(target));
+    let base = normalize(&cwd.join(base));
+    let rel = pathdiff::diff_paths(&target, &base).unwrap_or(target);
+    let text = rel.to_string_lossy().replace('\\', "/");
+    Ok(if text.is_empty() { ".".into() } else { text })
+}
+
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Writes the templates, removing templates of this spec left by an earlier, larger rendering.
+fn write(spec: &spec::Spec, rendering: &cfn::Rendering, out: &Path) -> miette::Result<()> {
+    std::fs::create_dir_all(out)
+        .map_err(|e| miette::miette!("cannot create `{}`: {e}", out.display()))?;
+    let ours = |file: &str| {
+        let Some(stem) = file.strip_suffix(".yaml") else {
+            return false;
+        };
+        let Some(rest) = stem.strip_prefix(spec.name.as_str()) else {
+            return false;
+        };
+        rest.is_empty()
+            || rest == "-platform"
+            || rest
+                .strip_prefix("-budgets-")
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let entries = std::fs::read_dir(out)
+        .map_err(|e| miette::miette!("cannot list `{}`: {e}", out.display()))?;
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().to_string();
+        if ours(&file) && !rendering.stacks.iter().any(|s| s.file_name == file) {
+            std::fs::remove_file(entry.path())
+                .map_err(|e| miette::miette!("cannot remove stale `{file}`: {e}"))?;
+        }
+    }
+    for stack in &rendering.stacks {
+        let path = out.join(&stack.file_name);
+        std::fs::write(&path, &stack.yaml)
+            .map_err(|e| miette::miette!("cannot write `{}`: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn print_summary(spec: &spec::Spec, rendering: &cfn::Rendering, out: &Path, spec_path: &Path) {
+    let total: usize = rendering
+        .stacks
+        .iter()
+        .map(|s| s.template.resources.len())
+        .sum();
+    println!(
+        "rendered `{}` from {}: {} application(s), {} stack(s), {} resources -> {}",
+        spec.name,
+        spec_path.display(),
+        spec.applications.len(),
+        rendering.stacks.len(),
+        total,
+        out.display()
+    );
+    let shown = 8;
+    for stack in rendering.stacks.iter().take(shown) {
+        let role = match stack.role {
+            cfn::StackRole::Single => "everything".to_string(),
+            cfn::StackRole::Platform => "platform (deploy first)".to_string(),
+            cfn::StackRole::Budgets => format!("{} application(s)", stack.applications.len()),
+        };
+        println!(
+            "  {:<32} {:>3} resources {:>3} outputs {:>8} bytes  {role}",
+            stack.file_name,
+            stack.template.resources.len(),
+            stack.template.outputs.len(),
+            stack.yaml.len()
+        );
+    }
+    if rendering.stacks.len() > shown {
+        println!(
+            "  ... and {} more budget stack(s)",
+            rendering.stacks.len() - shown
+        );
+    }
+    if rendering.is_split() {
+        println!(
+            "split: over one stack's CloudFormation quotas (500 resources, 200 outputs, 1 MB), so the platform \
+             exports its ARNs as `{}-*` and each budget stack imports them; deploy the platform stack first.",
+            spec.name
+        );
+    }
+    let out = out.display();
+    println!("next:");
+    println!(
+        "  1. cargo lambda build --release --target x86_64-unknown-linux-gnu.2.17 -p provider -p invoke"
+    );
+    for stack in rendering
+        .stacks
+        .iter()
+        .take(if rendering.is_split() { 2 } else { 1 })
+    {
+        let packaged = stack.file_name.replace(".yaml", ".packaged.yaml");
+        println!(
+            "  2. aws cloudformation package --template-file {out}/{} --s3-bucket BUCKET --output-template-file {out}/{packaged}",
+            stack.file_name
+        );
+        println!(
+            "  3. aws cloudformation deploy --template-file {out}/{packaged} --s3-bucket BUCKET --stack-name {} --capabilities CAPABILITY_IAM",
+            stack.stack_name
+        );
+    }
+    if rendering.stacks.len() > 2 {
+        println!("     (repeat 2-3 for every budget stack)");
+    }
+}

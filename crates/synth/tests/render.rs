@@ -1,0 +1,340 @@
+//! synth end to end: golden templates, cfn-lint on every example, splitting at scale, stable
+//! logical IDs, determinism, and diagnostics of invalid specs.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+
+use cfn::template::quotas;
+use common::{cfn_lint, large_spec, repo, scratch, synth};
+
+fn render_in_process(name: &str, source: &str) -> cfn::Rendering {
+    let spec = spec::parse(name, source).unwrap_or_else(|e| panic!("{e}"));
+    cfn::render(
+        &spec,
+        &cfn::RenderOptions {
+            code_dir: "../lambda".into(),
+        },
+    )
+    .expect("renders")
+}
+
+fn rendered_files(dir: &std::path::Path) -> BTreeMap<String, String> {
+    let mut files = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).expect("rendered directory") {
+        let path = entry.expect("entry").path();
+        files.insert(
+            path.file_name().unwrap().to_string_lossy().to_string(),
+            std::fs::read_to_string(&path).expect("template"),
+        );
+    }
+    files
+}
+
+fn golden(example: &str) {
+    let dir = scratch(&format!("golden-{example}"));
+    let rel = dir
+        .strip_prefix(repo())
+        .unwrap()
+        .to_string_lossy()
+        .to_string();
+    let out = synth(&[
+        "render",
+        &format!("examples/{example}.yaml"),
+        "--out",
+        &rel,
+        "--artifacts",
+        "target/lambda",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = String::from_utf8(out.stdout).unwrap();
+    insta::assert_snapshot!(format!("{example}-summary"), summary);
+    let files = rendered_files(&dir);
+    assert_eq!(files.len(), 1, "{example} fits in one stack");
+    for (file, yaml) in files {
+        assert!(
+            yaml.contains("Code: ../../lambda/provider"),
+            "code paths are relative to the template"
+        );
+        insta::assert_snapshot!(format!("{example}-{file}"), yaml);
+    }
+}
+
+#[test]
+fn golden_quickstart() {
+    golden("quickstart");
+}
+
+#[test]
+fn golden_multi_team() {
+    golden("multi-team");
+}
+
+#[test]
+fn every_example_renders_and_passes_cfn_lint() {
+    let mut templates: Vec<PathBuf> = Vec::new();
+    let mut examples = 0;
+    for entry in std::fs::read_dir(repo().join("examples")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        examples += 1;
+        let stem = path.file_stem().unwrap().to_string_lossy().to_string();
+        let dir = scratch(&format!("lint-{stem}"));
+        let out = synth(&[
+            "render",
+            path.to_str().unwrap(),
+            "--out",
+            dir.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{stem}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        templates.extend(rendered_files(&dir).keys().map(|f| dir.join(f)));
+    }
+    assert!(
+        examples >= 3,
+        "quickstart, multi-team and the large generated example at least"
+    );
+    cfn_lint(&templates);
+}
+
+#[test]
+fn large_example_is_current_and_splits() {
+    let path = repo().join("examples/large-generated.yaml");
+    let expected = large_spec("initech-ai", 300);
+    if std::env::var_os("UPDATE_EXAMPLES").is_some() {
+        std::fs::write(&path, &expected).unwrap();
+    }
+    let actual = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        actual == expected,
+        "examples/large-generated.yaml is stale; regenerate it with UPDATE_EXAMPLES=1"
+    );
+    let rendering = render_in_process("large-generated.yaml", &actual);
+    assert!(rendering.is_split());
+    assert_eq!(rendering.stacks[0].role, cfn::StackRole::Platform);
+    assert!(
+        rendering.stacks.len() >= 3,
+        "300 applications need several budget stacks"
+    );
+}
+
+#[test]
+fn ten_thousand_applications_render_within_quotas() {
+    let rendering = render_in_process("huge.yaml", &large_spec("huge", 10_000));
+    let mut seen = HashSet::new();
+    for stack in &rendering.stacks {
+        assert!(
+            stack.template.resources.len() <= quotas::MAX_RESOURCES,
+            "{} has too many resources",
+            stack.stack_name
+        );
+        assert!(
+            stack.template.outputs.len() <= quotas::MAX_OUTPUTS,
+            "{} has too many outputs",
+            stack.stack_name
+        );
+        assert!(
+            stack.yaml.len() <= quotas::MAX_TEMPLATE_BYTES,
+            "{} is too large",
+            stack.stack_name
+        );
+        for app in &stack.applications {
+            assert!(seen.insert(app.clone()), "{app} rendered twice");
+        }
+    }
+    assert_eq!(seen.len(), 10_000);
+    // Budget stacks import the platform's exports rather than referencing resources they lack.
+    let budget = &rendering.stacks[1];
+    assert_eq!(budget.role, cfn::StackRole::Budgets);
+    assert!(budget.yaml.contains("Fn::ImportValue: huge-ServiceToken"));
+    for id in budget.template.resources.keys() {
+        assert!(
+            !rendering.stacks[0].template.resources.contains_key(id),
+            "{id} in both stacks"
+        );
+    }
+}
+
+#[test]
+fn adding_an_application_renames_nothing() {
+    let base = std::fs::read_to_string(repo().join("examples/multi-team.yaml")).unwrap();
+    let more = format!(
+        "{base}  newcomer:\n    models: [nova-micro]\n    limits: [{{ window: day, tokens: 100000 }}]\n"
+    );
+    let before = render_in_process("a.yaml", &base);
+    let after = render_in_process("b.yaml", &more);
+    let (b, a) = (&before.stacks[0].template, &after.stacks[0].template);
+    for (id, resource) in &b.resources {
+        assert_eq!(
+            a.resources.get(id),
+            Some(resource),
+            "{id} changed when an application was added"
+        );
+    }
+    assert!(a.resources.contains_key("NewcomerBudget"));
+
+    // In a split rendering, existing applications stay in their stacks too.
+    let big = large_spec("initech-ai", 300);
+    let bigger =
+        format!("{big}  zz-late-arrival:\n    limits: [{{ window: day, tokens: 100000 }}]\n");
+    let before = render_in_process("c.yaml", &big);
+    let after = render_in_process("d.yaml", &bigger);
+    for (old, new) in before.stacks.iter().zip(&after.stacks) {
+        assert_eq!(old.stack_name, new.stack_name);
+        assert!(
+            new.applications.starts_with(&old.applications),
+            "{} lost applications",
+            old.stack_name
+        );
+        for (id, resource) in &old.template.resources {
+            assert_eq!(
+                new.template.resources.get(id),
+                Some(resource),
+                "{id} changed"
+            );
+        }
+    }
+}
+
+#[test]
+fn rendering_is_byte_identical_on_rerender() {
+    let dir_a = scratch("determinism-a");
+    let dir_b = scratch("determinism-b");
+    for dir in [&dir_a, &dir_b] {
+        let out = synth(&[
+            "render",
+            "examples/large-generated.yaml",
+            "--out",
+            dir.to_str().unwrap(),
+        ]);
+        assert!(out.status.success());
+    }
+    let (a, b) = (rendered_files(&dir_a), rendered_files(&dir_b));
+    assert!(a.len() > 2);
+    assert_eq!(a, b);
+}
+
+#[test]
+fn rerendering_a_smaller_spec_removes_stale_budget_stacks() {
+    let dir = scratch("stale");
+    let spec_path = dir.join("spec.yaml");
+    std::fs::write(&spec_path, large_spec("shrinks", 300)).unwrap();
+    let out_dir = dir.join("out");
+    let render = || {
+        synth(&[
+            "render",
+            spec_path.to_str().unwrap(),
+            "--out",
+            out_dir.to_str().unwrap(),
+        ])
+    };
+    assert!(render().status.success());
+    let many = rendered_files(&out_dir).len();
+    std::fs::write(out_dir.join("unrelated.yaml"), "keep: me\n").unwrap();
+    std::fs::write(&spec_path, large_spec("shrinks", 3)).unwrap();
+    assert!(render().status.success());
+    let files = rendered_files(&out_dir);
+    assert!(many > 2);
+    assert_eq!(
+        files.keys().cloned().collect::<Vec<_>>(),
+        ["shrinks.yaml", "unrelated.yaml"]
+    );
+}
+
+#[test]
+fn invalid_specs_exit_2_with_located_diagnostics() {
+    let dir = scratch("invalid");
+    let path = dir.join("bad.yaml");
+    std::fs::write(
+        &path,
+        "version: 1\nname: acme\nmodels:\n  haiku: anthropic.claude-3-5-haiku-20241022-v1:0\napplications:\n  bot:\n    models: [haiku3]\n    limit: []\n",
+    )
+    .unwrap();
+    let rel = path
+        .strip_prefix(repo())
+        .unwrap()
+        .to_string_lossy()
+        .to_string();
+    for command in ["validate", "render"] {
+        let mut args = vec![command, rel.as_str()];
+        if command == "render" {
+            args.extend(["--out", "target/test-scratch/invalid/out"]);
+        }
+        let out = synth(&args);
+        assert_eq!(out.status.code(), Some(2), "{command}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        insta::assert_snapshot!(format!("invalid-{command}"), stderr);
+    }
+    assert!(
+        !dir.join("out").exists(),
+        "nothing is written for an invalid spec"
+    );
+}
+
+#[test]
+fn validate_reports_a_valid_spec() {
+    let out = synth(&["validate", "examples/quickstart.yaml"]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "examples/quickstart.yaml: valid spec `acme-genai`: 1 application(s), 4 model alias(es)\n"
+    );
+}
+
+#[test]
+fn schema_is_json_schema_of_the_spec() {
+    let out = synth(&["schema"]);
+    assert!(out.status.success());
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(
+        schema["$schema"],
+        "https://json-schema.org/draft/2020-12/schema"
+    );
+    let required: Vec<&str> = schema["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(required, ["version", "name", "models", "applications"]);
+}
+
+#[test]
+fn every_command_has_help() {
+    for args in [
+        vec!["--help"],
+        vec!["render", "--help"],
+        vec!["validate", "--help"],
+        vec!["schema", "--help"],
+    ] {
+        let out = synth(&args);
+        assert!(out.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8(out.stdout)
+                .unwrap()
+                .contains("Usage: synth"),
+            "{args:?}"
+        );
+    }
+}
+
+#[test]
+fn a_missing_spec_file_is_a_clear_error() {
+    let out = synth(&["validate", "examples/nope.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8(out.stderr)
+            .unwrap()
+            .contains("cannot read `examples/nope.yaml`")
+    );
+}
