@@ -5,6 +5,7 @@
 //! token estimation and burn-rate forecasts. No I/O, no async, no AWS: the ledger, the Lambdas and
 //! the CLI build on it.
 
+pub mod config;
 mod error;
 pub mod estimate;
 pub mod forecast;

@@ -1,16 +1,10 @@
 //! Helpers shared by synth's integration tests.
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
-/// The workspace root.
-pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("the workspace root exists")
-}
+pub use harness::repo;
 
 /// Runs the `synth` binary from the workspace root.
 pub fn synth(args: &[&str]) -> Output {
@@ -68,40 +62,4 @@ pub fn large_spec(name: &str, apps: usize) -> String {
     s
 }
 
-/// The test tools' venv (moto, AWS CLI, cfn-lint), installed by `tests/tools/ensure-venv.sh` if
-/// missing. Panics loudly when it cannot be had: these tests are never skipped.
-pub fn venv() -> PathBuf {
-    let script = repo().join("tests/tools/ensure-venv.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .output()
-        .expect("bash runs");
-    assert!(
-        out.status.success(),
-        "cannot install the test tools with {}:\n{}",
-        script.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8(out.stdout).expect("utf-8 path").trim())
-}
-
-/// Runs cfn-lint on `templates` and panics with its findings unless it reports none.
-///
-/// W3002 ("may only work with the package command") is the point of the local code paths: the
-/// README deploys through `aws cloudformation package`.
-pub fn cfn_lint(templates: &[PathBuf]) {
-    assert!(!templates.is_empty(), "no templates to lint");
-    let lint = venv().join("bin/cfn-lint");
-    let out = Command::new(&lint)
-        .args(["--ignore-checks", "W3002", "--"])
-        .args(templates)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", lint.display()));
-    assert!(
-        out.status.success(),
-        "cfn-lint found problems (exit {:?}):\n{}{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+pub use harness::cfn_lint;

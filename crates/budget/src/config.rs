@@ -1,0 +1,186 @@
+//! An application's budget configuration, as the provider writes it to the ledger and the gateway
+//! reads it back. Limits change at runtime by rewriting this record; no code is redeployed.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Charge, Limit, Price, PriceBook, Usage};
+
+/// What happens to a request that would exceed a limit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "lowercase")]
+pub enum ExceedAction {
+    /// Answer 429 with `Retry-After`.
+    Reject,
+    /// Reserve and call a cheaper model instead.
+    Fallback {
+        /// The fallback's model ID.
+        model: String,
+    },
+    /// Async requests return to the queue until the window resets (sync requests are rejected).
+    Queue,
+}
+
+/// Enforce, or evaluate and report only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EnforcementMode {
+    /// Block requests over a limit.
+    Enforce,
+    /// Never block; report what would have happened.
+    Shadow,
+}
+
+/// A price override for one model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelPrice {
+    /// Model ID.
+    pub model: String,
+    /// Its price.
+    pub price: Price,
+}
+
+/// The application inference profile through which the gateway calls a model, for cost allocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InferenceProfile {
+    /// Model ID as requested.
+    pub model: String,
+    /// Profile ARN to call instead.
+    pub arn: String,
+}
+
+/// One application's budget configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BudgetConfig {
+    /// The application.
+    pub application: String,
+    /// Cost allocation tag value.
+    #[serde(default)]
+    pub cost_center: Option<String>,
+    /// Model IDs the application may call; empty means any model the gateway knows.
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// Limits, one per window.
+    pub limits: Vec<Limit>,
+    /// What happens over a limit.
+    pub on_exceed: ExceedAction,
+    /// Enforce or shadow.
+    pub mode: EnforcementMode,
+    /// Price overrides; other models use the built-in book.
+    #[serde(default)]
+    pub prices: Vec<ModelPrice>,
+    /// Inference profiles to call models through.
+    #[serde(default)]
+    pub inference_profiles: Vec<InferenceProfile>,
+    /// Where async results go.
+    #[serde(default)]
+    pub results_queue_url: Option<String>,
+    /// Bumped on every change, for caches and `Fn::GetAtt ConfigVersion`.
+    #[serde(default)]
+    pub version: u64,
+}
+
+impl BudgetConfig {
+    /// The price of `model`: the override if any, else the built-in book.
+    pub fn price_of(&self, model: &str) -> Option<Price> {
+        self.prices
+            .iter()
+            .find(|p| p.model == model)
+            .map(|p| p.price)
+            .or_else(|| PriceBook::lookup(model))
+    }
+
+    /// Whether the application may call `model`.
+    pub fn allows(&self, model: &str) -> bool {
+        self.models.is_empty() || self.models.iter().any(|m| m == model)
+    }
+
+    /// Whether any limit is in USD (then every model called needs a price).
+    pub fn has_usd_limit(&self) -> bool {
+        self.limits.iter().any(|l| l.usd.is_some())
+    }
+
+    /// The ARN to call `model` through, if a profile is configured.
+    pub fn profile_for(&self, model: &str) -> Option<&str> {
+        self.inference_profiles
+            .iter()
+            .find(|p| p.model == model)
+            .map(|p| p.arn.as_str())
+    }
+}
+
+/// The worst case of a request: its input bound and output cap, priced at the dearest input kind.
+/// Without a price the cost is zero, which is only allowed when no limit is in USD.
+pub fn worst_case(price: Option<Price>, input_bound: u64, max_output: u64) -> Charge {
+    let tokens = input_bound.saturating_add(max_output);
+    Charge::new(
+        tokens,
+        price.map_or(crate::MicroUsd::ZERO, |p| {
+            p.worst_case(input_bound, max_output)
+        }),
+    )
+}
+
+/// What a request actually used, priced.
+pub fn actual(price: Option<Price>, usage: &Usage) -> Charge {
+    Charge::new(
+        usage.total_tokens(),
+        price.map_or(crate::MicroUsd::ZERO, |p| p.cost(usage)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{MicroUsd, Window};
+
+    #[test]
+    fn round_trips_through_json_and_resolves_prices() {
+        let config = BudgetConfig {
+            application: "bot".into(),
+            cost_center: None,
+            models: vec!["amazon.nova-micro-v1:0".into()],
+            limits: vec![Limit {
+                window: Window::Day,
+                tokens: Some(10),
+                usd: Some(MicroUsd(5)),
+            }],
+            on_exceed: ExceedAction::Fallback { model: "x".into() },
+            mode: EnforcementMode::Shadow,
+            prices: vec![ModelPrice {
+                model: "x".into(),
+                price: Price {
+                    input: 1,
+                    output: 2,
+                    cache_read: 0,
+                    cache_write: 1,
+                },
+            }],
+            inference_profiles: vec![],
+            results_queue_url: None,
+            version: 3,
+        };
+        let json = serde_json::to_string(&config).unwrap();
+        assert_eq!(serde_json::from_str::<BudgetConfig>(&json).unwrap(), config);
+        assert_eq!(config.price_of("x").unwrap().output, 2);
+        assert_eq!(
+            config.price_of("amazon.nova-micro-v1:0").unwrap().input,
+            35_000
+        );
+        assert!(config.allows("amazon.nova-micro-v1:0") && !config.allows("x"));
+        assert!(config.has_usd_limit());
+    }
+
+    #[test]
+    fn worst_case_and_actual_charges() {
+        let p = PriceBook::lookup("amazon.nova-micro-v1:0");
+        assert_eq!(
+            worst_case(p, 1_000_000, 1_000_000),
+            Charge::new(2_000_000, MicroUsd(43_750 + 140_000))
+        );
+        assert_eq!(
+            actual(p, &Usage::new(1_000_000, 0)),
+            Charge::new(1_000_000, MicroUsd(35_000))
+        );
+        assert_eq!(worst_case(None, 1, 2), Charge::new(3, MicroUsd::ZERO));
+    }
+}

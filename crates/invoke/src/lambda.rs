@@ -1,0 +1,347 @@
+//! The Lambda fronts: API Gateway REST proxy events (sync) and SQS events (async), dispatched on
+//! the event's shape. Callers are identified by the API key ID API Gateway authenticated, or by
+//! the queue a message arrived on; never by anything in the request body.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Mutex;
+
+use aws_lambda_events::apigw::{ApiGatewayProxyRequest, ApiGatewayProxyResponse};
+use aws_lambda_events::encodings::Body;
+use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
+use ledger::{Identity, Ledger};
+use serde_json::Value;
+
+use crate::bedrock::Bedrock;
+use crate::gateway::{Front, Gateway, Outcome, Reply, result_message};
+
+/// The longest SQS `DelaySeconds`: a deferred request is re-sent with at most this delay and
+/// re-checked, until its window resets.
+pub const MAX_DELAY_SECONDS: i64 = 900;
+
+/// The SQS operations the queue front needs.
+pub trait Queues: Send + Sync + 'static {
+    /// Sends `body` to `queue_url` after `delay_seconds`.
+    fn send(
+        &self,
+        queue_url: &str,
+        body: String,
+        delay_seconds: i32,
+    ) -> impl Future<Output = Result<(), String>> + Send;
+    /// The URL of the queue with ARN `queue_arn`.
+    fn url_of(&self, queue_arn: &str) -> impl Future<Output = Result<String, String>> + Send;
+}
+
+/// [`Queues`] through aws-sdk-sqs.
+pub struct SdkQueues {
+    client: aws_sdk_sqs::Client,
+    urls: Mutex<HashMap<String, String>>,
+}
+
+impl SdkQueues {
+    /// Wraps a client.
+    pub fn new(client: aws_sdk_sqs::Client) -> Self {
+        SdkQueues {
+            client,
+            urls: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl Queues for SdkQueues {
+    async fn send(&self, queue_url: &str, body: String, delay_seconds: i32) -> Result<(), String> {
+        self.client
+            .send_message()
+            .queue_url(queue_url)
+            .message_body(body)
+            .delay_seconds(delay_seconds)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                format!(
+                    "SendMessage to `{queue_url}`: {}",
+                    aws_sdk_sqs::error::DisplayErrorContext(&e)
+                )
+            })
+    }
+
+    async fn url_of(&self, queue_arn: &str) -> Result<String, String> {
+        if let Some(url) = self.urls.lock().expect("url cache").get(queue_arn) {
+            return Ok(url.clone());
+        }
+        let parts: Vec<&str> = queue_arn.split(':').collect();
+        let (Some(account), Some(name)) = (parts.get(4), parts.get(5)) else {
+            return Err(format!("`{queue_arn}` is not an SQS queue ARN"));
+        };
+        let out = self
+            .client
+            .get_queue_url()
+            .queue_name(*name)
+            .queue_owner_aws_account_id(*account)
+            .send()
+            .await
+            .map_err(|e| {
+                format!(
+                    "GetQueueUrl `{name}`: {}",
+                    aws_sdk_sqs::error::DisplayErrorContext(&e)
+                )
+            })?;
+        let url = out.queue_url.ok_or("GetQueueUrl returned no URL")?;
+        self.urls
+            .lock()
+            .expect("url cache")
+            .insert(queue_arn.to_string(), url.clone());
+        Ok(url)
+    }
+}
+
+/// Handles one Lambda event: an API Gateway proxy request or an SQS batch.
+pub async fn handle<L: Ledger, B: Bedrock, Q: Queues>(
+    gateway: &Gateway<L, B>,
+    queues: &Q,
+    event: Value,
+) -> Result<Value, String> {
+    if event.get("Records").is_some() {
+        let event: SqsEvent =
+            serde_json::from_value(event).map_err(|e| format!("not an SQS event: {e}"))?;
+        let response = handle_sqs(gateway, queues, event).await;
+        return serde_json::to_value(response).map_err(|e| e.to_string());
+    }
+    if event.get("requestContext").is_some() && event.get("httpMethod").is_some() {
+        let request: ApiGatewayProxyRequest = serde_json::from_value(event)
+            .map_err(|e| format!("not an API Gateway proxy event: {e}"))?;
+        let response = handle_api(gateway, request).await;
+        return serde_json::to_value(response).map_err(|e| e.to_string());
+    }
+    Err("unsupported event: expected an API Gateway REST proxy event or an SQS event".into())
+}
+
+fn api_response(reply: Reply) -> ApiGatewayProxyResponse {
+    let mut response = ApiGatewayProxyResponse::default();
+    response.status_code = i64::from(reply.status);
+    response.headers.insert(
+        "content-type",
+        "application/json".parse().expect("static header"),
+    );
+    for (name, value) in reply.headers {
+        if let (Ok(n), Ok(v)) = (
+            name.parse::<aws_lambda_events::http::HeaderName>(),
+            value.parse(),
+        ) {
+            response.headers.insert(n, v);
+        }
+    }
+    response.body = Some(Body::Text(reply.body.to_string()));
+    response
+}
+
+/// Handles an API Gateway REST proxy request.
+pub async fn handle_api<L: Ledger, B: Bedrock>(
+    gateway: &Gateway<L, B>,
+    request: ApiGatewayProxyRequest,
+) -> ApiGatewayProxyResponse {
+    let Some(key_id) = request
+        .request_context
+        .identity
+        .api_key_id
+        .clone()
+        .filter(|k| !k.is_empty())
+    else {
+        return api_response(Reply::error(
+            401,
+            "MissingApiKey",
+            "the request carried no API key",
+        ));
+    };
+    let application = match gateway
+        .ledger()
+        .application_for(&Identity::ApiKeyId(key_id))
+        .await
+    {
+        Ok(Some(app)) => app,
+        Ok(None) => {
+            return api_response(Reply::error(
+                403,
+                "InvalidApiKey",
+                "the API key belongs to no application",
+            ));
+        }
+        Err(_) => {
+            return api_response(Reply::error(
+                503,
+                "LedgerUnavailable",
+                "the budget ledger is unavailable",
+            ));
+        }
+    };
+    let method = request.http_method.as_str();
+    let path = request.path.clone().unwrap_or_default();
+    if method == "GET" && path.ends_with("/usage") {
+        return api_response(gateway.usage(&application).await);
+    }
+    let model = request.path_parameters.get("modelId").cloned().or_else(|| {
+        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        match parts.as_slice() {
+            [.., "model", model, "converse"] => Some((*model).to_string()),
+            _ => None,
+        }
+    });
+    let Some(model) = model.filter(|_| method == "POST") else {
+        return api_response(Reply::error(
+            404,
+            "NotFound",
+            "routes: POST /model/{modelId}/converse, GET /usage",
+        ));
+    };
+    let body = match (request.body.as_deref(), request.is_base64_encoded) {
+        (None, _) => Vec::new(),
+        (Some(b), false) => b.as_bytes().to_vec(),
+        (Some(b), true) => match aws_smithy_types::base64::decode(b) {
+            Ok(bytes) => bytes,
+            Err(_) => {
+                return api_response(Reply::error(
+                    400,
+                    "ValidationError",
+                    "the body is not valid base64",
+                ));
+            }
+        },
+    };
+    let request_id = request
+        .request_context
+        .request_id
+        .clone()
+        .unwrap_or_else(crate::http::new_request_id);
+    match gateway
+        .converse(&application, &model, &body, Front::Sync, &request_id)
+        .await
+    {
+        Outcome::Reply(reply) => api_response(reply),
+        _ => api_response(Reply::error(
+            500,
+            "InternalError",
+            "unexpected async outcome on the sync front",
+        )),
+    }
+}
+
+/// What an SQS message carries: the request ID (for deduplication), the model and the body.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct QueuedRequest {
+    request_id: Option<String>,
+    model_id: String,
+    request: Value,
+    /// How often the request was deferred over budget; informational.
+    #[serde(default)]
+    deferrals: u32,
+}
+
+/// Handles an SQS batch, reporting failed messages so that only they are retried.
+pub async fn handle_sqs<L: Ledger, B: Bedrock, Q: Queues>(
+    gateway: &Gateway<L, B>,
+    queues: &Q,
+    event: SqsEvent,
+) -> SqsBatchResponse {
+    let mut response = SqsBatchResponse::default();
+    for message in event.records {
+        let id = message.message_id.clone().unwrap_or_default();
+        if let Err(e) = handle_message(gateway, queues, message).await {
+            tracing::error!(message_id = %id, error = %e, "message will be retried");
+            let mut failure = BatchItemFailure::default();
+            failure.item_identifier = id;
+            response.batch_item_failures.push(failure);
+        }
+    }
+    response
+}
+
+async fn handle_message<L: Ledger, B: Bedrock, Q: Queues>(
+    gateway: &Gateway<L, B>,
+    queues: &Q,
+    message: SqsMessage,
+) -> Result<(), String> {
+    let arn = message
+        .event_source_arn
+        .clone()
+        .ok_or("the message has no eventSourceARN")?;
+    let application = gateway
+        .ledger()
+        .application_for(&Identity::QueueArn(arn.clone()))
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("queue `{arn}` belongs to no application"))?;
+    let config = gateway
+        .ledger()
+        .budget(&application)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("application `{application}` has no budget"))?;
+    let results = config
+        .results_queue_url
+        .clone()
+        .ok_or_else(|| format!("application `{application}` has no results queue"))?;
+    let body = message.body.clone().unwrap_or_default();
+    let fallback_id = message.message_id.clone().unwrap_or_default();
+    let queued: QueuedRequest = match serde_json::from_str(&body) {
+        Ok(q) => q,
+        Err(e) => {
+            // A malformed message never becomes valid: answer it instead of retrying it forever.
+            let reply = Reply::error(
+                400,
+                "ValidationError",
+                format!("the message is not `{{\"requestId\", \"modelId\", \"request\"}}`: {e}"),
+            );
+            return queues
+                .send(
+                    &results,
+                    result_message(&fallback_id, &reply).to_string(),
+                    0,
+                )
+                .await;
+        }
+    };
+    let request_id = queued.request_id.clone().unwrap_or(fallback_id);
+    let request_bytes = serde_json::to_vec(&queued.request).map_err(|e| e.to_string())?;
+    match gateway
+        .converse(
+            &application,
+            &queued.model_id,
+            &request_bytes,
+            Front::Queue,
+            &request_id,
+        )
+        .await
+    {
+        Outcome::Reply(reply) => {
+            // Bedrock throttling is transient: retry the message rather than answer 429.
+            if reply.status == 429 && reply.body["error"] == "ThrottlingException" {
+                return Err("Bedrock throttled the request".into());
+            }
+            queues
+                .send(&results, result_message(&request_id, &reply).to_string(), 0)
+                .await
+        }
+        Outcome::Duplicate {
+            result: Some(result),
+        } => queues.send(&results, result, 0).await,
+        Outcome::Duplicate { result: None } => Ok(()),
+        Outcome::Requeue { delay_seconds } => {
+            let url = queues.url_of(&arn).await?;
+            let deferred = serde_json::json!({
+                "requestId": request_id,
+                "modelId": queued.model_id,
+                "request": queued.request,
+                "deferrals": queued.deferrals.saturating_add(1)
+            });
+            queues
+                .send(
+                    &url,
+                    deferred.to_string(),
+                    delay_seconds.clamp(1, MAX_DELAY_SECONDS) as i32,
+                )
+                .await
+        }
+    }
+}

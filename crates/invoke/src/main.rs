@@ -1,0 +1,220 @@
+//! `invoke`: the enforcing gateway. Runs as the invoke Lambda when started by the Lambda runtime
+//! (`AWS_LAMBDA_RUNTIME_API` set, no arguments), and as `invoke serve` otherwise.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use invoke::bedrock::SdkBedrock;
+use invoke::gateway::Gateway;
+use invoke::lambda::SdkQueues;
+use invoke::metrics::MetricsSink;
+use ledger::{DynamoLedger, Ledger, MemoryLedger};
+
+/// The tokenfence gateway: token and USD budgets enforced before Amazon Bedrock is called.
+#[derive(Parser)]
+#[command(name = "invoke", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the gateway's HTTP API locally (POST /model/{modelId}/converse, GET /usage).
+    Serve {
+        /// The spec whose models, defaults and budgets to enforce.
+        #[arg(long)]
+        spec: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// `memory` (embedded, default) or `dynamodb:TABLE`.
+        #[arg(long, default_value = "memory")]
+        ledger: String,
+        /// `KEY=APPLICATION`; repeatable.
+        #[arg(long = "api-key", value_name = "KEY=APPLICATION")]
+        api_keys: Vec<String>,
+        /// A file of `KEY=APPLICATION` lines.
+        #[arg(long)]
+        api_keys_file: Option<PathBuf>,
+    },
+}
+
+fn init_tracing() {
+    // JSON logs on stderr; stdout carries the EMF metric lines. Prompts are never logged.
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> std::process::ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() && std::env::args().len() == 1 {
+        init_tracing();
+        return match runtime.block_on(run_lambda()) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("invoke: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
+    let cli = Cli::parse();
+    init_tracing();
+    match runtime.block_on(run_cli(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("invoke: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_lambda() -> Result<(), String> {
+    let (settings, table) = invoke::settings::from_env(|k| std::env::var(k).ok())?;
+    let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let ledger = Arc::new(DynamoLedger::new(
+        aws_sdk_dynamodb::Client::new(&aws),
+        table,
+    ));
+    let bedrock = SdkBedrock::new(aws_sdk_bedrockruntime::Client::new(&aws));
+    let gateway = Arc::new(Gateway::new(ledger, bedrock, settings, MetricsSink::Stdout));
+    let queues = Arc::new(SdkQueues::new(aws_sdk_sqs::Client::new(&aws)));
+    lambda_runtime::run(lambda_runtime::service_fn(
+        move |event: lambda_runtime::LambdaEvent<serde_json::Value>| {
+            let gateway = Arc::clone(&gateway);
+            let queues = Arc::clone(&queues);
+            async move { invoke::lambda::handle(&gateway, queues.as_ref(), event.payload).await }
+        },
+    ))
+    .await
+    .map_err(|e| e.to_string())
+}
+
+fn parse_keys(pairs: &[String], file: Option<&PathBuf>) -> Result<HashMap<String, String>, String> {
+    let mut lines: Vec<String> = pairs.to_vec();
+    if let Some(file) = file {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| format!("cannot read `{}`: {e}", file.display()))?;
+        lines.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string),
+        );
+    }
+    let mut keys = HashMap::new();
+    for line in lines {
+        let (key, app) = line
+            .split_once('=')
+            .ok_or_else(|| "an API key is given as `KEY=APPLICATION`".to_string())?;
+        if key.is_empty() || app.is_empty() {
+            return Err("an API key is given as `KEY=APPLICATION`".into());
+        }
+        keys.insert(key.to_string(), app.to_string());
+    }
+    Ok(keys)
+}
+
+async fn run_cli(cli: Cli) -> Result<(), String> {
+    let Command::Serve {
+        spec: spec_path,
+        listen,
+        ledger,
+        api_keys,
+        api_keys_file,
+    } = cli.command;
+    let source = std::fs::read_to_string(&spec_path)
+        .map_err(|e| format!("cannot read `{}`: {e}", spec_path.display()))?;
+    let spec = spec::parse(&spec_path.display().to_string(), &source).map_err(|e| e.to_string())?;
+    let keys = parse_keys(&api_keys, api_keys_file.as_ref())?;
+    if keys.is_empty() {
+        return Err("give at least one `--api-key KEY=APPLICATION`".into());
+    }
+    for app in keys.values() {
+        if !spec.applications.contains_key(app) {
+            return Err(format!(
+                "`--api-key` names application `{app}`, which the spec does not declare"
+            ));
+        }
+    }
+    let settings = invoke::settings::from_spec(&spec);
+    let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let bedrock = SdkBedrock::new(aws_sdk_bedrockruntime::Client::new(&aws));
+    match ledger.as_str() {
+        "memory" => {
+            serve(
+                Arc::new(MemoryLedger::new()),
+                bedrock,
+                settings,
+                &spec,
+                keys,
+                listen,
+            )
+            .await
+        }
+        other => match other.strip_prefix("dynamodb:") {
+            Some(table) if !table.is_empty() => {
+                serve(
+                    Arc::new(DynamoLedger::new(
+                        aws_sdk_dynamodb::Client::new(&aws),
+                        table,
+                    )),
+                    bedrock,
+                    settings,
+                    &spec,
+                    keys,
+                    listen,
+                )
+                .await
+            }
+            _ => Err(format!(
+                "`--ledger {other}` is not `memory` or `dynamodb:TABLE`"
+            )),
+        },
+    }
+}
+
+async fn serve<L: Ledger>(
+    ledger: Arc<L>,
+    bedrock: SdkBedrock,
+    settings: invoke::Settings,
+    spec: &spec::Spec,
+    keys: HashMap<String, String>,
+    listen: SocketAddr,
+) -> Result<(), String> {
+    for app in spec.applications.keys() {
+        let config = invoke::settings::budget_from_spec(spec, app).expect("the application exists");
+        ledger
+            .put_budget(&config, &[])
+            .await
+            .map_err(|e| format!("writing the budget of `{app}`: {e}"))?;
+    }
+    let gateway = Arc::new(Gateway::new(ledger, bedrock, settings, MetricsSink::Stdout));
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    eprintln!(
+        "invoke: serving `{}` on http://{addr} ({} application(s))",
+        spec.name,
+        spec.applications.len()
+    );
+    axum::serve(listener, invoke::http::router(gateway, keys))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,150 @@
+//! Metrics as CloudWatch Embedded Metric Format lines on stdout.
+//!
+//! A few lines of serde_json rather than a `metrics` exporter: each request emits exactly one
+//! line, synchronously, with the dimensions it was decided under, and tests can capture the lines.
+
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Map, Value, json};
+
+/// The namespace every metric is published in.
+pub const NAMESPACE: &str = "TokenFence";
+
+/// Where metric lines go.
+#[derive(Debug, Clone, Default)]
+pub enum MetricsSink {
+    /// One JSON line per record on stdout (Lambda ships stdout to CloudWatch Logs, which extracts EMF).
+    #[default]
+    Stdout,
+    /// Kept in memory, for tests.
+    Capture(Arc<Mutex<Vec<Value>>>),
+}
+
+impl MetricsSink {
+    /// Emits one EMF record.
+    pub fn emit(&self, record: Value) {
+        match self {
+            MetricsSink::Stdout => println!("{record}"),
+            MetricsSink::Capture(lines) => lines.lock().expect("metrics lock").push(record),
+        }
+    }
+}
+
+/// One request's outcome, as metrics.
+#[derive(Debug, Clone, Default)]
+pub struct RequestMetrics<'a> {
+    /// The application.
+    pub application: &'a str,
+    /// Its cost center, if any.
+    pub cost_center: Option<&'a str>,
+    /// The model called (or asked for).
+    pub model: &'a str,
+    /// Approved by every limit (or unreserved by policy).
+    pub approved: bool,
+    /// Denied by a limit.
+    pub denied: bool,
+    /// Would have been denied (shadow mode).
+    pub shadow_denied: bool,
+    /// Bedrock or the gateway failed.
+    pub failed: bool,
+    /// Called without a reservation because the ledger was down and policy allows it.
+    pub unreserved: bool,
+    /// Served by the fallback model.
+    pub fallback: bool,
+    /// Tokens used, by kind.
+    pub usage: budget::Usage,
+    /// Cost in micro-USD.
+    pub cost_micro_usd: u64,
+}
+
+/// The EMF record of one request.
+pub fn request_record(m: &RequestMetrics<'_>, timestamp_ms: u64) -> Value {
+    let flag = |b: bool| if b { 1 } else { 0 };
+    let names = [
+        ("TotalRequests", "Count"),
+        ("RateLimitApproved", "Count"),
+        ("RateLimitDenied", "Count"),
+        ("ShadowDenied", "Count"),
+        ("InvocationFailed", "Count"),
+        ("UnreservedRequests", "Count"),
+        ("FallbackRequests", "Count"),
+        ("InputTokens", "Count"),
+        ("OutputTokens", "Count"),
+        ("CacheReadInputTokens", "Count"),
+        ("CacheWriteInputTokens", "Count"),
+        ("TotalTokens", "Count"),
+        ("CostUsd", "None"),
+    ];
+    let mut dimensions = vec![json!(["Application"]), json!(["Application", "Model"])];
+    if m.cost_center.is_some() {
+        dimensions.push(json!(["CostCenter"]));
+    }
+    let mut record = Map::new();
+    record.insert(
+        "_aws".into(),
+        json!({
+            "Timestamp": timestamp_ms,
+            "CloudWatchMetrics": [{
+                "Namespace": NAMESPACE,
+                "Dimensions": dimensions,
+                "Metrics": names.iter().map(|(n, u)| json!({ "Name": n, "Unit": u })).collect::<Vec<_>>()
+            }]
+        }),
+    );
+    record.insert("Application".into(), json!(m.application));
+    record.insert("Model".into(), json!(m.model));
+    if let Some(cc) = m.cost_center {
+        record.insert("CostCenter".into(), json!(cc));
+    }
+    record.insert("TotalRequests".into(), json!(1));
+    record.insert("RateLimitApproved".into(), json!(flag(m.approved)));
+    record.insert("RateLimitDenied".into(), json!(flag(m.denied)));
+    record.insert("ShadowDenied".into(), json!(flag(m.shadow_denied)));
+    record.insert("InvocationFailed".into(), json!(flag(m.failed)));
+    record.insert("UnreservedRequests".into(), json!(flag(m.unreserved)));
+    record.insert("FallbackRequests".into(), json!(flag(m.fallback)));
+    record.insert("InputTokens".into(), json!(m.usage.input_tokens));
+    record.insert("OutputTokens".into(), json!(m.usage.output_tokens));
+    record.insert(
+        "CacheReadInputTokens".into(),
+        json!(m.usage.cache_read_tokens),
+    );
+    record.insert(
+        "CacheWriteInputTokens".into(),
+        json!(m.usage.cache_write_tokens),
+    );
+    record.insert("TotalTokens".into(), json!(m.usage.total_tokens()));
+    // CloudWatch values are doubles; the ledger keeps the exact integer.
+    record.insert(
+        "CostUsd".into(),
+        json!(m.cost_micro_usd as f64 / 1_000_000.0),
+    );
+    Value::Object(record)
+}
+
+/// The EMF record of one window's gauges: utilization of the limit and the projection at the
+/// window's end, in percent. Alarms on these line up with the ledger's calendar windows.
+pub fn window_record(
+    application: &str,
+    window: &str,
+    limit_metric: &str,
+    utilization: f64,
+    projected: f64,
+    timestamp_ms: u64,
+) -> Value {
+    json!({
+        "_aws": {
+            "Timestamp": timestamp_ms,
+            "CloudWatchMetrics": [{
+                "Namespace": NAMESPACE,
+                "Dimensions": [["Application", "Window", "Limit"]],
+                "Metrics": [{ "Name": "WindowUtilization", "Unit": "Percent" }, { "Name": "ProjectedUtilization", "Unit": "Percent" }]
+            }]
+        },
+        "Application": application,
+        "Window": window,
+        "Limit": limit_metric,
+        "WindowUtilization": utilization,
+        "ProjectedUtilization": projected
+    })
+}

@@ -1,0 +1,477 @@
+//! The gateway over HTTP (`invoke serve`'s router) with the in-memory ledger and the Bedrock stub:
+//! every error status, enforcement, fallback, shadow, refunds on Bedrock errors, disconnects,
+//! metrics, and 64 concurrent clients against a small budget.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use budget::{MicroUsd, PriceBook, Usage};
+use common::{KEYS, Lcg, SPEC, prompt, start};
+use ledger::{Ledger, MemoryLedger};
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn errors_are_json_with_status_and_field() {
+    let env = start(Arc::new(MemoryLedger::new()), SPEC, |s| {
+        s.max_body_bytes = 4096
+    })
+    .await;
+    let ok = prompt("hi").to_string();
+    type Case<'a> = (
+        Option<&'a str>,
+        &'a str,
+        Vec<u8>,
+        u16,
+        &'a str,
+        Option<&'a str>,
+    );
+    let cases: Vec<Case> = vec![
+        (None, "lite", ok.clone().into_bytes(), 401, "MissingApiKey", None),
+        (Some("nope"), "lite", ok.clone().into_bytes(), 403, "InvalidApiKey", None),
+        (Some("key-capped"), "micro", ok.clone().into_bytes(), 403, "ModelNotAllowed", None),
+        (Some("key-capped"), "no-such-alias", ok.clone().into_bytes(), 404, "UnknownModel", None),
+        (Some("key-capped"), "lite", b"{not json".to_vec(), 400, "ValidationError", None),
+        (Some("key-capped"), "lite", b"{}".to_vec(), 400, "ValidationError", Some("messages")),
+        (Some("key-capped"), "lite", br#"{"messages": []}"#.to_vec(), 400, "ValidationError", Some("messages")),
+        (Some("key-capped"), "lite", json!({"messages": [{"role": "user", "content": [{"text": "x"}]}], "inferenceConfig": {"maxTokens": 0}}).to_string().into_bytes(), 400, "ValidationError", Some("inferenceConfig.maxTokens")),
+        (Some("key-capped"), "lite", json!({"messages": [{"role": "user", "content": [{"video": {}}]}]}).to_string().into_bytes(), 400, "ValidationError", Some("messages[0].content[0].video")),
+        (Some("key-capped"), "lite", vec![b' '; 5000], 413, "PayloadTooLarge", None),
+    ];
+    for (key, model, body, status, code, field) in cases {
+        let (got, _, body) = env.post(key, model, &body).await;
+        assert_eq!(
+            (got, body["error"].as_str()),
+            (status, Some(code)),
+            "{body}"
+        );
+        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+        if let Some(field) = field {
+            assert_eq!(body["field"], field);
+        }
+    }
+    // Nothing above reached Bedrock or left a reservation.
+    assert_eq!(env.stub.requests(), 0);
+    assert_eq!(env.gateway.ledger().open_reservations(), 0);
+}
+
+#[tokio::test]
+async fn a_request_under_budget_returns_bedrocks_response_and_what_remains() {
+    let env = start(Arc::new(MemoryLedger::new()), SPEC, |_| {}).await;
+    let (status, headers, body) = env
+        .converse("key-capped", "lite", &prompt("hello there"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["output"]["message"]["role"], "assistant");
+    assert_eq!(body["stopReason"], "end_turn");
+    let usage = &body["usage"];
+    let (input, output) = (
+        usage["inputTokens"].as_u64().unwrap(),
+        usage["outputTokens"].as_u64().unwrap(),
+    );
+    assert_eq!(headers["x-tokenfence-application"], "capped");
+    assert_eq!(headers["x-tokenfence-model"], "amazon.nova-lite-v1:0");
+    let remaining: u64 = headers["x-tokenfence-remaining-minute-tokens"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        remaining,
+        2000 - input - output,
+        "settled to the actual usage, not the reservation"
+    );
+    let price = PriceBook::lookup("amazon.nova-lite-v1:0").unwrap();
+    let cost = price.cost(&Usage::new(input, output));
+    assert_eq!(
+        headers["x-tokenfence-remaining-day-usd"],
+        MicroUsd(1_000_000 - cost.0).to_string()
+    );
+    // The gateway holds Bedrock to the output it reserved.
+    assert_eq!(env.stub.billed()["amazon.nova-lite-v1:0"].output_tokens, 64);
+}
+
+#[tokio::test]
+async fn over_budget_is_429_with_retry_after_and_nothing_is_spent() {
+    let env = start(Arc::new(MemoryLedger::new()), SPEC, |_| {}).await;
+    let mut statuses = Vec::new();
+    let mut denial = None;
+    for _ in 0..30 {
+        let (status, headers, body) = env
+            .converse("key-capped", "lite", &prompt("count me"))
+            .await;
+        statuses.push(status);
+        if status == 429 {
+            denial = Some((headers, body));
+            break;
+        }
+    }
+    let (headers, body) =
+        denial.expect("the minute limit of 2000 tokens denies within 30 requests");
+    assert_eq!(body["error"], "BudgetExceeded");
+    assert_eq!(body["window"], "minute");
+    assert_eq!(
+        (
+            body["metric"].as_str(),
+            body["unit"].as_str(),
+            body["limit"].as_u64()
+        ),
+        (Some("tokens"), Some("tokens"), Some(2000))
+    );
+    let retry: i64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry));
+    assert_eq!(body["retryAfterSeconds"], retry);
+    let billed = env.stub.billed()["amazon.nova-lite-v1:0"];
+    assert_eq!(
+        billed.calls as usize,
+        statuses.len() - 1,
+        "the denied request never reached Bedrock"
+    );
+    assert!(billed.input_tokens + billed.output_tokens <= 2000);
+}
+
+#[tokio::test]
+async fn fallback_calls_the_cheaper_model_and_says_so() {
+    let env = start(Arc::new(MemoryLedger::new()), SPEC, |_| {}).await;
+    let mut saw_fallback = false;
+    for _ in 0..20 {
+        let (status, headers, body) = env
+            .converse("key-fallback", "pro", &prompt("summarise"))
+            .await;
+        if status == 429 {
+            break;
+        }
+        assert_eq!(status, 200, "{body}");
+        if let Some(model) = headers.get("x-tokenfence-fallback") {
+            assert_eq!(model, "amazon.nova-micro-v1:0");
+            assert_eq!(headers["x-tokenfence-model"], "amazon.nova-micro-v1:0");
+            saw_fallback = true;
+        }
+    }
+    assert!(
+        saw_fallback,
+        "the day's 0.001 USD runs out on nova-pro first"
+    );
+    let billed = env.stub.billed();
+    let spent: u64 = billed
+        .iter()
+        .map(|(model, b)| {
+            PriceBook::lookup(model)
+                .unwrap()
+                .cost(&Usage::new(b.input_tokens, b.output_tokens))
+                .0
+        })
+        .sum();
+    assert!(spent <= 1_000, "spent {spent} micro-USD of a 1,000 limit");
+    assert!(billed["amazon.nova-micro-v1:0"].calls > 0);
+}
+
+#[tokio::test]
+async fn shadow_mode_never_blocks_but_reports() {
+    let env = start(Arc::new(MemoryLedger::new()), SPEC, |_| {}).await;
+    let mut shadowed = 0;
+    for _ in 0..20 {
+        let (status, headers, _) = env
+            .converse("key-shadowed", "lite", &prompt("shadow"))
+            .await;
+        assert_eq!(status, 200);
+        if let Some(note) = headers.get("x-tokenfence-shadow") {
+            assert!(
+                note.to_str()
+                    .unwrap()
+                    .starts_with("would-reject; `minute` limit of 1200 tokens")
+            );
+            shadowed += 1;
+        }
+    }
+    assert!(
+        shadowed > 0,
+        "20 requests of ~70 tokens pass a 1200-token minute limit"
+    );
+    let metrics = env.metrics.lock().unwrap();
+    let shadow_records = metrics.iter().filter(|m| m["ShadowDenied"] == 1).count();
+    assert_eq!(shadow_records, shadowed);
+    // Shadow usage is still counted.
+    let used: u64 = env
+        .gateway
+        .ledger()
+        .counters("shadowed")
+        .iter()
+        .map(|(_, c)| c.tokens)
+        .sum();
+    let billed = env.stub.billed()["amazon.nova-lite-v1:0"];
+    assert_eq!(used, billed.input_tokens + billed.output_tokens);
+}
+
+#[tokio::test]
+async fn bedrock_errors_pass_through_and_refund_the_reservation() {
+    let env = start(Arc::new(MemoryLedger::new()), SPEC, |_| {}).await;
+    for (marker, status, code) in [
+        ("[[stub:throttle]]", 429, "ThrottlingException"),
+        ("[[stub:invalid]]", 400, "ValidationException"),
+        ("[[stub:error]]", 502, "BedrockFailed"),
+    ] {
+        let (got, headers, body) = env.converse("key-capped", "lite", &prompt(marker)).await;
+        assert_eq!(
+            (got, body["error"].as_str()),
+            (status, Some(code)),
+            "{body}"
+        );
+        if status == 429 {
+            assert!(headers.contains_key("retry-after"));
+        }
+    }
+    assert_eq!(env.gateway.ledger().open_reservations(), 0);
+    assert!(
+        env.gateway
+            .ledger()
+            .counters("capped")
+            .iter()
+            .all(|(_, c)| c.tokens == 0 && c.cost.0 == 0),
+        "{:?}",
+        env.gateway.ledger().counters("capped")
+    );
+    let failed = env
+        .metrics
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|m| m["InvocationFailed"] == 1)
+        .count();
+    assert_eq!(failed, 3);
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_still_gets_its_request_settled() {
+    let env = start(Arc::new(MemoryLedger::new()), SPEC, |_| {}).await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let result = client
+        .post(format!("{}/model/micro/converse", env.base))
+        .header("x-api-key", "key-other")
+        .body(prompt("[[stub:sleep=400]] slow").to_string())
+        .send()
+        .await;
+    assert!(
+        result.is_err(),
+        "the client gave up before Bedrock answered"
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        env.gateway.ledger().open_reservations(),
+        0,
+        "the abandoned request was settled"
+    );
+    let used: u64 = env
+        .gateway
+        .ledger()
+        .counters("other")
+        .iter()
+        .map(|(_, c)| c.tokens)
+        .sum();
+    let billed = env.stub.billed()["amazon.nova-micro-v1:0"];
+    assert_eq!(
+        used,
+        billed.input_tokens + billed.output_tokens,
+        "settled to what Bedrock billed"
+    );
+}
+
+#[tokio::test]
+async fn usage_reports_the_callers_windows_only() {
+    let env = start(Arc::new(MemoryLedger::new()), SPEC, |_| {}).await;
+    let (status, _, _) = env.converse("key-capped", "lite", &prompt("hello")).await;
+    assert_eq!(status, 200);
+    let usage: Value = env
+        .http
+        .get(format!("{}/usage", env.base))
+        .header("x-api-key", "key-capped")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(usage["application"], "capped");
+    let windows = usage["windows"].as_array().unwrap();
+    assert_eq!(windows.len(), 2);
+    assert_eq!(windows[0]["window"], "minute");
+    assert_eq!(windows[0]["limitTokens"], 2000);
+    let used = windows[0]["usedTokens"].as_u64().unwrap();
+    assert!(used > 0);
+    assert_eq!(windows[0]["remainingTokens"].as_u64().unwrap(), 2000 - used);
+    // Another application's key sees its own (empty) usage, never `capped`'s.
+    let other: Value = env
+        .http
+        .get(format!("{}/usage", env.base))
+        .header("x-api-key", "key-other")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(other["application"], "other");
+    assert_eq!(other["windows"][0]["usedTokens"], 0);
+    let resp = env
+        .http
+        .get(format!("{}/usage", env.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+}
+
+#[tokio::test]
+async fn metrics_are_embedded_metric_format() {
+    let env = start(Arc::new(MemoryLedger::new()), SPEC, |_| {}).await;
+    let (status, _, body) = env.converse("key-capped", "lite", &prompt("metrics")).await;
+    assert_eq!(status, 200);
+    let metrics = env.metrics.lock().unwrap();
+    let request = metrics
+        .iter()
+        .find(|m| m["TotalRequests"] == 1)
+        .expect("a request record");
+    let directive = &request["_aws"]["CloudWatchMetrics"][0];
+    assert_eq!(directive["Namespace"], "TokenFence");
+    assert_eq!(
+        directive["Dimensions"],
+        json!([["Application"], ["Application", "Model"]])
+    );
+    let names: Vec<&str> = directive["Metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["Name"].as_str().unwrap())
+        .collect();
+    for name in [
+        "TotalRequests",
+        "RateLimitApproved",
+        "RateLimitDenied",
+        "InvocationFailed",
+        "InputTokens",
+        "OutputTokens",
+        "TotalTokens",
+        "CostUsd",
+    ] {
+        assert!(names.contains(&name), "{name}");
+        assert!(request.get(name).is_some(), "{name} has a value");
+    }
+    assert_eq!(
+        (request["Application"].as_str(), request["Model"].as_str()),
+        (Some("capped"), Some("amazon.nova-lite-v1:0"))
+    );
+    assert_eq!(request["InputTokens"], body["usage"]["inputTokens"]);
+    assert_eq!(request["RateLimitApproved"], 1);
+    let gauges: Vec<&Value> = metrics
+        .iter()
+        .filter(|m| m.get("WindowUtilization").is_some())
+        .collect();
+    assert_eq!(gauges.len(), 2, "one gauge per limited window and metric");
+    assert!(
+        gauges
+            .iter()
+            .all(|g| g["WindowUtilization"].as_f64().unwrap() > 0.0)
+    );
+    // Prompts are never in metrics.
+    assert!(!metrics.iter().any(|m| m.to_string().contains("metrics\"")));
+}
+
+/// 64 clients at once, random prompt sizes and `maxTokens`, against a small budget: what the stub
+/// billed never exceeds a window's limit, and the ledger ends equal to what was billed.
+pub async fn concurrency_holds<L: Ledger>(ledger: Arc<L>, requests_per_client: usize) {
+    let spec = r#"
+version: 1
+name: c
+models: { lite: amazon.nova-lite-v1:0 }
+defaults: { max_tokens: 200 }
+applications:
+  capped:
+    limits: [{ window: day, tokens: 30000, usd: 0.02 }, { window: month, usd: 0.5 }]
+"#;
+    let env = Arc::new(start(Arc::clone(&ledger), spec, |_| {}).await);
+    let mut tasks = Vec::new();
+    for client in 0..64u64 {
+        let env = Arc::clone(&env);
+        tasks.push(tokio::spawn(async move {
+            let mut rng = Lcg(client + 1);
+            let mut statuses = Vec::new();
+            for _ in 0..requests_per_client {
+                let text = "x".repeat(rng.next(2_000) as usize + 1);
+                let max_tokens = rng.next(300) + 1;
+                let body = json!({ "messages": [{ "role": "user", "content": [{ "text": text }] }], "inferenceConfig": { "maxTokens": max_tokens } });
+                let (status, _, _) = env.converse(KEYS[0].0, "lite", &body).await;
+                statuses.push(status);
+            }
+            statuses
+        }));
+    }
+    let mut ok = 0;
+    let mut denied = 0;
+    for t in tasks {
+        for status in t.await.unwrap() {
+            match status {
+                200 => ok += 1,
+                429 => denied += 1,
+                other => panic!("unexpected status {other}"),
+            }
+        }
+    }
+    assert!(
+        ok > 0 && denied > 0,
+        "the budget is small enough to deny some ({ok} ok, {denied} denied)"
+    );
+    let billed = env.stub.billed()["amazon.nova-lite-v1:0"];
+    let usage = Usage {
+        input_tokens: billed.input_tokens,
+        output_tokens: billed.output_tokens,
+        cache_read_tokens: billed.cache_read_tokens,
+        cache_write_tokens: billed.cache_write_tokens,
+    };
+    let cost = PriceBook::lookup("amazon.nova-lite-v1:0")
+        .unwrap()
+        .cost(&usage);
+    assert_eq!(billed.calls, ok as u64);
+    let now = invoke::gateway::now_seconds();
+    let limits = budget::config::BudgetConfig::clone(
+        &env.gateway
+            .ledger()
+            .budget("capped")
+            .await
+            .unwrap()
+            .unwrap(),
+    )
+    .limits;
+    let windows = env
+        .gateway
+        .ledger()
+        .usage("capped", &limits, now)
+        .await
+        .unwrap();
+    for w in &windows {
+        // Every window holds exactly what was billed (settled, nothing left reserved), within its limit.
+        assert_eq!(w.used.tokens, usage.total_tokens(), "{:?}", w.limit.window);
+        assert!(w.limit.tokens.is_none_or(|l| w.used.tokens <= l));
+        assert!(
+            w.limit.usd.is_none_or(|l| w.used.cost <= l),
+            "{:?}: {} > limit",
+            w.limit.window,
+            w.used.cost
+        );
+    }
+    // Per-request rounding up to the micro-dollar makes the ledger's sum at least the billed total.
+    let ledger_cost = windows[0].used.cost.0;
+    assert!(
+        ledger_cost >= cost.0 && ledger_cost <= cost.0 + ok as u64,
+        "ledger {ledger_cost} vs billed {}",
+        cost.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixty_four_concurrent_clients_never_overspend_on_the_memory_ledger() {
+    concurrency_holds(Arc::new(MemoryLedger::new()), 8).await;
+}

@@ -1,0 +1,523 @@
+//! The production ledger on DynamoDB.
+//!
+//! Items (partition key `pk`, sort key `sk`):
+//! - counter: `app#{app}` / `{window}#{key}` with `tokens`, `micro_usd`, `expires_at`;
+//! - reservation: `app#{app}` / `res#{id}` with `state` (`reserved` | `done`), `result`, `expires_at`;
+//! - configuration: `app#{app}` / `config` with `config` (JSON) and `version`;
+//! - identity: `identity#apikey#{id}` or `identity#queue#{arn}` / `identity` with `application`.
+//!
+//! A reservation is one `TransactWriteItems`: a conditional `ADD` per window plus the reservation
+//! record, so it holds in every window or in none. DynamoDB conditions cannot add two attributes,
+//! so each condition compares the counter with `limit - request`, computed here.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, CancellationReason, KeysAndAttributes, Put,
+    ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
+};
+use budget::config::BudgetConfig;
+use budget::{Charge, Exceeded, Limit, LimitMetric, MicroUsd};
+
+use crate::*;
+
+/// Attempts of a transaction that conflicts with concurrent ones before giving up.
+const CONFLICT_ATTEMPTS: u32 = 12;
+
+/// The ledger in a DynamoDB table.
+#[derive(Debug, Clone)]
+pub struct DynamoLedger {
+    client: Client,
+    table: String,
+}
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn n(v: impl ToString) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn app_pk(app: &str) -> String {
+    format!("app#{app}")
+}
+
+fn unavailable<E: std::fmt::Debug + ProvideErrorMetadata>(op: &str, e: &E) -> LedgerError {
+    let detail = match (e.code(), e.message()) {
+        (Some(code), Some(msg)) => format!("{code}: {msg}"),
+        (Some(code), None) => code.to_string(),
+        _ => format!("{e:?}"),
+    };
+    LedgerError::Unavailable(format!("{op}: {detail}"))
+}
+
+fn number(
+    item: &HashMap<String, AttributeValue>,
+    attr: &str,
+    key: &str,
+) -> Result<u64, LedgerError> {
+    match item.get(attr) {
+        None => Ok(0),
+        Some(AttributeValue::N(text)) => {
+            // ADD of negative deltas can never take a counter below zero unless the item was
+            // tampered with; read such values as zero rather than failing every request.
+            if let Some(stripped) = text.strip_prefix('-') {
+                let _ = stripped;
+                return Ok(0);
+            }
+            text.parse().map_err(|_| LedgerError::Corrupt {
+                key: key.into(),
+                reason: format!("`{attr}` is `{text}`"),
+            })
+        }
+        Some(other) => Err(LedgerError::Corrupt {
+            key: key.into(),
+            reason: format!("`{attr}` is not a number: {other:?}"),
+        }),
+    }
+}
+
+fn charge_of(item: &HashMap<String, AttributeValue>, key: &str) -> Result<Charge, LedgerError> {
+    Ok(Charge::new(
+        number(item, "tokens", key)?,
+        MicroUsd(number(item, "micro_usd", key)?),
+    ))
+}
+
+impl DynamoLedger {
+    /// A ledger in `table`, through `client` (whose endpoint comes from the standard AWS
+    /// configuration, e.g. `AWS_ENDPOINT_URL_DYNAMODB`).
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        DynamoLedger {
+            client,
+            table: table.into(),
+        }
+    }
+
+    async fn transact(
+        &self,
+        items: Vec<TransactWriteItem>,
+        app: &str,
+    ) -> Result<Option<Vec<CancellationReason>>, LedgerError> {
+        let mut delay = Duration::from_millis(5);
+        for attempt in 1..=CONFLICT_ATTEMPTS {
+            let result = self
+                .client
+                .transact_write_items()
+                .set_transact_items(Some(items.clone()))
+                .send()
+                .await;
+            match result {
+                Ok(_) => return Ok(None),
+                Err(SdkError::ServiceError(e)) => match e.err() {
+                    TransactWriteItemsError::TransactionCanceledException(tc) => {
+                        let reasons = tc.cancellation_reasons().to_vec();
+                        let conflict = reasons
+                            .iter()
+                            .any(|r| r.code() == Some("TransactionConflict"));
+                        let failed = reasons
+                            .iter()
+                            .any(|r| r.code() == Some("ConditionalCheckFailed"));
+                        if failed || !conflict {
+                            return Ok(Some(reasons));
+                        }
+                    }
+                    TransactWriteItemsError::TransactionInProgressException(_) => {}
+                    other => return Err(unavailable("TransactWriteItems", other)),
+                },
+                Err(e) => return Err(LedgerError::Unavailable(format!("TransactWriteItems: {e}"))),
+            }
+            if attempt < CONFLICT_ATTEMPTS {
+                // Jitter from the clock's low bits: enough to desynchronise competing retries.
+                let jitter = u64::from(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.subsec_nanos()),
+                ) % 5;
+                tokio::time::sleep(delay + Duration::from_millis(jitter)).await;
+                delay = (delay * 2).min(Duration::from_millis(200));
+            }
+        }
+        Err(LedgerError::Contention(app.to_string()))
+    }
+
+    fn counter_key(app: &str, slot: &Slot) -> HashMap<String, AttributeValue> {
+        HashMap::from([
+            ("pk".to_string(), s(app_pk(app))),
+            ("sk".to_string(), s(slot.instance.key())),
+        ])
+    }
+
+    fn record_key(app: &str, id: &str) -> HashMap<String, AttributeValue> {
+        HashMap::from([
+            ("pk".to_string(), s(app_pk(app))),
+            ("sk".to_string(), s(format!("res#{id}"))),
+        ])
+    }
+}
+
+impl Ledger for DynamoLedger {
+    async fn budget(&self, application: &str) -> Result<Option<BudgetConfig>, LedgerError> {
+        let key = format!("{}/config", app_pk(application));
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(app_pk(application)))
+            .key("sk", s("config"))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable("GetItem", &e))?;
+        let Some(item) = out.item else {
+            return Ok(None);
+        };
+        let Some(AttributeValue::S(json)) = item.get("config") else {
+            return Err(LedgerError::Corrupt {
+                key,
+                reason: "no `config` string".into(),
+            });
+        };
+        serde_json::from_str(json)
+            .map(Some)
+            .map_err(|e| LedgerError::Corrupt {
+                key,
+                reason: e.to_string(),
+            })
+    }
+
+    async fn put_budget(
+        &self,
+        config: &BudgetConfig,
+        identities: &[Identity],
+    ) -> Result<(), LedgerError> {
+        let json = serde_json::to_string(config).expect("a configuration serializes");
+        let mut items = vec![
+            TransactWriteItem::builder()
+                .put(
+                    Put::builder()
+                        .table_name(&self.table)
+                        .item("pk", s(app_pk(&config.application)))
+                        .item("sk", s("config"))
+                        .item("config", s(json))
+                        .item("version", n(config.version))
+                        .build()
+                        .expect("table and item are set"),
+                )
+                .build(),
+        ];
+        for identity in identities {
+            items.push(
+                TransactWriteItem::builder()
+                    .put(
+                        Put::builder()
+                            .table_name(&self.table)
+                            .item("pk", s(identity.key()))
+                            .item("sk", s("identity"))
+                            .item("application", s(&config.application))
+                            .build()
+                            .expect("table and item are set"),
+                    )
+                    .build(),
+            );
+        }
+        match self.transact(items, &config.application).await? {
+            None => Ok(()),
+            Some(reasons) => Err(LedgerError::Unavailable(format!(
+                "writing the configuration was cancelled: {reasons:?}"
+            ))),
+        }
+    }
+
+    async fn delete_budget(
+        &self,
+        application: &str,
+        identities: &[Identity],
+    ) -> Result<(), LedgerError> {
+        let mut keys = vec![(app_pk(application), "config".to_string())];
+        keys.extend(identities.iter().map(|i| (i.key(), "identity".to_string())));
+        for (pk, sk) in keys {
+            self.client
+                .delete_item()
+                .table_name(&self.table)
+                .key("pk", s(pk))
+                .key("sk", s(sk))
+                .send()
+                .await
+                .map_err(|e| unavailable("DeleteItem", &e))?;
+        }
+        Ok(())
+    }
+
+    async fn application_for(&self, identity: &Identity) -> Result<Option<String>, LedgerError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(identity.key()))
+            .key("sk", s("identity"))
+            .send()
+            .await
+            .map_err(|e| unavailable("GetItem", &e))?;
+        Ok(out.item.and_then(|item| match item.get("application") {
+            Some(AttributeValue::S(app)) => Some(app.clone()),
+            _ => None,
+        }))
+    }
+
+    async fn reserve(&self, request: &ReserveRequest<'_>) -> Result<ReserveOutcome, LedgerError> {
+        if let Some((exceeded, retry_after)) =
+            precheck(request.limits, request.charge, request.now)?
+        {
+            return Ok(ReserveOutcome::Exceeded {
+                exceeded,
+                retry_after,
+            });
+        }
+        let app = request.application;
+        let slots = slots(request.limits, request.now)?;
+        let mut items = Vec::with_capacity(slots.len() + 1);
+        for slot in &slots {
+            let (max_tokens, max_usd) = slot.limit.ceiling_before(request.charge);
+            let mut conditions = Vec::new();
+            let mut update = Update::builder()
+                .table_name(&self.table)
+                .set_key(Some(Self::counter_key(app, slot)))
+                .update_expression(
+                    "ADD tokens :t, micro_usd :c SET expires_at = if_not_exists(expires_at, :exp)",
+                )
+                .expression_attribute_values(":t", n(request.charge.tokens))
+                .expression_attribute_values(":c", n(request.charge.cost.0))
+                .expression_attribute_values(":exp", n(slot.instance.end + COUNTER_GRACE_SECONDS))
+                .return_values_on_condition_check_failure(
+                    ReturnValuesOnConditionCheckFailure::AllOld,
+                );
+            if let Some(max) = max_tokens {
+                conditions.push("(attribute_not_exists(tokens) OR tokens <= :tmax)");
+                update = update.expression_attribute_values(":tmax", n(max));
+            }
+            if let Some(max) = max_usd {
+                conditions.push("(attribute_not_exists(micro_usd) OR micro_usd <= :cmax)");
+                update = update.expression_attribute_values(":cmax", n(max));
+            }
+            if !conditions.is_empty() {
+                update = update.condition_expression(conditions.join(" AND "));
+            }
+            items.push(
+                TransactWriteItem::builder()
+                    .update(update.build().expect("table, key and expression are set"))
+                    .build(),
+            );
+        }
+        items.push(
+            TransactWriteItem::builder()
+                .put(
+                    Put::builder()
+                        .table_name(&self.table)
+                        .set_item(Some(Self::record_key(app, request.reservation_id)))
+                        .item("state", s("reserved"))
+                        .item("tokens", n(request.charge.tokens))
+                        .item("micro_usd", n(request.charge.cost.0))
+                        .item("expires_at", n(request.now + request.hold_seconds))
+                        // A record past its expiry (TTL deletion lags) no longer blocks the ID.
+                        .condition_expression("attribute_not_exists(sk) OR expires_at < :now")
+                        .expression_attribute_values(":now", n(request.now))
+                        .return_values_on_condition_check_failure(
+                            ReturnValuesOnConditionCheckFailure::AllOld,
+                        )
+                        .build()
+                        .expect("table and item are set"),
+                )
+                .build(),
+        );
+
+        let Some(reasons) = self.transact(items, app).await? else {
+            return Ok(ReserveOutcome::Reserved(Reservation {
+                id: request.reservation_id.to_string(),
+                application: app.to_string(),
+                charge: request.charge,
+                slots,
+            }));
+        };
+        // The record is last: a failed condition there means the request was seen before.
+        if let Some(record) = reasons
+            .get(slots.len())
+            .filter(|r| r.code() == Some("ConditionalCheckFailed"))
+        {
+            let item = record.item().cloned().unwrap_or_default();
+            let in_flight =
+                !matches!(item.get("state"), Some(AttributeValue::S(state)) if state == "done");
+            let result = match item.get("result") {
+                Some(AttributeValue::S(r)) => Some(r.clone()),
+                _ => None,
+            };
+            return Ok(ReserveOutcome::Duplicate { in_flight, result });
+        }
+        for (slot, reason) in slots.iter().zip(&reasons) {
+            if reason.code() != Some("ConditionalCheckFailed") {
+                continue;
+            }
+            let used = charge_of(
+                &reason.item().cloned().unwrap_or_default(),
+                &slot.instance.key(),
+            )?;
+            let exceeded = slot
+                .limit
+                .admits(used, request.charge)
+                .err()
+                .unwrap_or(Exceeded {
+                    // The counter moved between the condition and our read of it: report the limit.
+                    window: slot.limit.window,
+                    metric: if slot.limit.tokens.is_some() {
+                        LimitMetric::Tokens
+                    } else {
+                        LimitMetric::Usd
+                    },
+                    limit: slot
+                        .limit
+                        .tokens
+                        .or(slot.limit.usd.map(|u| u.0))
+                        .unwrap_or(0),
+                    used: used.tokens,
+                    requested: request.charge.tokens,
+                });
+            return Ok(ReserveOutcome::Exceeded {
+                exceeded,
+                retry_after: slot.instance.seconds_until_reset(request.now),
+            });
+        }
+        Err(LedgerError::Unavailable(format!(
+            "reservation cancelled for an unexpected reason: {reasons:?}"
+        )))
+    }
+
+    async fn settle(
+        &self,
+        reservation: &Reservation,
+        settlement: &Settlement,
+    ) -> Result<(), LedgerError> {
+        let app = reservation.application.as_str();
+        let delta_tokens =
+            i128::from(settlement.actual.tokens) - i128::from(reservation.charge.tokens);
+        let delta_cost =
+            i128::from(settlement.actual.cost.0) - i128::from(reservation.charge.cost.0);
+        let mut items = Vec::with_capacity(reservation.slots.len() + 1);
+        for slot in &reservation.slots {
+            items.push(
+                TransactWriteItem::builder()
+                    .update(
+                        Update::builder()
+                            .table_name(&self.table)
+                            .set_key(Some(Self::counter_key(app, slot)))
+                            .update_expression("ADD tokens :t, micro_usd :c")
+                            .expression_attribute_values(":t", n(delta_tokens))
+                            .expression_attribute_values(":c", n(delta_cost))
+                            .build()
+                            .expect("table, key and expression are set"),
+                    )
+                    .build(),
+            );
+        }
+        let record = match &settlement.completion {
+            Some(c) => {
+                let mut update = Update::builder()
+                    .table_name(&self.table)
+                    .set_key(Some(Self::record_key(app, &reservation.id)))
+                    .condition_expression("#state = :reserved")
+                    .expression_attribute_names("#state", "state")
+                    .expression_attribute_values(":reserved", s("reserved"))
+                    .expression_attribute_values(":done", s("done"))
+                    .expression_attribute_values(":exp", n(settlement.now + c.remember_seconds));
+                update = match &c.result {
+                    Some(result) => update
+                        .update_expression(
+                            "SET #state = :done, expires_at = :exp, #result = :result",
+                        )
+                        .expression_attribute_names("#result", "result")
+                        .expression_attribute_values(":result", s(result)),
+                    None => update.update_expression("SET #state = :done, expires_at = :exp"),
+                };
+                TransactWriteItem::builder()
+                    .update(update.build().expect("table, key and expression are set"))
+                    .build()
+            }
+            None => TransactWriteItem::builder()
+                .delete(
+                    aws_sdk_dynamodb::types::Delete::builder()
+                        .table_name(&self.table)
+                        .set_key(Some(Self::record_key(app, &reservation.id)))
+                        .condition_expression("#state = :reserved")
+                        .expression_attribute_names("#state", "state")
+                        .expression_attribute_values(":reserved", s("reserved"))
+                        .build()
+                        .expect("table and key are set"),
+                )
+                .build(),
+        };
+        items.push(record);
+        match self.transact(items, app).await? {
+            None => Ok(()),
+            // The record's condition failed: already settled. Settling twice changes nothing.
+            Some(reasons)
+                if reasons
+                    .last()
+                    .is_some_and(|r| r.code() == Some("ConditionalCheckFailed")) =>
+            {
+                Ok(())
+            }
+            Some(reasons) => Err(LedgerError::Unavailable(format!(
+                "settlement cancelled: {reasons:?}"
+            ))),
+        }
+    }
+
+    async fn usage(
+        &self,
+        application: &str,
+        limits: &[Limit],
+        now: i64,
+    ) -> Result<Vec<WindowUsage>, LedgerError> {
+        let slots = slots(limits, now)?;
+        if slots.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut keys = KeysAndAttributes::builder().consistent_read(true);
+        for slot in &slots {
+            keys = keys.keys(Self::counter_key(application, slot));
+        }
+        let out = self
+            .client
+            .batch_get_item()
+            .request_items(&self.table, keys.build().expect("keys are set"))
+            .send()
+            .await
+            .map_err(|e| unavailable("BatchGetItem", &e))?;
+        let items = out
+            .responses
+            .and_then(|mut r| r.remove(&self.table))
+            .unwrap_or_default();
+        slots
+            .into_iter()
+            .map(|slot| {
+                let key = slot.instance.key();
+                let item = items
+                    .iter()
+                    .find(|i| matches!(i.get("sk"), Some(AttributeValue::S(sk)) if *sk == key));
+                let used = match item {
+                    Some(item) => charge_of(item, &key)?,
+                    None => Charge::ZERO,
+                };
+                Ok(WindowUsage {
+                    limit: slot.limit,
+                    instance: slot.instance,
+                    used,
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,232 @@
+//! The budget ledger: atomic multi-window reservations, settlement, and budget configuration.
+//!
+//! A request reserves its worst case in every window of its application at once, or in none; it
+//! is then settled to its actual usage (or refunded) exactly once. Reservation records are keyed
+//! by request ID, so a redelivered message is recognised as a duplicate and never charged twice.
+
+mod dynamo;
+mod memory;
+
+use std::future::Future;
+
+use budget::config::BudgetConfig;
+use budget::{Charge, Exceeded, Limit, WindowInstance};
+use thiserror::Error;
+
+pub use dynamo::DynamoLedger;
+pub use memory::MemoryLedger;
+
+/// Errors of a ledger.
+#[derive(Debug, Error)]
+pub enum LedgerError {
+    /// The store could not be reached or answered with an error.
+    #[error("ledger unavailable: {0}")]
+    Unavailable(String),
+    /// The store answered something the ledger cannot read.
+    #[error("ledger item `{key}` is corrupt: {reason}")]
+    Corrupt {
+        /// The item.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Too many concurrent writers on the same counters; retried and still conflicting.
+    #[error("ledger contention on application `{0}`: retries exhausted")]
+    Contention(String),
+    /// A timestamp outside the calendar the windows support.
+    #[error(transparent)]
+    Budget(#[from] budget::BudgetError),
+}
+
+/// How a caller was authenticated, mapped to an application by the provider.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Identity {
+    /// An API Gateway API key ID.
+    ApiKeyId(String),
+    /// The SQS queue a message arrived on.
+    QueueArn(String),
+}
+
+impl Identity {
+    fn key(&self) -> String {
+        match self {
+            Identity::ApiKeyId(id) => format!("identity#apikey#{id}"),
+            Identity::QueueArn(arn) => format!("identity#queue#{arn}"),
+        }
+    }
+}
+
+/// A request to reserve `charge` in every limited window of an application.
+#[derive(Debug, Clone)]
+pub struct ReserveRequest<'a> {
+    /// The application.
+    pub application: &'a str,
+    /// Unique per request (an SQS message's request ID for the async path).
+    pub reservation_id: &'a str,
+    /// The application's limits.
+    pub limits: &'a [Limit],
+    /// The worst case.
+    pub charge: Charge,
+    /// Now, Unix seconds.
+    pub now: i64,
+    /// How long an unsettled reservation may live before it counts as leaked.
+    pub hold_seconds: i64,
+}
+
+/// One window a reservation counts in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    /// The limit.
+    pub limit: Limit,
+    /// The occurrence of its window.
+    pub instance: WindowInstance,
+}
+
+/// A held reservation, to be settled or refunded exactly once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    /// Its ID.
+    pub id: String,
+    /// The application.
+    pub application: String,
+    /// What was reserved.
+    pub charge: Charge,
+    /// Where.
+    pub slots: Vec<Slot>,
+}
+
+/// Usage of one window: settled plus currently reserved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowUsage {
+    /// The limit.
+    pub limit: Limit,
+    /// The occurrence.
+    pub instance: WindowInstance,
+    /// Settled plus reserved.
+    pub used: Charge,
+}
+
+/// The answer to a reservation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReserveOutcome {
+    /// Held in every window.
+    Reserved(Reservation),
+    /// Some window has no room; nothing was reserved.
+    Exceeded {
+        /// Which limit.
+        exceeded: Exceeded,
+        /// Seconds until that window resets.
+        retry_after: i64,
+    },
+    /// The reservation ID was seen before.
+    Duplicate {
+        /// Still in flight elsewhere (not settled yet).
+        in_flight: bool,
+        /// The stored result of the completed request, if one was kept.
+        result: Option<String>,
+    },
+}
+
+/// How a reservation ends.
+#[derive(Debug, Clone)]
+pub struct Settlement {
+    /// What was actually used (zero refunds everything).
+    pub actual: Charge,
+    /// Keep a record of completion so duplicates are recognised, with an optional result to
+    /// hand to a duplicate; `None` forgets the request so it may be retried.
+    pub completion: Option<Completion>,
+    /// Now, Unix seconds.
+    pub now: i64,
+}
+
+/// A completed request's record.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    /// How long to remember it.
+    pub remember_seconds: i64,
+    /// The result to give a duplicate delivery.
+    pub result: Option<String>,
+}
+
+/// The ledger's operations. Implementations must make `reserve` all-or-nothing across windows and
+/// `settle` exactly-once.
+pub trait Ledger: Send + Sync + 'static {
+    /// The application's budget configuration.
+    fn budget(
+        &self,
+        application: &str,
+    ) -> impl Future<Output = Result<Option<BudgetConfig>, LedgerError>> + Send;
+
+    /// Writes an application's configuration and the identities that map to it.
+    fn put_budget(
+        &self,
+        config: &BudgetConfig,
+        identities: &[Identity],
+    ) -> impl Future<Output = Result<(), LedgerError>> + Send;
+
+    /// Removes an application's configuration and identities (counters expire by TTL).
+    fn delete_budget(
+        &self,
+        application: &str,
+        identities: &[Identity],
+    ) -> impl Future<Output = Result<(), LedgerError>> + Send;
+
+    /// The application an identity belongs to.
+    fn application_for(
+        &self,
+        identity: &Identity,
+    ) -> impl Future<Output = Result<Option<String>, LedgerError>> + Send;
+
+    /// Reserves a charge in every limited window, atomically.
+    fn reserve(
+        &self,
+        request: &ReserveRequest<'_>,
+    ) -> impl Future<Output = Result<ReserveOutcome, LedgerError>> + Send;
+
+    /// Settles or refunds a reservation; settling twice changes nothing.
+    fn settle(
+        &self,
+        reservation: &Reservation,
+        settlement: &Settlement,
+    ) -> impl Future<Output = Result<(), LedgerError>> + Send;
+
+    /// Current usage of each limited window.
+    fn usage(
+        &self,
+        application: &str,
+        limits: &[Limit],
+        now: i64,
+    ) -> impl Future<Output = Result<Vec<WindowUsage>, LedgerError>> + Send;
+}
+
+/// The slots of a reservation: each limit's current window occurrence.
+pub fn slots(limits: &[Limit], now: i64) -> Result<Vec<Slot>, LedgerError> {
+    limits
+        .iter()
+        .map(|l| {
+            Ok(Slot {
+                limit: *l,
+                instance: l.window.instance_at(now)?,
+            })
+        })
+        .collect()
+}
+
+/// Grace after a window ends before its counter may expire, so late settlements still find it.
+pub const COUNTER_GRACE_SECONDS: i64 = 86_400;
+
+/// Checks a request against every limit before touching the store: a request larger than a limit
+/// can never fit, and stores that compare against `limit - request` must not see it.
+pub fn precheck(
+    limits: &[Limit],
+    charge: Charge,
+    now: i64,
+) -> Result<Option<(Exceeded, i64)>, LedgerError> {
+    for limit in limits {
+        if let Err(exceeded) = limit.admits(Charge::ZERO, charge) {
+            let instance = limit.window.instance_at(now)?;
+            return Ok(Some((exceeded, instance.seconds_until_reset(now))));
+        }
+    }
+    Ok(None)
+}
