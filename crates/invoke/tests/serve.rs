@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use budget::{MicroUsd, PriceBook, Usage};
-use common::{KEYS, Lcg, SPEC, prompt, start};
+use common::{SPEC, concurrency_holds, prompt, start};
 use ledger::{Ledger, MemoryLedger};
 use serde_json::{Value, json};
 
@@ -378,97 +378,6 @@ async fn metrics_are_embedded_metric_format() {
     );
     // Prompts are never in metrics.
     assert!(!metrics.iter().any(|m| m.to_string().contains("metrics\"")));
-}
-
-/// 64 clients at once, random prompt sizes and `maxTokens`, against a small budget: what the stub
-/// billed never exceeds a window's limit, and the ledger ends equal to what was billed.
-pub async fn concurrency_holds<L: Ledger>(ledger: Arc<L>, requests_per_client: usize) {
-    let spec = r#"
-version: 1
-name: c
-models: { lite: amazon.nova-lite-v1:0 }
-defaults: { max_tokens: 200 }
-applications:
-  capped:
-    limits: [{ window: day, tokens: 30000, usd: 0.02 }, { window: month, usd: 0.5 }]
-"#;
-    let env = Arc::new(start(Arc::clone(&ledger), spec, |_| {}).await);
-    let mut tasks = Vec::new();
-    for client in 0..64u64 {
-        let env = Arc::clone(&env);
-        tasks.push(tokio::spawn(async move {
-            let mut rng = Lcg(client + 1);
-            let mut statuses = Vec::new();
-            for _ in 0..requests_per_client {
-                let text = "x".repeat(rng.next(2_000) as usize + 1);
-                let max_tokens = rng.next(300) + 1;
-                let body = json!({ "messages": [{ "role": "user", "content": [{ "text": text }] }], "inferenceConfig": { "maxTokens": max_tokens } });
-                let (status, _, _) = env.converse(KEYS[0].0, "lite", &body).await;
-                statuses.push(status);
-            }
-            statuses
-        }));
-    }
-    let mut ok = 0;
-    let mut denied = 0;
-    for t in tasks {
-        for status in t.await.unwrap() {
-            match status {
-                200 => ok += 1,
-                429 => denied += 1,
-                other => panic!("unexpected status {other}"),
-            }
-        }
-    }
-    assert!(
-        ok > 0 && denied > 0,
-        "the budget is small enough to deny some ({ok} ok, {denied} denied)"
-    );
-    let billed = env.stub.billed()["amazon.nova-lite-v1:0"];
-    let usage = Usage {
-        input_tokens: billed.input_tokens,
-        output_tokens: billed.output_tokens,
-        cache_read_tokens: billed.cache_read_tokens,
-        cache_write_tokens: billed.cache_write_tokens,
-    };
-    let cost = PriceBook::lookup("amazon.nova-lite-v1:0")
-        .unwrap()
-        .cost(&usage);
-    assert_eq!(billed.calls, ok as u64);
-    let now = invoke::gateway::now_seconds();
-    let limits = budget::config::BudgetConfig::clone(
-        &env.gateway
-            .ledger()
-            .budget("capped")
-            .await
-            .unwrap()
-            .unwrap(),
-    )
-    .limits;
-    let windows = env
-        .gateway
-        .ledger()
-        .usage("capped", &limits, now)
-        .await
-        .unwrap();
-    for w in &windows {
-        // Every window holds exactly what was billed (settled, nothing left reserved), within its limit.
-        assert_eq!(w.used.tokens, usage.total_tokens(), "{:?}", w.limit.window);
-        assert!(w.limit.tokens.is_none_or(|l| w.used.tokens <= l));
-        assert!(
-            w.limit.usd.is_none_or(|l| w.used.cost <= l),
-            "{:?}: {} > limit",
-            w.limit.window,
-            w.used.cost
-        );
-    }
-    // Per-request rounding up to the micro-dollar makes the ledger's sum at least the billed total.
-    let ledger_cost = windows[0].used.cost.0;
-    assert!(
-        ledger_cost >= cost.0 && ledger_cost <= cost.0 + ok as u64,
-        "ledger {ledger_cost} vs billed {}",
-        cost.0
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -71,12 +71,30 @@ pub struct Moto {
 }
 
 impl Moto {
-    /// Starts moto and waits until it answers.
+    /// Starts the threaded `moto_server` and waits until it answers.
     pub fn start() -> Moto {
         let venv = venv();
         let port = free_port();
-        let child = Command::new(venv.join("bin/moto_server"))
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        let mut command = Command::new(venv.join("bin/moto_server"));
+        command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+        Self::launch(command, port, &venv)
+    }
+
+    /// Starts moto answering one request at a time (`tests/tools/moto_serial.py`): moto's
+    /// transactions are not isolated between concurrent requests, DynamoDB's are. Use it for
+    /// tests whose subject is concurrency on the ledger.
+    pub fn start_serialized() -> Moto {
+        let venv = venv();
+        let port = free_port();
+        let mut command = Command::new(venv.join("bin/python"));
+        command
+            .arg(repo().join("tests/tools/moto_serial.py"))
+            .args(["127.0.0.1", &port.to_string()]);
+        Self::launch(command, port, &venv)
+    }
+
+    fn launch(mut command: Command, port: u16, venv: &Path) -> Moto {
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -1,0 +1,244 @@
+//! The ledger contract, checked on both implementations: the in-memory ledger, and DynamoDB on a
+//! moto server through the real SDK client.
+
+use budget::config::{BudgetConfig, EnforcementMode, ExceedAction};
+use budget::{Charge, LimitMetric, MicroUsd, Window};
+use ledger::*;
+
+const NOW: i64 = 1_795_801_683; // 2026-11-27T17:48:03Z
+
+fn config() -> BudgetConfig {
+    BudgetConfig {
+        application: "bot".into(),
+        cost_center: Some("cc-1".into()),
+        models: vec![],
+        limits: vec![
+            budget::Limit {
+                window: Window::Minute,
+                tokens: Some(1_000),
+                usd: None,
+            },
+            budget::Limit {
+                window: Window::Day,
+                tokens: None,
+                usd: Some(MicroUsd(500)),
+            },
+        ],
+        on_exceed: ExceedAction::Reject,
+        mode: EnforcementMode::Enforce,
+        prices: vec![],
+        inference_profiles: vec![],
+        results_queue_url: Some("http://queue".into()),
+        version: 7,
+    }
+}
+
+fn request<'a>(
+    id: &'a str,
+    limits: &'a [budget::Limit],
+    tokens: u64,
+    micros: u64,
+) -> ReserveRequest<'a> {
+    ReserveRequest {
+        application: "bot",
+        reservation_id: id,
+        limits,
+        charge: Charge::new(tokens, MicroUsd(micros)),
+        now: NOW,
+        hold_seconds: 900,
+    }
+}
+
+async fn contract<L: Ledger>(ledger: L) {
+    let cfg = config();
+    let limits = cfg.limits.clone();
+    // Configuration and identities.
+    assert_eq!(ledger.budget("bot").await.unwrap(), None);
+    let key = Identity::ApiKeyId("k1".into());
+    let queue = Identity::QueueArn("arn:aws:sqs:us-east-1:123:q".into());
+    ledger
+        .put_budget(&cfg, &[key.clone(), queue.clone()])
+        .await
+        .unwrap();
+    assert_eq!(ledger.budget("bot").await.unwrap(), Some(cfg.clone()));
+    assert_eq!(
+        ledger.application_for(&key).await.unwrap().as_deref(),
+        Some("bot")
+    );
+    assert_eq!(
+        ledger.application_for(&queue).await.unwrap().as_deref(),
+        Some("bot")
+    );
+    assert_eq!(
+        ledger
+            .application_for(&Identity::ApiKeyId("k2".into()))
+            .await
+            .unwrap(),
+        None
+    );
+
+    // Reserve in every window.
+    let ReserveOutcome::Reserved(first) = ledger
+        .reserve(&request("r1", &limits, 600, 300))
+        .await
+        .unwrap()
+    else {
+        panic!("r1 fits")
+    };
+    assert_eq!(first.slots.len(), 2);
+    let usage = ledger.usage("bot", &limits, NOW).await.unwrap();
+    assert_eq!(
+        usage.iter().map(|u| u.used).collect::<Vec<_>>(),
+        vec![Charge::new(600, MicroUsd(300)); 2]
+    );
+
+    // A second that does not fit in the minute changes nothing anywhere (all or nothing).
+    match ledger
+        .reserve(&request("r2", &limits, 500, 100))
+        .await
+        .unwrap()
+    {
+        ReserveOutcome::Exceeded {
+            exceeded,
+            retry_after,
+        } => {
+            assert_eq!(
+                (
+                    exceeded.window,
+                    exceeded.metric,
+                    exceeded.limit,
+                    exceeded.used
+                ),
+                (Window::Minute, LimitMetric::Tokens, 1_000, 600)
+            );
+            assert_eq!(retry_after, 57);
+        }
+        other => panic!("r2 must exceed: {other:?}"),
+    }
+    // One that does not fit in the day's USD.
+    match ledger
+        .reserve(&request("r3", &limits, 10, 201))
+        .await
+        .unwrap()
+    {
+        ReserveOutcome::Exceeded { exceeded, .. } => assert_eq!(
+            (exceeded.window, exceeded.metric, exceeded.used),
+            (Window::Day, LimitMetric::Usd, 300)
+        ),
+        other => panic!("r3 must exceed: {other:?}"),
+    }
+    // One larger than a limit on its own never reaches the store.
+    assert!(matches!(
+        ledger
+            .reserve(&request("r4", &limits, 1_001, 0))
+            .await
+            .unwrap(),
+        ReserveOutcome::Exceeded { .. }
+    ));
+    let usage = ledger.usage("bot", &limits, NOW).await.unwrap();
+    assert_eq!(
+        usage[0].used,
+        Charge::new(600, MicroUsd(300)),
+        "failed reservations left nothing behind"
+    );
+
+    // The same ID again is a duplicate, in flight.
+    assert_eq!(
+        ledger.reserve(&request("r1", &limits, 1, 1)).await.unwrap(),
+        ReserveOutcome::Duplicate {
+            in_flight: true,
+            result: None
+        }
+    );
+
+    // Settle to the actual usage, remembering a result; settling again changes nothing.
+    let done = Settlement {
+        actual: Charge::new(200, MicroUsd(120)),
+        completion: Some(Completion {
+            remember_seconds: 3_600,
+            result: Some("{\"ok\":1}".into()),
+        }),
+        now: NOW,
+    };
+    ledger.settle(&first, &done).await.unwrap();
+    ledger.settle(&first, &done).await.unwrap();
+    let usage = ledger.usage("bot", &limits, NOW).await.unwrap();
+    assert_eq!(usage[0].used, Charge::new(200, MicroUsd(120)));
+    assert_eq!(usage[1].used, Charge::new(200, MicroUsd(120)));
+    assert_eq!(
+        ledger.reserve(&request("r1", &limits, 1, 1)).await.unwrap(),
+        ReserveOutcome::Duplicate {
+            in_flight: false,
+            result: Some("{\"ok\":1}".into())
+        }
+    );
+
+    // A refund forgets the request, so it may be retried.
+    let ReserveOutcome::Reserved(r5) = ledger
+        .reserve(&request("r5", &limits, 100, 50))
+        .await
+        .unwrap()
+    else {
+        panic!("r5 fits")
+    };
+    ledger
+        .settle(
+            &r5,
+            &Settlement {
+                actual: Charge::ZERO,
+                completion: None,
+                now: NOW,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        ledger.usage("bot", &limits, NOW).await.unwrap()[0].used,
+        Charge::new(200, MicroUsd(120))
+    );
+    assert!(matches!(
+        ledger
+            .reserve(&request("r5", &limits, 100, 50))
+            .await
+            .unwrap(),
+        ReserveOutcome::Reserved(_)
+    ));
+
+    // A new minute starts empty; the day keeps counting.
+    let later = ledger.usage("bot", &limits, NOW + 60).await.unwrap();
+    assert_eq!(later[0].used, Charge::ZERO);
+    assert_eq!(later[1].used, Charge::new(300, MicroUsd(170)));
+
+    // Deleting the budget removes configuration and identities.
+    ledger.delete_budget("bot", &[key.clone()]).await.unwrap();
+    assert_eq!(ledger.budget("bot").await.unwrap(), None);
+    assert_eq!(ledger.application_for(&key).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn memory_ledger_keeps_the_contract() {
+    contract(MemoryLedger::new()).await;
+}
+
+#[tokio::test]
+async fn dynamodb_ledger_keeps_the_contract_on_moto() {
+    let moto = harness::Moto::start();
+    let client = aws_sdk_dynamodb::Client::new(&moto.sdk_config().await);
+    harness::create_ledger_table(&client, "ledger").await;
+    contract(DynamoLedger::new(client, "ledger")).await;
+}
+
+#[tokio::test]
+async fn dynamodb_ledger_reports_an_unreachable_table_as_unavailable() {
+    let mut moto = harness::Moto::start();
+    let client = aws_sdk_dynamodb::Client::new(&moto.sdk_config().await);
+    harness::create_ledger_table(&client, "ledger").await;
+    let ledger = DynamoLedger::new(client, "ledger");
+    moto.stop();
+    let limits = config().limits;
+    let err = ledger
+        .reserve(&request("x", &limits, 1, 1))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LedgerError::Unavailable(_)), "{err}");
+}
