@@ -224,7 +224,8 @@ pub fn add_platform(t: &mut Template, spec: &Spec, opts: &RenderOptions) {
     if spec.access.queue {
         invoke_statements.push(json!({
             "Effect": "Allow",
-            "Action": ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueAttributes"],
+            // SendMessage and GetQueueUrl: requests over budget with `queue` are re-sent with a delay.
+            "Action": ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueAttributes", "sqs:SendMessage", "sqs:GetQueueUrl"],
             "Resource": [sub(&format!("arn:${{AWS::Partition}}:sqs:${{AWS::Region}}:${{AWS::AccountId}}:{prefix}-*-requests"))]
         }));
         invoke_statements.push(json!({

@@ -420,6 +420,13 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
                     .await;
             }
             Ok(ReserveOutcome::Reserved(r)) => r,
+            Ok(ReserveOutcome::Duplicate { .. }) if front == Front::Sync => {
+                return Err(Reply::error(
+                    409,
+                    "DuplicateRequest",
+                    format!("request `{request_id}` was already seen"),
+                ));
+            }
             Ok(ReserveOutcome::Duplicate {
                 in_flight: true, ..
             }) => return Ok(Outcome::Requeue { delay_seconds: 30 }),
@@ -556,10 +563,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
                     completion,
                     now: now_seconds(),
                 };
-                if let Err(e) = self.ledger.settle(&reservation, &settlement).await {
-                    // The reservation stays held (an over-count, never an overspend) until its hold expires.
-                    tracing::error!(application, reservation = %reservation.id, error = %e, "settlement failed");
-                }
+                self.settle_or_retry(reservation, settlement).await;
                 reply = reply
                     .with_header("x-tokenfence-application", &config.application)
                     .with_header("x-tokenfence-model", &plan.model);
@@ -589,13 +593,37 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
                     completion: None,
                     now: now_seconds(),
                 };
-                if let Err(e) = self.ledger.settle(&reservation, &refund).await {
-                    tracing::error!(application, reservation = %reservation.id, error = %e, "refund failed; the reservation expires with its hold");
-                }
+                self.settle_or_retry(reservation, refund).await;
                 self.emit_failed(&config, &plan.model);
                 Err(bedrock_reply(err).with_header("x-tokenfence-application", &config.application))
             }
         }
+    }
+
+    /// Settles now, or keeps retrying in the background while the reservation's hold lasts: a
+    /// transient ledger error must not leave a reservation counted against the budget.
+    async fn settle_or_retry(&self, reservation: Reservation, settlement: Settlement) {
+        let Err(first) = self.ledger.settle(&reservation, &settlement).await else {
+            return;
+        };
+        tracing::warn!(reservation = %reservation.id, error = %first, "settlement failed; retrying in the background");
+        let ledger = Arc::clone(&self.ledger);
+        let deadline =
+            Instant::now() + Duration::from_secs(self.settings.hold_seconds.max(1) as u64);
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(50);
+            loop {
+                tokio::time::sleep(delay).await;
+                match ledger.settle(&reservation, &settlement).await {
+                    Ok(()) => return,
+                    Err(e) if Instant::now() >= deadline => {
+                        tracing::error!(reservation = %reservation.id, error = %e, "settlement abandoned after the hold expired");
+                        return;
+                    }
+                    Err(_) => delay = (delay * 2).min(Duration::from_secs(5)),
+                }
+            }
+        });
     }
 
     async fn ledger_down(

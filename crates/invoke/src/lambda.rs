@@ -208,13 +208,17 @@ pub async fn handle_api<L: Ledger, B: Bedrock>(
             }
         },
     };
-    let request_id = request
-        .request_context
-        .request_id
-        .clone()
-        .unwrap_or_else(crate::http::new_request_id);
+    // Reservation IDs of synchronous requests only need to be unique; API Gateway's request ID
+    // goes to the logs.
+    let reservation_id = crate::http::new_request_id();
+    tracing::info!(
+        api_request_id = request.request_context.request_id.as_deref().unwrap_or(""),
+        reservation = %reservation_id,
+        application = %application,
+        "converse"
+    );
     match gateway
-        .converse(&application, &model, &body, Front::Sync, &request_id)
+        .converse(&application, &model, &body, Front::Sync, &reservation_id)
         .await
     {
         Outcome::Reply(reply) => api_response(reply),

@@ -212,9 +212,17 @@ async fn serve<L: Ledger>(
         spec.applications.len()
     );
     axum::serve(listener, invoke::http::router(gateway, keys))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .with_graceful_shutdown(shutdown_signal())
         .await
         .map_err(|e| e.to_string())
+}
+
+/// Ctrl-C or SIGTERM: stop accepting connections and let requests in flight finish and settle.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }

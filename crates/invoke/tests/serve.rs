@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use budget::{MicroUsd, PriceBook, Usage};
 use common::{SPEC, concurrency_holds, prompt, start};
-use ledger::{Ledger, MemoryLedger};
+use ledger::MemoryLedger;
 use serde_json::{Value, json};
 
 #[tokio::test]

@@ -66,8 +66,7 @@ fn number(
         Some(AttributeValue::N(text)) => {
             // ADD of negative deltas can never take a counter below zero unless the item was
             // tampered with; read such values as zero rather than failing every request.
-            if let Some(stripped) = text.strip_prefix('-') {
-                let _ = stripped;
+            if text.starts_with('-') {
                 return Ok(0);
             }
             text.parse().map_err(|_| LedgerError::Corrupt {

@@ -210,7 +210,10 @@ async fn contract<L: Ledger>(ledger: L) {
     assert_eq!(later[1].used, Charge::new(300, MicroUsd(170)));
 
     // Deleting the budget removes configuration and identities.
-    ledger.delete_budget("bot", &[key.clone()]).await.unwrap();
+    ledger
+        .delete_budget("bot", std::slice::from_ref(&key))
+        .await
+        .unwrap();
     assert_eq!(ledger.budget("bot").await.unwrap(), None);
     assert_eq!(ledger.application_for(&key).await.unwrap(), None);
 }
