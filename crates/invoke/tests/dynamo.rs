@@ -18,7 +18,7 @@ async fn ledger_on(moto: &harness::Moto) -> Arc<DynamoLedger> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sixty_four_concurrent_clients_never_overspend_on_dynamodb() {
     // Serialized: moto's own transactions are not isolated between concurrent requests
-    // (tests/tools/moto_serial.py says how that was measured); DynamoDB's are.
+    // (tests/tools/moto_launcher.py says how that was measured); DynamoDB's are.
     let moto = harness::Moto::start_serialized();
     concurrency_holds(ledger_on(&moto).await, 3).await;
 }

@@ -71,25 +71,29 @@ pub struct Moto {
 }
 
 impl Moto {
-    /// Starts the threaded `moto_server` and waits until it answers.
+    /// Starts moto (`tests/tools/moto_launcher.py`: moto plus UpdateBudget) handling requests
+    /// concurrently, as `moto_server` does, and waits until it answers.
     pub fn start() -> Moto {
-        let venv = venv();
-        let port = free_port();
-        let mut command = Command::new(venv.join("bin/moto_server"));
-        command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
-        Self::launch(command, port, &venv)
+        Self::launch_with(false)
     }
 
-    /// Starts moto answering one request at a time (`tests/tools/moto_serial.py`): moto's
-    /// transactions are not isolated between concurrent requests, DynamoDB's are. Use it for
-    /// tests whose subject is concurrency on the ledger.
+    /// Starts moto answering one request at a time: moto's transactions are not isolated between
+    /// concurrent requests, DynamoDB's are. Use it for tests whose subject is concurrency on the
+    /// ledger (the launcher's docstring says how that was measured).
     pub fn start_serialized() -> Moto {
+        Self::launch_with(true)
+    }
+
+    fn launch_with(serial: bool) -> Moto {
         let venv = venv();
         let port = free_port();
         let mut command = Command::new(venv.join("bin/python"));
         command
-            .arg(repo().join("tests/tools/moto_serial.py"))
+            .arg(repo().join("tests/tools/moto_launcher.py"))
             .args(["127.0.0.1", &port.to_string()]);
+        if serial {
+            command.arg("--serial");
+        }
         Self::launch(command, port, &venv)
     }
 
