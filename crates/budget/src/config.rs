@@ -6,10 +6,11 @@ use serde::{Deserialize, Serialize};
 use crate::{Charge, Limit, Price, PriceBook, Usage};
 
 /// What happens to a request that would exceed a limit.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "lowercase")]
 pub enum ExceedAction {
     /// Answer 429 with `Retry-After`.
+    #[default]
     Reject,
     /// Reserve and call a cheaper model instead.
     Fallback {
@@ -21,10 +22,11 @@ pub enum ExceedAction {
 }
 
 /// Enforce, or evaluate and report only.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EnforcementMode {
     /// Block requests over a limit.
+    #[default]
     Enforce,
     /// Never block; report what would have happened.
     Shadow,
@@ -49,7 +51,7 @@ pub struct InferenceProfile {
 }
 
 /// One application's budget configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BudgetConfig {
     /// The application.
     pub application: String,
@@ -77,6 +79,13 @@ pub struct BudgetConfig {
     /// Bumped on every change, for caches and `Fn::GetAtt ConfigVersion`.
     #[serde(default)]
     pub version: u64,
+    /// Who declared it (`STACK_ID/LOGICAL_ID` for a `Custom::TokenBudget`), so that two stacks
+    /// cannot silently share one application's budget.
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// The request that last wrote it, so that a retried request changes nothing.
+    #[serde(default)]
+    pub applied_request: Option<String>,
 }
 
 impl BudgetConfig {
@@ -158,6 +167,8 @@ mod tests {
             inference_profiles: vec![],
             results_queue_url: None,
             version: 3,
+            owner: Some("stack/Logical".into()),
+            applied_request: None,
         };
         let json = serde_json::to_string(&config).unwrap();
         assert_eq!(serde_json::from_str::<BudgetConfig>(&json).unwrap(), config);

@@ -88,6 +88,8 @@ pub fn budget_from_spec(spec: &Spec, application: &str) -> Option<BudgetConfig> 
         inference_profiles: Vec::new(),
         results_queue_url: None,
         version: 1,
+        owner: Some(format!("spec:{}", spec.name)),
+        applied_request: None,
     })
 }
 

@@ -36,6 +36,9 @@ impl Ledger for FlakySettle {
     ) -> Result<(), LedgerError> {
         self.inner.delete_budget(application, identities).await
     }
+    async fn delete_identities(&self, identities: &[Identity]) -> Result<(), LedgerError> {
+        self.inner.delete_identities(identities).await
+    }
     async fn application_for(&self, identity: &Identity) -> Result<Option<String>, LedgerError> {
         self.inner.application_for(identity).await
     }

@@ -145,6 +145,20 @@ impl DynamoLedger {
         Err(LedgerError::Contention(app.to_string()))
     }
 
+    async fn delete_keys(&self, keys: Vec<(String, String)>) -> Result<(), LedgerError> {
+        for (pk, sk) in keys {
+            self.client
+                .delete_item()
+                .table_name(&self.table)
+                .key("pk", s(pk))
+                .key("sk", s(sk))
+                .send()
+                .await
+                .map_err(|e| unavailable("DeleteItem", &e))?;
+        }
+        Ok(())
+    }
+
     fn counter_key(app: &str, slot: &Slot) -> HashMap<String, AttributeValue> {
         HashMap::from([
             ("pk".to_string(), s(app_pk(app))),
@@ -240,17 +254,17 @@ impl Ledger for DynamoLedger {
     ) -> Result<(), LedgerError> {
         let mut keys = vec![(app_pk(application), "config".to_string())];
         keys.extend(identities.iter().map(|i| (i.key(), "identity".to_string())));
-        for (pk, sk) in keys {
-            self.client
-                .delete_item()
-                .table_name(&self.table)
-                .key("pk", s(pk))
-                .key("sk", s(sk))
-                .send()
-                .await
-                .map_err(|e| unavailable("DeleteItem", &e))?;
-        }
-        Ok(())
+        self.delete_keys(keys).await
+    }
+
+    async fn delete_identities(&self, identities: &[Identity]) -> Result<(), LedgerError> {
+        self.delete_keys(
+            identities
+                .iter()
+                .map(|i| (i.key(), "identity".to_string()))
+                .collect(),
+        )
+        .await
     }
 
     async fn application_for(&self, identity: &Identity) -> Result<Option<String>, LedgerError> {

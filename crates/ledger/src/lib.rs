@@ -171,6 +171,12 @@ pub trait Ledger: Send + Sync + 'static {
         identities: &[Identity],
     ) -> impl Future<Output = Result<(), LedgerError>> + Send;
 
+    /// Removes identities (an application's API keys or queues that went away in an update).
+    fn delete_identities(
+        &self,
+        identities: &[Identity],
+    ) -> impl Future<Output = Result<(), LedgerError>> + Send;
+
     /// The application an identity belongs to.
     fn application_for(
         &self,

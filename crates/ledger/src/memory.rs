@@ -110,6 +110,14 @@ impl Ledger for MemoryLedger {
         Ok(())
     }
 
+    async fn delete_identities(&self, identities: &[Identity]) -> Result<(), LedgerError> {
+        let mut state = self.state.lock().expect("ledger lock");
+        for identity in identities {
+            state.identities.remove(identity);
+        }
+        Ok(())
+    }
+
     async fn application_for(&self, identity: &Identity) -> Result<Option<String>, LedgerError> {
         Ok(self
             .state

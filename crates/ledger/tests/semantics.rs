@@ -30,6 +30,8 @@ fn config() -> BudgetConfig {
         inference_profiles: vec![],
         results_queue_url: Some("http://queue".into()),
         version: 7,
+        owner: None,
+        applied_request: None,
     }
 }
 

@@ -1,0 +1,456 @@
+//! The custom resource lifecycle: Create, Update (in place or replacement), Delete, for
+//! `Custom::TokenBudget` and `Custom::TokenAlarm`. Pure of I/O except through its traits, so the
+//! same code runs against moto in tests and AWS in production.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use aws_lambda_events::cloudformation::CloudFormationCustomResourceRequest;
+use budget::config::BudgetConfig;
+use ledger::{Identity, Ledger};
+use serde_json::Value;
+
+use crate::plan::{AlarmPlan, BudgetPlan, plan_alarm, plan_budget};
+use crate::props::{BudgetProps, parse_alarm, parse_budget};
+
+/// CloudWatch alarm operations.
+pub trait AlarmOps: Send + Sync + 'static {
+    /// Creates or overwrites an alarm; returns its ARN.
+    fn put_alarm(&self, plan: &AlarmPlan) -> impl Future<Output = Result<String, String>> + Send;
+    /// Deletes an alarm; a missing alarm is not an error.
+    fn delete_alarm(&self, name: &str) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// AWS Budgets operations.
+pub trait BudgetOps: Send + Sync + 'static {
+    /// Creates the budget, or updates it in place (keeping its history) and reconciles its
+    /// notifications.
+    fn upsert(
+        &self,
+        account_id: &str,
+        plan: &BudgetPlan,
+    ) -> impl Future<Output = Result<(), String>> + Send;
+    /// Deletes a budget; a missing budget is not an error.
+    fn delete(
+        &self,
+        account_id: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// The outcome of one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// `SUCCESS` or `FAILED`.
+    pub success: bool,
+    /// Why it failed, naming the property where one is at fault.
+    pub reason: Option<String>,
+    /// The physical ID.
+    pub physical_id: String,
+    /// `Fn::GetAtt` data.
+    pub data: BTreeMap<String, String>,
+}
+
+impl Outcome {
+    fn ok(physical_id: String, data: BTreeMap<String, String>) -> Self {
+        Outcome {
+            success: true,
+            reason: None,
+            physical_id,
+            data,
+        }
+    }
+    fn failed(physical_id: String, reason: impl Into<String>) -> Self {
+        Outcome {
+            success: false,
+            reason: Some(reason.into()),
+            physical_id,
+            data: BTreeMap::new(),
+        }
+    }
+}
+
+/// Physical ID prefix of budgets.
+pub const BUDGET_ID_PREFIX: &str = "tokenfence:budget:";
+/// Physical ID prefix of resources whose Create failed (never backed by anything).
+pub const FAILED_ID_PREFIX: &str = "tokenfence:failed:";
+
+/// Create, Update or Delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestKind {
+    /// Create.
+    Create,
+    /// Update.
+    Update,
+    /// Delete.
+    Delete,
+}
+
+/// The fields of a request, whatever its kind.
+pub struct RequestView<'a> {
+    /// Create, Update or Delete.
+    pub kind: RequestKind,
+    /// RequestId.
+    pub request_id: &'a str,
+    /// StackId.
+    pub stack_id: &'a str,
+    /// LogicalResourceId.
+    pub logical_id: &'a str,
+    /// ResourceType.
+    pub resource_type: &'a str,
+    /// ResponseURL.
+    pub response_url: &'a str,
+    /// PhysicalResourceId (Update, Delete).
+    pub physical_id: Option<&'a str>,
+    /// ResourceProperties.
+    pub props: &'a Value,
+    /// OldResourceProperties (Update).
+    pub old_props: Option<&'a Value>,
+}
+
+impl<'a> RequestView<'a> {
+    /// The view of `request`; `None` for a request kind this version does not know.
+    pub fn of(request: &'a CloudFormationCustomResourceRequest<Value, Value>) -> Option<Self> {
+        use CloudFormationCustomResourceRequest::*;
+        Some(match request {
+            Create(r) => RequestView {
+                kind: RequestKind::Create,
+                request_id: &r.request_id,
+                stack_id: &r.stack_id,
+                logical_id: &r.logical_resource_id,
+                resource_type: &r.resource_type,
+                response_url: &r.response_url,
+                physical_id: None,
+                props: &r.resource_properties,
+                old_props: None,
+            },
+            Update(r) => RequestView {
+                kind: RequestKind::Update,
+                request_id: &r.request_id,
+                stack_id: &r.stack_id,
+                logical_id: &r.logical_resource_id,
+                resource_type: &r.resource_type,
+                response_url: &r.response_url,
+                physical_id: Some(&r.physical_resource_id),
+                props: &r.resource_properties,
+                old_props: Some(&r.old_resource_properties),
+            },
+            Delete(r) => RequestView {
+                kind: RequestKind::Delete,
+                request_id: &r.request_id,
+                stack_id: &r.stack_id,
+                logical_id: &r.logical_resource_id,
+                resource_type: &r.resource_type,
+                response_url: &r.response_url,
+                physical_id: Some(&r.physical_resource_id),
+                props: &r.resource_properties,
+                old_props: None,
+            },
+            _ => return None,
+        })
+    }
+}
+
+/// The fields every request carries.
+struct Common<'a> {
+    request_id: &'a str,
+    stack_id: &'a str,
+    logical_id: &'a str,
+    resource_type: &'a str,
+}
+
+impl Common<'_> {
+    fn owner(&self) -> String {
+        format!("{}/{}", self.stack_id, self.logical_id)
+    }
+    fn account_id(&self) -> &str {
+        self.stack_id.split(':').nth(4).unwrap_or_default()
+    }
+    fn failed_id(&self) -> String {
+        format!("{FAILED_ID_PREFIX}{}", self.request_id)
+    }
+}
+
+/// The provider, over a ledger, CloudWatch and AWS Budgets.
+pub struct Provider<L, A, G> {
+    /// The ledger the gateway reads configurations from.
+    pub ledger: L,
+    /// CloudWatch.
+    pub alarms: A,
+    /// AWS Budgets.
+    pub budgets: G,
+}
+
+fn identities(props: &BudgetProps) -> Vec<Identity> {
+    let mut ids: Vec<Identity> = props
+        .api_key_ids
+        .iter()
+        .map(|k| Identity::ApiKeyId(k.clone()))
+        .collect();
+    ids.extend(
+        props
+            .request_queue_arns
+            .iter()
+            .map(|q| Identity::QueueArn(q.clone())),
+    );
+    ids
+}
+
+fn config_of(props: &BudgetProps, version: u64, owner: String, request_id: &str) -> BudgetConfig {
+    BudgetConfig {
+        application: props.application.clone(),
+        cost_center: props.cost_center.clone(),
+        models: props.models.clone(),
+        limits: props.limits.clone(),
+        on_exceed: props.on_exceed.clone(),
+        mode: props.mode,
+        prices: props.prices.clone(),
+        inference_profiles: props.inference_profiles.clone(),
+        results_queue_url: props.results_queue_url.clone(),
+        version,
+        owner: Some(owner),
+        applied_request: Some(request_id.to_string()),
+    }
+}
+
+fn budget_data(config: &BudgetConfig, props: &BudgetProps) -> BTreeMap<String, String> {
+    let mut data = BTreeMap::from([
+        ("Application".to_string(), config.application.clone()),
+        ("ConfigVersion".to_string(), config.version.to_string()),
+    ]);
+    if let Some(cb) = &props.cost_budget {
+        data.insert("CostBudgetName".into(), cb.budget_name.clone());
+    }
+    data
+}
+
+impl<L: Ledger, A: AlarmOps, G: BudgetOps> Provider<L, A, G> {
+    /// Handles one request and says how it went; never panics on bad input.
+    pub async fn handle(
+        &self,
+        request: &CloudFormationCustomResourceRequest<Value, Value>,
+    ) -> Outcome {
+        let Some(view) = RequestView::of(request) else {
+            return Outcome::failed(String::new(), "unsupported request type");
+        };
+        let common = Common {
+            request_id: view.request_id,
+            stack_id: view.stack_id,
+            logical_id: view.logical_id,
+            resource_type: view.resource_type,
+        };
+        let (physical, props, old) = (view.physical_id, view.props, view.old_props);
+        let is_delete = view.kind == RequestKind::Delete;
+        match (common.resource_type, is_delete) {
+            ("Custom::TokenBudget", false) => self.put_budget(&common, physical, props, old).await,
+            ("Custom::TokenBudget", true) => {
+                self.delete_budget(&common, physical.unwrap_or_default(), props)
+                    .await
+            }
+            ("Custom::TokenAlarm", false) => self.put_alarm(&common, physical, props).await,
+            ("Custom::TokenAlarm", true) => self.delete_alarm(physical.unwrap_or_default()).await,
+            // Nothing was ever created for an unknown type, so deleting it succeeds.
+            (_, true) => Outcome::ok(physical.unwrap_or_default().to_string(), BTreeMap::new()),
+            (other, false) => Outcome::failed(
+                physical.map_or_else(|| common.failed_id(), str::to_string),
+                format!(
+                    "unsupported resource type `{other}`; this provider serves `Custom::TokenBudget` and `Custom::TokenAlarm`"
+                ),
+            ),
+        }
+    }
+
+    async fn put_budget(
+        &self,
+        common: &Common<'_>,
+        physical: Option<&str>,
+        props: &Value,
+        old: Option<&Value>,
+    ) -> Outcome {
+        let keep_id = || physical.map_or_else(|| common.failed_id(), str::to_string);
+        let new = match parse_budget(props) {
+            Ok(p) => p,
+            Err(e) => return Outcome::failed(keep_id(), e.to_string()),
+        };
+        let new_id = format!("{BUDGET_ID_PREFIX}{}", new.application);
+        // Old properties were valid when they were applied; if they cannot be read now, act as if
+        // there were none (a replacement), which leaves the old resource to CloudFormation's Delete.
+        let old = old
+            .and_then(|o| parse_budget(o).ok())
+            .filter(|o| physical == Some(new_id.as_str()) && o.application == new.application);
+        let owner = common.owner();
+        let existing = match self.ledger.budget(&new.application).await {
+            Ok(c) => c,
+            Err(e) => return Outcome::failed(keep_id(), format!("the ledger is unavailable: {e}")),
+        };
+        if let Some(c) = &existing {
+            if c.owner.as_deref().is_some_and(|o| o != owner) {
+                return Outcome::failed(
+                    keep_id(),
+                    format!(
+                        "`Application`: application `{}` already has a budget, declared by `{}`",
+                        new.application,
+                        c.owner.as_deref().unwrap_or_default()
+                    ),
+                );
+            }
+            if c.applied_request.as_deref() == Some(common.request_id) {
+                // A retry of a request already applied: answer the same again.
+                return Outcome::ok(new_id, budget_data(c, &new));
+            }
+        }
+        let version = existing.as_ref().map_or(1, |c| c.version + 1);
+        let config = config_of(&new, version, owner, common.request_id);
+        let new_ids = identities(&new);
+        if let Some(old) = &old {
+            let gone: Vec<Identity> = identities(old)
+                .into_iter()
+                .filter(|i| !new_ids.contains(i))
+                .collect();
+            if let Err(e) = self.ledger.delete_identities(&gone).await {
+                return Outcome::failed(keep_id(), format!("the ledger is unavailable: {e}"));
+            }
+        }
+        if let Err(e) = self.ledger.put_budget(&config, &new_ids).await {
+            return Outcome::failed(keep_id(), format!("the ledger is unavailable: {e}"));
+        }
+        let account = common.account_id();
+        let budget_result = async {
+            if let Some(cb) = &new.cost_budget {
+                self.budgets
+                    .upsert(account, &plan_budget(&new.application, cb))
+                    .await?;
+            }
+            if let Some(old_cb) = old.as_ref().and_then(|o| o.cost_budget.as_ref())
+                && new
+                    .cost_budget
+                    .as_ref()
+                    .is_none_or(|cb| cb.budget_name != old_cb.budget_name)
+            {
+                self.budgets.delete(account, &old_cb.budget_name).await?;
+            }
+            Ok::<(), String>(())
+        }
+        .await;
+        if let Err(e) = budget_result {
+            // Leave nothing half-applied: put back what was there before.
+            let undo = match &existing {
+                Some(previous) => {
+                    self.ledger
+                        .put_budget(previous, &old.as_ref().map(identities).unwrap_or_default())
+                        .await
+                }
+                None => self.ledger.delete_budget(&new.application, &new_ids).await,
+            };
+            if let Err(undo) = undo {
+                tracing::error!(error = %undo, "could not undo the configuration after AWS Budgets failed");
+            }
+            return Outcome::failed(
+                keep_id(),
+                format!("`CostBudget`: AWS Budgets refused the budget: {e}"),
+            );
+        }
+        Outcome::ok(new_id, budget_data(&config, &new))
+    }
+
+    async fn delete_budget(&self, common: &Common<'_>, physical: &str, props: &Value) -> Outcome {
+        let done = || Outcome::ok(physical.to_string(), BTreeMap::new());
+        let Some(application) = physical.strip_prefix(BUDGET_ID_PREFIX) else {
+            // Not an ID this provider issued (a failed Create, or something else): nothing to delete.
+            return done();
+        };
+        let props = parse_budget(props)
+            .ok()
+            .filter(|p| p.application == application);
+        let existing = match self.ledger.budget(application).await {
+            Ok(c) => c,
+            Err(e) => {
+                return Outcome::failed(
+                    physical.to_string(),
+                    format!("the ledger is unavailable: {e}"),
+                );
+            }
+        };
+        if existing
+            .as_ref()
+            .is_some_and(|c| c.owner.as_deref().is_some_and(|o| o != common.owner()))
+        {
+            // Another resource declares this application now (a replacement finished first).
+            return done();
+        }
+        let ids = props.as_ref().map(identities).unwrap_or_default();
+        if let Err(e) = self.ledger.delete_budget(application, &ids).await {
+            return Outcome::failed(
+                physical.to_string(),
+                format!("the ledger is unavailable: {e}"),
+            );
+        }
+        if let Some(cb) = props.as_ref().and_then(|p| p.cost_budget.as_ref())
+            && let Err(e) = self
+                .budgets
+                .delete(common.account_id(), &cb.budget_name)
+                .await
+        {
+            return Outcome::failed(
+                physical.to_string(),
+                format!("`CostBudget`: deleting the AWS Budget failed: {e}"),
+            );
+        }
+        done()
+    }
+
+    async fn put_alarm(
+        &self,
+        common: &Common<'_>,
+        physical: Option<&str>,
+        props: &Value,
+    ) -> Outcome {
+        let keep_id = || physical.map_or_else(|| common.failed_id(), str::to_string);
+        let props = match parse_alarm(props) {
+            Ok(p) => p,
+            Err(e) => return Outcome::failed(keep_id(), e.to_string()),
+        };
+        let config = match self.ledger.budget(&props.application).await {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                return Outcome::failed(
+                    keep_id(),
+                    format!(
+                        "`Application`: no `Custom::TokenBudget` declares application `{}`; declare it first (DependsOn)",
+                        props.application
+                    ),
+                );
+            }
+            Err(e) => return Outcome::failed(keep_id(), format!("the ledger is unavailable: {e}")),
+        };
+        let plan = match plan_alarm(&props, &config) {
+            Ok(p) => p,
+            Err(e) => return Outcome::failed(keep_id(), e.to_string()),
+        };
+        // A new name is a replacement: the old alarm stays until CloudFormation deletes it.
+        match self.alarms.put_alarm(&plan).await {
+            Ok(arn) => Outcome::ok(
+                plan.name.clone(),
+                BTreeMap::from([
+                    ("AlarmName".into(), plan.name.clone()),
+                    ("AlarmArn".into(), arn),
+                    ("Threshold".into(), plan.threshold_text.clone()),
+                ]),
+            ),
+            Err(e) => Outcome::failed(keep_id(), format!("CloudWatch refused the alarm: {e}")),
+        }
+    }
+
+    async fn delete_alarm(&self, physical: &str) -> Outcome {
+        if physical.is_empty() || physical.starts_with(FAILED_ID_PREFIX) {
+            return Outcome::ok(physical.to_string(), BTreeMap::new());
+        }
+        match self.alarms.delete_alarm(physical).await {
+            Ok(()) => Outcome::ok(physical.to_string(), BTreeMap::new()),
+            Err(e) => Outcome::failed(
+                physical.to_string(),
+                format!("CloudWatch refused to delete the alarm: {e}"),
+            ),
+        }
+    }
+}

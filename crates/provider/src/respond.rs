@@ -1,0 +1,213 @@
+//! Answering CloudFormation: always, in time, within 4,096 bytes.
+
+use std::future::Future;
+use std::time::Duration;
+
+use aws_lambda_events::cloudformation::{
+    CloudFormationCustomResourceRequest, CloudFormationCustomResourceResponse,
+    CloudFormationCustomResourceResponseStatus,
+};
+use ledger::Ledger;
+use serde_json::Value;
+
+use crate::handler::{AlarmOps, BudgetOps, FAILED_ID_PREFIX, Outcome, Provider, RequestView};
+
+/// CloudFormation rejects responses of 4,096 bytes or more.
+pub const MAX_RESPONSE_BYTES: usize = 4_096;
+/// Time kept back from the Lambda deadline to send the answer.
+pub const ANSWER_MARGIN: Duration = Duration::from_secs(5);
+
+/// Sends the response document to the pre-signed ResponseURL.
+pub trait Responder: Send + Sync + 'static {
+    /// PUTs `body`; an error means the response may not have arrived.
+    fn put(&self, url: &str, body: String) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// PUT over HTTPS with reqwest, retried on transient failures.
+pub struct HttpResponder {
+    client: reqwest::Client,
+    /// Attempts before giving up.
+    pub attempts: u32,
+}
+
+impl Default for HttpResponder {
+    fn default() -> Self {
+        HttpResponder {
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("an HTTP client"),
+            attempts: 5,
+        }
+    }
+}
+
+impl Responder for HttpResponder {
+    async fn put(&self, url: &str, body: String) -> Result<(), String> {
+        let mut delay = Duration::from_millis(200);
+        let mut last = String::new();
+        for attempt in 1..=self.attempts {
+            // The pre-signed URL is signed for an empty content type.
+            match self
+                .client
+                .put(url)
+                .header("content-type", "")
+                .body(body.clone())
+                .send()
+                .await
+            {
+                Ok(r) if r.status().is_success() => return Ok(()),
+                Ok(r) if r.status().is_client_error() => {
+                    return Err(format!("the ResponseURL answered {}", r.status()));
+                }
+                Ok(r) => last = format!("the ResponseURL answered {}", r.status()),
+                Err(e) => last = e.to_string(),
+            }
+            if attempt < self.attempts {
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+        }
+        Err(last)
+    }
+}
+
+/// The response document for `outcome`, cut to fit CloudFormation's 4,096-byte limit: the reason
+/// is shortened first, then the data dropped.
+pub fn response_body(
+    request: &CloudFormationCustomResourceRequest<Value, Value>,
+    outcome: &Outcome,
+) -> String {
+    let (stack_id, request_id, logical_id) = match RequestView::of(request) {
+        Some(v) => (
+            v.stack_id.to_string(),
+            v.request_id.to_string(),
+            v.logical_id.to_string(),
+        ),
+        None => Default::default(),
+    };
+    let mut response = CloudFormationCustomResourceResponse::default();
+    response.status = if outcome.success {
+        CloudFormationCustomResourceResponseStatus::Success
+    } else {
+        CloudFormationCustomResourceResponseStatus::Failed
+    };
+    response.reason = outcome.reason.clone();
+    response.physical_resource_id = outcome.physical_id.clone();
+    response.stack_id = stack_id;
+    response.request_id = request_id;
+    response.logical_resource_id = logical_id;
+    response.data = outcome.data.clone().into_iter().collect();
+    let mut body = serde_json::to_string(&response).expect("a response serializes");
+    // First shorten the reason (keeping its start, which names the property), then drop the data.
+    if body.len() >= MAX_RESPONSE_BYTES
+        && let Some(reason) = response.reason.as_mut()
+    {
+        let excess = body.len() + 16 - MAX_RESPONSE_BYTES;
+        let mut cut = reason
+            .len()
+            .saturating_sub(excess)
+            .max(64)
+            .min(reason.len());
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+        reason.push_str(" [...]");
+        body = serde_json::to_string(&response).expect("a response serializes");
+    }
+    if body.len() >= MAX_RESPONSE_BYTES {
+        response.data.clear();
+        body = serde_json::to_string(&response).expect("a response serializes");
+    }
+    body
+}
+
+/// Handles one Lambda event: parses it, runs the handler with a deadline and panic guard, and
+/// always PUTs an answer to the ResponseURL when there is one.
+pub async fn run<L: Ledger, A: AlarmOps, G: BudgetOps, R: Responder>(
+    provider: std::sync::Arc<Provider<L, A, G>>,
+    responder: &R,
+    event: Value,
+    time_left: Duration,
+) -> Result<(), String> {
+    let request: CloudFormationCustomResourceRequest<Value, Value> =
+        match serde_json::from_value(event.clone()) {
+            Ok(r) => r,
+            Err(e) => return answer_malformed(responder, &event, &e.to_string()).await,
+        };
+    let budget = time_left.saturating_sub(ANSWER_MARGIN);
+    let task = {
+        let provider = std::sync::Arc::clone(&provider);
+        let request = request.clone();
+        tokio::spawn(async move { provider.handle(&request).await })
+    };
+    let outcome = match tokio::time::timeout(budget, task).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(join)) => failed_outcome(
+            &request,
+            if join.is_panic() {
+                "internal error: the provider panicked; nothing was left half-created on purpose, retry the operation"
+            } else {
+                "internal error: the handler was cancelled"
+            },
+        ),
+        Err(_) => failed_outcome(
+            &request,
+            "timed out before the Lambda deadline; retry the operation",
+        ),
+    };
+    let Some(url) = RequestView::of(&request).map(|v| v.response_url.to_string()) else {
+        return answer_malformed(responder, &event, "unsupported request type").await;
+    };
+    tracing::info!(success = outcome.success, physical_id = %outcome.physical_id, reason = outcome.reason.as_deref().unwrap_or(""), "answering CloudFormation");
+    responder.put(&url, response_body(&request, &outcome)).await
+}
+
+fn failed_outcome(
+    request: &CloudFormationCustomResourceRequest<Value, Value>,
+    reason: &str,
+) -> Outcome {
+    let physical = match RequestView::of(request) {
+        Some(RequestView {
+            physical_id: Some(id),
+            ..
+        }) => id.to_string(),
+        Some(v) => format!("{FAILED_ID_PREFIX}{}", v.request_id),
+        None => String::new(),
+    };
+    Outcome {
+        success: false,
+        reason: Some(reason.to_string()),
+        physical_id: physical,
+        data: Default::default(),
+    }
+}
+
+/// An event that is not a custom resource request still gets an answer if it names a ResponseURL.
+async fn answer_malformed<R: Responder>(
+    responder: &R,
+    event: &Value,
+    error: &str,
+) -> Result<(), String> {
+    let field = |k: &str| event.get(k).and_then(Value::as_str).map(str::to_string);
+    let Some(url) = field("ResponseURL") else {
+        return Err(format!(
+            "not a CloudFormation custom resource request, and no ResponseURL to answer: {error}"
+        ));
+    };
+    let request_id = field("RequestId").unwrap_or_default();
+    let physical =
+        field("PhysicalResourceId").unwrap_or_else(|| format!("{FAILED_ID_PREFIX}{request_id}"));
+    let body = serde_json::json!({
+        "Status": "FAILED",
+        "Reason": format!("malformed request: {error}").chars().take(1_000).collect::<String>(),
+        "PhysicalResourceId": physical,
+        "StackId": field("StackId").unwrap_or_default(),
+        "RequestId": request_id,
+        "LogicalResourceId": field("LogicalResourceId").unwrap_or_default(),
+        "NoEcho": false,
+        "Data": {}
+    });
+    responder.put(&url, body.to_string()).await
+}
