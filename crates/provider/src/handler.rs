@@ -378,7 +378,20 @@ impl<L: Ledger, A: AlarmOps, G: BudgetOps> Provider<L, A, G> {
             // Another resource declares this application now (a replacement finished first).
             return done();
         }
-        let ids = props.as_ref().map(identities).unwrap_or_default();
+        // Only identities that still point here: after a replacement, the new resource owns them.
+        let mut ids = Vec::new();
+        for identity in props.as_ref().map(identities).unwrap_or_default() {
+            match self.ledger.application_for(&identity).await {
+                Ok(Some(app)) if app == application => ids.push(identity),
+                Ok(_) => {}
+                Err(e) => {
+                    return Outcome::failed(
+                        physical.to_string(),
+                        format!("the ledger is unavailable: {e}"),
+                    );
+                }
+            }
+        }
         if let Err(e) = self.ledger.delete_budget(application, &ids).await {
             return Outcome::failed(
                 physical.to_string(),

@@ -1,0 +1,603 @@
+//! The custom resource lifecycle against moto with the real SDK clients. The test plays
+//! CloudFormation: it sends Create / Update / Delete events as CloudFormation does (every scalar a
+//! string), serves the ResponseURL itself, and checks both the answers and what is left in moto.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use ledger::{DynamoLedger, Identity, Ledger};
+use provider::aws::{AwsBudgets, CloudWatchAlarms};
+use provider::respond::{HttpResponder, run};
+use serde_json::{Value, json};
+
+type Inbox = Arc<Mutex<(Vec<Value>, u32)>>;
+
+/// A ResponseURL: records every PUT; fails the first `fail_first` with 500.
+async fn response_url(fail_first: u32) -> (String, Inbox) {
+    let inbox: Inbox = Arc::new(Mutex::new((Vec::new(), fail_first)));
+    let app = axum::Router::new()
+        .route(
+            "/response",
+            axum::routing::put(|State(inbox): State<Inbox>, headers: axum::http::HeaderMap, body: String| async move {
+                let mut guard = inbox.lock().unwrap();
+                if guard.1 > 0 {
+                    guard.1 -= 1;
+                    return StatusCode::INTERNAL_SERVER_ERROR;
+                }
+                assert_eq!(headers.get("content-type").map(|v| v.as_bytes()), Some(&b""[..]), "pre-signed URLs need an empty content type");
+                guard.0.push(serde_json::from_str(&body).unwrap());
+                StatusCode::OK
+            }),
+        )
+        .with_state(Arc::clone(&inbox));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/response", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, inbox)
+}
+
+const STACK: &str = "arn:aws:cloudformation:us-east-1:123456789012:stack/acme-genai/5b0fd3e0-ac6d-11f0-9b3c-0e2f0d1f9c5b";
+
+struct Cfn {
+    provider: Arc<provider::Provider<DynamoLedger, CloudWatchAlarms, AwsBudgets>>,
+    responder: HttpResponder,
+    url: String,
+    inbox: Inbox,
+    counter: u32,
+    sdk: aws_config::SdkConfig,
+}
+
+impl Cfn {
+    /// Sends an event and returns CloudFormation's view of the answer.
+    async fn send(
+        &mut self,
+        kind: &str,
+        rtype: &str,
+        logical: &str,
+        physical: Option<&str>,
+        props: Value,
+        old: Option<Value>,
+    ) -> Value {
+        self.counter += 1;
+        let mut event = json!({
+            "RequestType": kind,
+            "ServiceToken": "arn:aws:lambda:us-east-1:123456789012:function:acme-genai-provider",
+            "ResponseURL": self.url,
+            "StackId": STACK,
+            "RequestId": format!("req-{}", self.counter),
+            "LogicalResourceId": logical,
+            "ResourceType": rtype,
+            "ResourceProperties": props,
+        });
+        if let Some(p) = physical {
+            event["PhysicalResourceId"] = json!(p);
+        }
+        if let Some(o) = old {
+            event["OldResourceProperties"] = o;
+        }
+        self.raw(event).await
+    }
+
+    async fn raw(&mut self, event: Value) -> Value {
+        run(
+            Arc::clone(&self.provider),
+            &self.responder,
+            event,
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("answered");
+        self.inbox
+            .lock()
+            .unwrap()
+            .0
+            .last()
+            .cloned()
+            .expect("a response was PUT")
+    }
+}
+
+fn budget_props(limit_day_usd: &str, monthly: &str, keys: &[&str]) -> Value {
+    json!({
+        "ServiceToken": "arn:aws:lambda:us-east-1:123456789012:function:acme-genai-provider",
+        "Application": "support-bot",
+        "CostCenter": "cc-1234",
+        "Limits": [{ "Window": "minute", "Tokens": "200000" }, { "Window": "day", "Usd": limit_day_usd }],
+        "CostBudget": { "BudgetName": "acme-genai-support-bot", "MonthlyUsd": monthly, "ActualPercents": ["80", "100"], "TopicArn": "arn:aws:sns:us-east-1:123456789012:acme-genai-alerts" },
+        "ApiKeyIds": keys,
+    })
+}
+
+async fn setup(fail_first: u32) -> (harness::Moto, Cfn) {
+    let moto = harness::Moto::start();
+    let sdk = moto.sdk_config().await;
+    let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
+    harness::create_ledger_table(&dynamo, "ledger").await;
+    let provider = Arc::new(provider::Provider {
+        ledger: DynamoLedger::new(dynamo, "ledger"),
+        alarms: CloudWatchAlarms {
+            client: aws_sdk_cloudwatch::Client::new(&sdk),
+        },
+        budgets: AwsBudgets {
+            client: aws_sdk_budgets::Client::new(&sdk),
+        },
+    });
+    let (url, inbox) = response_url(fail_first).await;
+    (
+        moto,
+        Cfn {
+            provider,
+            responder: HttpResponder::default(),
+            url,
+            inbox,
+            counter: 0,
+            sdk,
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budgets_and_alarms_through_create_update_rollback_and_delete() {
+    let (_moto, mut cfn) = setup(2).await;
+    let budgets = aws_sdk_budgets::Client::new(&cfn.sdk);
+    let cloudwatch = aws_sdk_cloudwatch::Client::new(&cfn.sdk);
+
+    // An alarm before its budget exists fails, naming the property.
+    let alarm_props = json!({ "Application": "support-bot", "AlarmName": "acme-support-bot-day-usd-threshold-80", "Window": "day", "Percent": "80", "AlarmActions": ["arn:aws:sns:us-east-1:123456789012:acme-genai-alerts"] });
+    let r = cfn
+        .send(
+            "Create",
+            "Custom::TokenAlarm",
+            "Alarm",
+            None,
+            alarm_props.clone(),
+            None,
+        )
+        .await;
+    assert_eq!(r["Status"], "FAILED");
+    assert!(
+        r["Reason"].as_str().unwrap().starts_with(
+            "`Application`: no `Custom::TokenBudget` declares application `support-bot`"
+        )
+    );
+
+    // Create (the ResponseURL fails the first two PUTs: the answer is retried and arrives).
+    let created = cfn
+        .send(
+            "Create",
+            "Custom::TokenBudget",
+            "Budget",
+            None,
+            budget_props("40", "1000", &["key-a", "key-b"]),
+            None,
+        )
+        .await;
+    assert_eq!(created["Status"], "SUCCESS", "{created}");
+    assert_eq!(
+        created["PhysicalResourceId"],
+        "tokenfence:budget:support-bot"
+    );
+    assert_eq!(
+        created["Data"],
+        json!({ "Application": "support-bot", "ConfigVersion": "1", "CostBudgetName": "acme-genai-support-bot" })
+    );
+    assert_eq!(created["LogicalResourceId"], "Budget");
+    let provider = Arc::clone(&cfn.provider);
+    let ledger = &provider.ledger;
+    let config = ledger.budget("support-bot").await.unwrap().unwrap();
+    assert_eq!(config.limits[1].usd, Some(budget::MicroUsd::from_usd(40)));
+    assert_eq!(config.owner.as_deref(), Some(&*format!("{STACK}/Budget")));
+    assert_eq!(
+        ledger
+            .application_for(&Identity::ApiKeyId("key-b".into()))
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("support-bot")
+    );
+    let b = budgets
+        .describe_budget()
+        .account_id("123456789012")
+        .budget_name("acme-genai-support-bot")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(b.budget().unwrap().budget_limit().unwrap().amount(), "1000");
+    let n = budgets
+        .describe_notifications_for_budget()
+        .account_id("123456789012")
+        .budget_name("acme-genai-support-bot")
+        .send()
+        .await
+        .unwrap();
+    let mut kinds: Vec<(String, f64)> = n
+        .notifications()
+        .iter()
+        .map(|x| (x.notification_type().as_str().to_string(), x.threshold()))
+        .collect();
+    kinds.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    assert_eq!(
+        kinds,
+        vec![
+            ("ACTUAL".into(), 80.0),
+            ("ACTUAL".into(), 100.0),
+            ("FORECASTED".into(), 100.0)
+        ]
+    );
+
+    // A retry of the same request changes nothing.
+    let mut retry = json!({ "RequestType": "Create", "ResponseURL": cfn.url, "StackId": STACK, "RequestId": "req-2", "LogicalResourceId": "Budget", "ResourceType": "Custom::TokenBudget", "ResourceProperties": budget_props("40", "1000", &["key-a", "key-b"]) });
+    retry["ServiceToken"] = json!("x");
+    let again = cfn.raw(retry).await;
+    assert_eq!(again["Data"]["ConfigVersion"], "1");
+
+    // Another stack cannot take the application over.
+    let mut other = json!({ "RequestType": "Create", "ResponseURL": cfn.url, "StackId": "arn:aws:cloudformation:us-east-1:123456789012:stack/other/1", "RequestId": "other-1", "LogicalResourceId": "Budget", "ResourceType": "Custom::TokenBudget", "ResourceProperties": budget_props("1", "1", &[]) });
+    other["ServiceToken"] = json!("x");
+    let taken = cfn.raw(other).await;
+    assert_eq!(taken["Status"], "FAILED");
+    assert!(
+        taken["Reason"]
+            .as_str()
+            .unwrap()
+            .contains("already has a budget, declared by")
+    );
+
+    // Alarms now succeed, with the right metric and threshold in CloudWatch.
+    let alarm = cfn
+        .send(
+            "Create",
+            "Custom::TokenAlarm",
+            "Alarm",
+            None,
+            alarm_props.clone(),
+            None,
+        )
+        .await;
+    assert_eq!(alarm["Status"], "SUCCESS", "{alarm}");
+    assert_eq!(
+        alarm["PhysicalResourceId"],
+        "acme-support-bot-day-usd-threshold-80"
+    );
+    assert_eq!(alarm["Data"]["Threshold"], "80");
+    assert!(
+        alarm["Data"]["AlarmArn"]
+            .as_str()
+            .unwrap()
+            .ends_with(":alarm:acme-support-bot-day-usd-threshold-80")
+    );
+    let forecast = cfn
+        .send(
+            "Create",
+            "Custom::TokenAlarm",
+            "Forecast",
+            None,
+            json!({ "Application": "support-bot", "Window": "day", "Kind": "forecast" }),
+            None,
+        )
+        .await;
+    assert_eq!(forecast["Status"], "SUCCESS", "{forecast}");
+    let described = cloudwatch
+        .describe_alarms()
+        .alarm_names("acme-support-bot-day-usd-threshold-80")
+        .alarm_names("tokenfence-support-bot-day-usd-forecast")
+        .send()
+        .await
+        .unwrap();
+    let alarms = described.metric_alarms();
+    assert_eq!(alarms.len(), 2);
+    let threshold = alarms
+        .iter()
+        .find(|a| a.alarm_name() == Some("acme-support-bot-day-usd-threshold-80"))
+        .unwrap();
+    assert_eq!(
+        (
+            threshold.metric_name(),
+            threshold.namespace(),
+            threshold.threshold()
+        ),
+        (Some("WindowUtilization"), Some("TokenFence"), Some(80.0))
+    );
+    let forecast = alarms
+        .iter()
+        .find(|a| a.alarm_name() == Some("tokenfence-support-bot-day-usd-forecast"))
+        .unwrap();
+    let expressions: Vec<&str> = forecast
+        .metrics()
+        .iter()
+        .filter_map(|m| m.expression())
+        .collect();
+    assert_eq!(expressions, ["FILL(projected, 0)"]);
+    assert_eq!(forecast.threshold(), Some(100.0));
+
+    // Update in place: new day limit, new monthly budget, one API key dropped.
+    let old = budget_props("40", "1000", &["key-a", "key-b"]);
+    let new = budget_props("25.5", "1500", &["key-a"]);
+    let updated = cfn
+        .send(
+            "Update",
+            "Custom::TokenBudget",
+            "Budget",
+            Some("tokenfence:budget:support-bot"),
+            new.clone(),
+            Some(old.clone()),
+        )
+        .await;
+    assert_eq!(
+        (
+            updated["Status"].as_str(),
+            updated["PhysicalResourceId"].as_str()
+        ),
+        (Some("SUCCESS"), Some("tokenfence:budget:support-bot")),
+        "{updated}"
+    );
+    assert_eq!(updated["Data"]["ConfigVersion"], "2");
+    assert_eq!(
+        ledger.budget("support-bot").await.unwrap().unwrap().limits[1].usd,
+        Some(budget::MicroUsd(25_500_000))
+    );
+    assert_eq!(
+        ledger
+            .application_for(&Identity::ApiKeyId("key-b".into()))
+            .await
+            .unwrap(),
+        None
+    );
+    let b = budgets
+        .describe_budget()
+        .account_id("123456789012")
+        .budget_name("acme-genai-support-bot")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        b.budget().unwrap().budget_limit().unwrap().amount(),
+        "1500",
+        "updated in place"
+    );
+
+    // A failed update (bad property) answers FAILED naming it and changes nothing.
+    let mut bad = new.clone();
+    bad["Limits"][1]["Usd"] = json!("25.00000001");
+    let failed = cfn
+        .send(
+            "Update",
+            "Custom::TokenBudget",
+            "Budget",
+            Some("tokenfence:budget:support-bot"),
+            bad,
+            Some(new.clone()),
+        )
+        .await;
+    assert_eq!(failed["Status"], "FAILED");
+    assert!(
+        failed["Reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("`Limits[1].Usd`:")
+    );
+    assert_eq!(
+        ledger.budget("support-bot").await.unwrap().unwrap().version,
+        2
+    );
+
+    // Rollback: CloudFormation swaps old and new; the old state comes back.
+    let rolled = cfn
+        .send(
+            "Update",
+            "Custom::TokenBudget",
+            "Budget",
+            Some("tokenfence:budget:support-bot"),
+            old.clone(),
+            Some(new.clone()),
+        )
+        .await;
+    assert_eq!(rolled["Status"], "SUCCESS");
+    assert_eq!(
+        ledger.budget("support-bot").await.unwrap().unwrap().limits[1].usd,
+        Some(budget::MicroUsd::from_usd(40))
+    );
+    assert_eq!(
+        ledger
+            .application_for(&Identity::ApiKeyId("key-b".into()))
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("support-bot")
+    );
+    let b = budgets
+        .describe_budget()
+        .account_id("123456789012")
+        .budget_name("acme-genai-support-bot")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(b.budget().unwrap().budget_limit().unwrap().amount(), "1000");
+
+    // Changing the application is a replacement: a new physical ID, the old left for Delete.
+    let mut renamed = old.clone();
+    renamed["Application"] = json!("support-bot-v2");
+    renamed["CostBudget"]["BudgetName"] = json!("acme-genai-support-bot-v2");
+    let replaced = cfn
+        .send(
+            "Update",
+            "Custom::TokenBudget",
+            "Budget",
+            Some("tokenfence:budget:support-bot"),
+            renamed.clone(),
+            Some(old.clone()),
+        )
+        .await;
+    assert_eq!(
+        replaced["PhysicalResourceId"], "tokenfence:budget:support-bot-v2",
+        "{replaced}"
+    );
+    assert!(
+        ledger.budget("support-bot").await.unwrap().is_some(),
+        "the old one stays until CloudFormation deletes it"
+    );
+    assert!(ledger.budget("support-bot-v2").await.unwrap().is_some());
+
+    // Deletes: the old physical ID, twice (idempotent), an ID never issued, and the alarms.
+    for _ in 0..2 {
+        let d = cfn
+            .send(
+                "Delete",
+                "Custom::TokenBudget",
+                "Budget",
+                Some("tokenfence:budget:support-bot"),
+                old.clone(),
+                None,
+            )
+            .await;
+        assert_eq!(d["Status"], "SUCCESS", "{d}");
+    }
+    assert!(ledger.budget("support-bot").await.unwrap().is_none());
+    assert_eq!(
+        ledger
+            .application_for(&Identity::ApiKeyId("key-a".into()))
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("support-bot-v2"),
+        "the new resource's identity was rewritten and kept"
+    );
+    let gone = budgets
+        .describe_budget()
+        .account_id("123456789012")
+        .budget_name("acme-genai-support-bot")
+        .send()
+        .await;
+    assert!(gone.is_err(), "the old AWS Budget was deleted");
+    let d = cfn
+        .send(
+            "Delete",
+            "Custom::TokenBudget",
+            "Budget",
+            Some("tokenfence:failed:req-1"),
+            json!({}),
+            None,
+        )
+        .await;
+    assert_eq!(d["Status"], "SUCCESS");
+    for name in [
+        "acme-support-bot-day-usd-threshold-80",
+        "tokenfence-support-bot-day-usd-forecast",
+        "acme-support-bot-day-usd-threshold-80",
+    ] {
+        let d = cfn
+            .send(
+                "Delete",
+                "Custom::TokenAlarm",
+                "Alarm",
+                Some(name),
+                json!({}),
+                None,
+            )
+            .await;
+        assert_eq!(d["Status"], "SUCCESS");
+    }
+    assert!(
+        cloudwatch
+            .describe_alarms()
+            .alarm_names("acme-support-bot-day-usd-threshold-80")
+            .send()
+            .await
+            .unwrap()
+            .metric_alarms()
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_answered_failed_never_left_hanging() {
+    let (_moto, mut cfn) = setup(0).await;
+    let r = cfn
+        .send("Create", "Custom::Mystery", "M", None, json!({}), None)
+        .await;
+    assert_eq!(r["Status"], "FAILED");
+    assert!(
+        r["Reason"]
+            .as_str()
+            .unwrap()
+            .contains("unsupported resource type `Custom::Mystery`")
+    );
+    assert_eq!(r["PhysicalResourceId"], "tokenfence:failed:req-1");
+
+    let bad = cfn
+        .send(
+            "Create",
+            "Custom::TokenBudget",
+            "B",
+            None,
+            json!({ "Application": "a", "Limits": [{ "Window": "day", "Usd": "1.0000001" }] }),
+            None,
+        )
+        .await;
+    assert_eq!(bad["Status"], "FAILED");
+    assert!(
+        bad["Reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("`Limits[0].Usd`")
+    );
+    assert!(
+        cfn.provider.ledger.budget("a").await.unwrap().is_none(),
+        "nothing half-created"
+    );
+
+    let malformed = cfn.raw(json!({ "RequestType": "Explode", "ResponseURL": cfn.url, "RequestId": "m-1", "StackId": STACK, "LogicalResourceId": "X" })).await;
+    assert_eq!(malformed["Status"], "FAILED");
+    assert!(
+        malformed["Reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("malformed request")
+    );
+    assert_eq!(malformed["RequestId"], "m-1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_dependency_is_answered_failed_before_the_deadline() {
+    // A ledger endpoint that accepts connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "t", "t", None, None, "t",
+        ))
+        .load()
+        .await;
+    let provider = Arc::new(provider::Provider {
+        ledger: DynamoLedger::new(aws_sdk_dynamodb::Client::new(&sdk), "ledger"),
+        alarms: CloudWatchAlarms {
+            client: aws_sdk_cloudwatch::Client::new(&sdk),
+        },
+        budgets: AwsBudgets {
+            client: aws_sdk_budgets::Client::new(&sdk),
+        },
+    });
+    let (url, inbox) = response_url(0).await;
+    let event = json!({ "RequestType": "Create", "ResponseURL": url, "StackId": STACK, "RequestId": "slow-1", "LogicalResourceId": "B", "ResourceType": "Custom::TokenBudget", "ServiceToken": "x", "ResourceProperties": budget_props("1", "1", &[]) });
+    let started = std::time::Instant::now();
+    run(
+        provider,
+        &HttpResponder::default(),
+        event,
+        Duration::from_secs(7),
+    )
+    .await
+    .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(7),
+        "answered before the deadline"
+    );
+    let r = inbox.lock().unwrap().0.last().cloned().unwrap();
+    assert_eq!(r["Status"], "FAILED");
+    assert!(r["Reason"].as_str().unwrap().starts_with("timed out"));
+    drop(silent);
+}
