@@ -421,11 +421,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
             }
             Ok(ReserveOutcome::Reserved(r)) => r,
             Ok(ReserveOutcome::Duplicate { .. }) if front == Front::Sync => {
-                return Err(Reply::error(
-                    409,
-                    "DuplicateRequest",
-                    format!("request `{request_id}` was already seen"),
-                ));
+                return Err(duplicate(request_id));
             }
             Ok(ReserveOutcome::Duplicate {
                 in_flight: true, ..
@@ -456,11 +452,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
                     {
                         Ok(ReserveOutcome::Reserved(r)) => r,
                         Ok(_) => {
-                            return Err(Reply::error(
-                                409,
-                                "DuplicateRequest",
-                                format!("request `{request_id}` was already seen"),
-                            ));
+                            return Err(duplicate(request_id));
                         }
                         Err(e) => {
                             return self
@@ -494,11 +486,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
                                     ));
                                 }
                                 Ok(_) => {
-                                    return Err(Reply::error(
-                                        409,
-                                        "DuplicateRequest",
-                                        format!("request `{request_id}` was already seen"),
-                                    ));
+                                    return Err(duplicate(request_id));
                                 }
                                 Err(e) => {
                                     return self
@@ -880,6 +868,14 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
             body: json!({ "application": application, "mode": match config.mode { EnforcementMode::Enforce => "enforce", EnforcementMode::Shadow => "shadow" }, "windows": windows }),
         }
     }
+}
+
+fn duplicate(request_id: &str) -> Reply {
+    Reply::error(
+        409,
+        "DuplicateRequest",
+        format!("request `{request_id}` was already seen"),
+    )
 }
 
 fn field(status: u16, field: &str, message: &str) -> Reply {

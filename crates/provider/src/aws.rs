@@ -14,21 +14,23 @@ pub struct CloudWatchAlarms {
     pub client: cloudwatch::Client,
 }
 
+fn dimensions(m: &MetricStat) -> Vec<cloudwatch::types::Dimension> {
+    m.dimensions
+        .iter()
+        .map(|(k, v)| {
+            cloudwatch::types::Dimension::builder()
+                .name(k)
+                .value(v)
+                .build()
+        })
+        .collect()
+}
+
 fn metric_stat(m: &MetricStat) -> cloudwatch::types::MetricStat {
     let metric = cloudwatch::types::Metric::builder()
         .namespace(NAMESPACE)
         .metric_name(&m.metric_name)
-        .set_dimensions(Some(
-            m.dimensions
-                .iter()
-                .map(|(k, v)| {
-                    cloudwatch::types::Dimension::builder()
-                        .name(k)
-                        .value(v)
-                        .build()
-                })
-                .collect(),
-        ))
+        .set_dimensions(Some(dimensions(m)))
         .build();
     cloudwatch::types::MetricStat::builder()
         .metric(metric)
@@ -56,17 +58,7 @@ impl AlarmOps for CloudWatchAlarms {
             req = req
                 .namespace(NAMESPACE)
                 .metric_name(&m.metric_name)
-                .set_dimensions(Some(
-                    m.dimensions
-                        .iter()
-                        .map(|(k, v)| {
-                            cloudwatch::types::Dimension::builder()
-                                .name(k)
-                                .value(v)
-                                .build()
-                        })
-                        .collect(),
-                ))
+                .set_dimensions(Some(dimensions(m)))
                 .statistic(cloudwatch::types::Statistic::from(m.stat.as_str()))
                 .period(m.period);
         }
