@@ -14,8 +14,14 @@ use crate::handler::{AlarmOps, BudgetOps, FAILED_ID_PREFIX, Outcome, Provider, R
 
 /// CloudFormation rejects responses of 4,096 bytes or more.
 pub const MAX_RESPONSE_BYTES: usize = 4_096;
-/// Time kept back from the Lambda deadline to send the answer.
+/// Time kept back from the Lambda deadline to send the answer, at most.
 pub const ANSWER_MARGIN: Duration = Duration::from_secs(5);
+
+/// The time the handler may take: the time left less a margin for answering, which is at most
+/// [`ANSWER_MARGIN`] and at most a fifth of the time left (a 3 s function must still do its work).
+pub fn work_budget(time_left: Duration) -> Duration {
+    time_left.saturating_sub(ANSWER_MARGIN.min(time_left / 5))
+}
 
 /// Sends the response document to the pre-signed ResponseURL.
 pub trait Responder: Send + Sync + 'static {
@@ -136,7 +142,11 @@ pub async fn run<L: Ledger, A: AlarmOps, G: BudgetOps, R: Responder>(
             Ok(r) => r,
             Err(e) => return answer_malformed(responder, &event, &e.to_string()).await,
         };
-    let budget = time_left.saturating_sub(ANSWER_MARGIN);
+    let budget = work_budget(time_left);
+    tracing::info!(
+        time_left_ms = time_left.as_millis() as u64,
+        "handling a custom resource request"
+    );
     let task = {
         let provider = std::sync::Arc::clone(&provider);
         let request = request.clone();
@@ -181,6 +191,24 @@ fn failed_outcome(
         reason: Some(reason.to_string()),
         physical_id: physical,
         data: Default::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_deadlines_keep_most_of_their_time_for_work() {
+        assert_eq!(
+            work_budget(Duration::from_secs(300)),
+            Duration::from_secs(295)
+        );
+        assert_eq!(
+            work_budget(Duration::from_secs(3)),
+            Duration::from_millis(2_400)
+        );
+        assert_eq!(work_budget(Duration::ZERO), Duration::ZERO);
     }
 }
 
