@@ -194,24 +194,6 @@ fn failed_outcome(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn short_deadlines_keep_most_of_their_time_for_work() {
-        assert_eq!(
-            work_budget(Duration::from_secs(300)),
-            Duration::from_secs(295)
-        );
-        assert_eq!(
-            work_budget(Duration::from_secs(3)),
-            Duration::from_millis(2_400)
-        );
-        assert_eq!(work_budget(Duration::ZERO), Duration::ZERO);
-    }
-}
-
 /// An event that is not a custom resource request still gets an answer if it names a ResponseURL.
 async fn answer_malformed<R: Responder>(
     responder: &R,
@@ -238,4 +220,22 @@ async fn answer_malformed<R: Responder>(
         "Data": {}
     });
     responder.put(&url, body.to_string()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_deadlines_keep_most_of_their_time_for_work() {
+        assert_eq!(
+            work_budget(Duration::from_secs(300)),
+            Duration::from_secs(295)
+        );
+        assert_eq!(
+            work_budget(Duration::from_secs(3)),
+            Duration::from_millis(2_400)
+        );
+        assert_eq!(work_budget(Duration::ZERO), Duration::ZERO);
+    }
 }
