@@ -66,11 +66,12 @@ pub trait Bedrock: Send + Sync + 'static {
     /// Validates and maps a Converse request body, naming the first field that cannot be sent.
     fn prepare(&self, request: &Value) -> Result<Self::Prepared, FieldError>;
 
-    /// Calls Converse for `model_id` (a model ID, inference profile ID or ARN).
+    /// Calls Converse for `model_id` (a model ID, inference profile ID or ARN). The prepared
+    /// request is moved, not copied: it holds the whole prompt.
     fn converse(
         &self,
         model_id: &str,
-        request: &Self::Prepared,
+        request: Self::Prepared,
     ) -> impl Future<Output = Result<ConverseOutput, BedrockError>> + Send;
 }
 
@@ -98,9 +99,8 @@ impl Bedrock for SdkBedrock {
     async fn converse(
         &self,
         model_id: &str,
-        input: &ConverseInput,
+        input: ConverseInput,
     ) -> Result<ConverseOutput, BedrockError> {
-        let input = input.clone();
         let out = self
             .client
             .converse()
@@ -179,7 +179,7 @@ fn map_error(e: SdkError<ConverseError>) -> BedrockError {
 }
 
 /// A Converse request in the SDK's types.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ConverseInput {
     messages: Vec<t::Message>,
     system: Option<Vec<t::SystemContentBlock>>,

@@ -394,7 +394,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
             }
             Err(e) => {
                 return self
-                    .ledger_down(application, None, &model, &prepared, e)
+                    .ledger_down(application, None, &model, prepared, e)
                     .await;
             }
         };
@@ -416,7 +416,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
         {
             Err(e) => {
                 return self
-                    .ledger_down(application, Some(&config), &model, &prepared, e)
+                    .ledger_down(application, Some(&config), &model, prepared, e)
                     .await;
             }
             Ok(ReserveOutcome::Reserved(r)) => r,
@@ -456,7 +456,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
                         }
                         Err(e) => {
                             return self
-                                .ledger_down(application, Some(&config), &model, &prepared, e)
+                                .ledger_down(application, Some(&config), &model, prepared, e)
                                 .await;
                         }
                     }
@@ -494,7 +494,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
                                             application,
                                             Some(&config),
                                             &model,
-                                            &prepared,
+                                            prepared,
                                             e,
                                         )
                                         .await;
@@ -526,7 +526,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
             ledger: Arc::clone(&self.ledger),
             reservation: Some(reservation),
         };
-        let called = self.bedrock.converse(&plan.target, &prepared).await;
+        let called = self.bedrock.converse(&plan.target, prepared).await;
         let reservation = guard.disarm().expect("armed until now");
         match called {
             Ok(output) => {
@@ -619,7 +619,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
         application: &str,
         config: Option<&BudgetConfig>,
         model: &str,
-        request: &B::Prepared,
+        request: B::Prepared,
         e: LedgerError,
     ) -> Result<Outcome, Reply> {
         tracing::error!(application, error = %e, "ledger unavailable");
