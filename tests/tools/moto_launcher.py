@@ -12,17 +12,58 @@ It is moto (pinned in requirements.txt) with the gaps that matter here handled a
   and month counters diverged by ~1,300 tokens after 64 concurrent clients, in every run).
   DynamoDB's transactions are serializable; serving one request at a time gives moto the same
   guarantee. Tests in which moto invokes a Lambda that calls back into moto must not use --serial.
+- Lambda: moto runs functions in Docker, which these machines do not have. This launcher replaces
+  that one method (`LambdaFunction._invoke_lambda`, the path of the Invoke API, custom resources
+  and SQS event source mappings) with what Lambda does for a `provided.al2023` function: the
+  function's deployed zip (as `aws cloudformation package` uploaded it) is unpacked, its
+  `bootstrap` started with the function's configured environment plus the Lambda runtime
+  variables, and given the event through a Lambda Runtime API served for that one invocation, with
+  a real deadline (`Lambda-Runtime-Deadline-Ms`: now + the function's timeout). The process is
+  stopped when it asks for its next event (Lambda freezes it there) or at the deadline. Its output
+  goes to the function's CloudWatch Logs group in moto, as Lambda's does. `--lambda-env KEY=VALUE`
+  adds variables to every function: what the sandbox's network provides (where Bedrock is).
+- AWS::Bedrock::ApplicationInferenceProfile: moto has no Bedrock control plane, and its
+  CloudFormation rejects a template that uses `Fn::GetAtt` on a type it does not know. The launcher
+  adds the type to moto's CloudFormation: it issues an application inference profile ARN and ID
+  for each resource and remembers the model it copies and the tags (nothing in moto can call it).
+- AWS::ApiGateway::ApiKey: moto's CloudFormation skips it (a `Ref` to it resolves to nothing).
+  The launcher creates the key in moto's API Gateway, so `Ref` gives the key's ID as on AWS and
+  `GetApiKey --include-value` gives its value.
+- Custom resources: moto builds the ResponseURL on `http://host.docker.internal`; here functions
+  run on this host, so it is `http://127.0.0.1:PORT`. And moto invokes the function on a
+  background thread and goes on creating the resources that depend on the custom resource;
+  CloudFormation waits for the answer first (a `Custom::TokenAlarm` needs its budget). The launcher
+  invokes custom resources before going on, as CloudFormation orders them (and, while a stack is
+  being created or updated, does not let a custom resource's answer re-walk the half-built
+  resource map: moto would create the resources not yet built a second time).
+- Custom resources get only Create events from moto, which also ignores the PhysicalResourceId
+  and a FAILED answer. The launcher plays the rest of CloudFormation's contract: a stack update
+  that modifies a custom resource's properties sends it an Update event (ResourceProperties and
+  OldResourceProperties resolved, the PhysicalResourceId it returned); a new PhysicalResourceId
+  is followed by a Delete of the old one, as CloudFormation's cleanup does; deleting the stack
+  (or removing the resource) sends Delete events, dependents first, before moto deletes the
+  function that serves them. A FAILED answer fails the operation: CREATE_FAILED with the reason
+  for a create, an error from UpdateStack / DeleteStack naming the resource and reason otherwise.
 """
+import hashlib
+import io
 import json
 import os
+import subprocess
 import sys
+import tempfile
+import threading
 import time
+import uuid
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from werkzeug.serving import run_simple
 
 from moto.budgets.models import BudgetsBackend
 from moto.budgets.responses import BudgetsResponse
 from moto.budgets.exceptions import NotFoundException
+from moto.core.common_models import CloudFormationModel
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
 
@@ -44,9 +85,428 @@ def _update_budget_response(self):
 BudgetsBackend.update_budget = _update_budget
 BudgetsResponse.update_budget = _update_budget_response
 
+class ApplicationInferenceProfile(CloudFormationModel):
+    """`AWS::Bedrock::ApplicationInferenceProfile` for moto's CloudFormation (see the docstring)."""
+
+    # moto files its models by the service named in the module path.
+    __module__ = "moto.bedrock.tokenfence"
+
+    def __init__(self, account_id: str, region: str, properties: dict):
+        self.id = uuid.uuid4().hex[:12]
+        self.arn = f"arn:aws:bedrock:{region}:{account_id}:application-inference-profile/{self.id}"
+        self.properties = properties
+
+    @staticmethod
+    def cloudformation_type() -> str:
+        return "AWS::Bedrock::ApplicationInferenceProfile"
+
+    @staticmethod
+    def cloudformation_name_type() -> str:
+        return "InferenceProfileName"
+
+    @classmethod
+    def has_cfn_attr(cls, attr: str) -> bool:
+        return attr in ("InferenceProfileArn", "InferenceProfileId", "InferenceProfileIdentifier", "Status")
+
+    @property
+    def physical_resource_id(self) -> str:
+        return self.arn
+
+    def get_cfn_attribute(self, attribute_name: str):
+        return {
+            "InferenceProfileArn": self.arn,
+            "InferenceProfileId": self.id,
+            "InferenceProfileIdentifier": self.arn,
+            "Status": "ACTIVE",
+        }[attribute_name]
+
+    @classmethod
+    def create_from_cloudformation_json(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs):
+        return cls(account_id, region_name, cloudformation_json.get("Properties", {}))
+
+    @classmethod
+    def update_from_cloudformation_json(cls, original_resource, new_resource_name, cloudformation_json, account_id, region_name):
+        original_resource.properties = cloudformation_json.get("Properties", {})
+        return original_resource
+
+    @classmethod
+    def delete_from_cloudformation_json(cls, resource_name, cloudformation_json, account_id, region_name):
+        pass
+
+
+class RestApiKey(CloudFormationModel):
+    """`AWS::ApiGateway::ApiKey` for moto's CloudFormation, backed by moto's API Gateway."""
+
+    __module__ = "moto.apigateway.tokenfence"
+
+    def __init__(self, key):
+        self.key = key
+
+    @staticmethod
+    def cloudformation_type() -> str:
+        return "AWS::ApiGateway::ApiKey"
+
+    @staticmethod
+    def cloudformation_name_type() -> str:
+        return "Name"
+
+    @classmethod
+    def has_cfn_attr(cls, attr: str) -> bool:
+        return attr == "APIKeyId"
+
+    @property
+    def physical_resource_id(self) -> str:
+        return self.key.id
+
+    def get_cfn_attribute(self, attribute_name: str):
+        return self.key.id
+
+    @classmethod
+    def create_from_cloudformation_json(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs):
+        from moto.apigateway.models import apigateway_backends
+
+        props = cloudformation_json.get("Properties", {})
+        payload = {
+            "name": props.get("Name", resource_name),
+            "description": props.get("Description"),
+            "enabled": str(props.get("Enabled", False)).lower() == "true",
+            "tags": {t["Key"]: t["Value"] for t in props.get("Tags", [])},
+        }
+        return cls(apigateway_backends[account_id][region_name].create_api_key(payload))
+
+    @classmethod
+    def delete_from_cloudformation_json(cls, resource_name, cloudformation_json, account_id, region_name):
+        from moto.apigateway.models import apigateway_backends
+
+        try:
+            apigateway_backends[account_id][region_name].delete_api_key(resource_name)
+        except Exception:
+            pass
+
+
+class _InvokeBeforeGoingOn:
+    """Stands in for `threading.Thread` in moto's custom resource model: runs the target on start."""
+
+    def __init__(self, target, args=(), kwargs=None):
+        self.target, self.args, self.kwargs = target, args, kwargs or {}
+
+    def start(self):
+        self.target(*self.args, **self.kwargs)
+
+
+class CustomResourceFailed(Exception):
+    pass
+
+
+_created = iter(range(1, 1 << 62))
+STACKS: dict = {}
+
+
+def _install_custom_resource_lifecycle():
+    from moto.awslambda.utils import get_backend as get_lambda_backend
+    from moto.cloudformation import cloudformation_backends
+    from moto.cloudformation.custom_model import CustomModel
+    from moto.cloudformation.parsing import ResourceMap
+    from moto.cloudformation.responses import CloudFormationResponse
+
+    original_create = CustomModel.create_from_cloudformation_json.__func__
+
+    def create(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs):
+        resource = original_create(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs)
+        resource.account_id = account_id
+        resource.stack_id = kwargs["StackId"]
+        resource.resource_type = kwargs["ResourceType"]
+        resource.properties = cloudformation_json["Properties"]
+        resource.order = next(_created)
+        return resource
+
+    def send(resource, kind, properties, physical_id, old_properties=None):
+        """Sends one event to the function behind ServiceToken and returns its answer."""
+        request_id = str(uuid.uuid4())
+        event = {
+            "RequestType": kind,
+            "ServiceToken": properties["ServiceToken"],
+            "ResponseURL": f"http://127.0.0.1:{os.environ['MOTO_PORT']}/cloudformation_{resource.region_name}/cfnresponse?stack={resource.stack_id}",
+            "StackId": resource.stack_id,
+            "RequestId": request_id,
+            "LogicalResourceId": resource.logical_id,
+            "PhysicalResourceId": physical_id,
+            "ResourceType": resource.resource_type,
+            "ResourceProperties": properties,
+        }
+        if old_properties is not None:
+            event["OldResourceProperties"] = old_properties
+        resource.answer = None
+        fn = get_lambda_backend(resource.account_id, resource.region_name).get_function(properties["ServiceToken"])
+        fn.invoke(json.dumps(event), {}, {})
+        answer = resource.answer
+        if answer is None or answer.get("RequestId") != request_id:
+            raise CustomResourceFailed(f"{resource.logical_id}: no answer to the {kind} request")
+        if answer.get("Status") != "SUCCESS":
+            raise CustomResourceFailed(f"{resource.logical_id}: {kind} FAILED: {answer.get('Reason')}")
+        return answer
+
+    def update(cls, original_resource, new_resource_name, cloudformation_json, account_id, region_name):
+        new_properties = cloudformation_json["Properties"]
+        if new_properties == original_resource.properties:
+            return original_resource
+        old_properties, old_physical = original_resource.properties, original_resource.physical_id
+        answer = send(original_resource, "Update", new_properties, old_physical, old_properties)
+        original_resource.properties = new_properties
+        if answer["PhysicalResourceId"] != old_physical:
+            # CloudFormation deletes the replaced resource in its cleanup phase.
+            send(original_resource, "Delete", old_properties, old_physical)
+        original_resource.physical_id = answer["PhysicalResourceId"]
+        return original_resource
+
+    def delete(self, account_id, region_name):
+        if getattr(self, "deleted", False):
+            return
+        send(self, "Delete", self.properties, self.physical_id)
+        self.deleted = True
+
+    CustomModel.create_from_cloudformation_json = classmethod(create)
+    CustomModel.update_from_cloudformation_json = classmethod(update)
+    CustomModel.delete = delete
+
+    original_map_delete = ResourceMap.delete
+
+    def delete_map(self):
+        # CloudFormation deletes dependents first; the function serving the custom resources
+        # is a dependency of all of them.
+        customs = [r for r in self._parsed_resources.values() if isinstance(r, CustomModel)]
+        for resource in sorted(customs, key=lambda r: -r.order):
+            resource.delete(self._account_id, self._region_name)
+        original_map_delete(self)
+
+    ResourceMap.delete = delete_map
+
+    original_process = CloudFormationResponse.process_cfn_response
+
+    def process_cfn_response(self):
+        # While moto deletes a stack, the stack is in neither of its registries.
+        stack = STACKS[self._get_param("StackId")]
+        resource = stack.custom_resources.get(self._get_param("LogicalResourceId"))
+        answer = json.loads(self.body)
+        if resource is not None:
+            resource.answer = answer
+            # A later Delete names the physical ID of the last answer, FAILED ones included.
+            resource.physical_id = answer.get("PhysicalResourceId") or getattr(resource, "physical_id", None)
+            if answer.get("Status") != "SUCCESS" and stack.status == "CREATE_IN_PROGRESS":
+                reason = f"{resource.logical_id}: {answer.get('Reason')}"
+                stack.status = "CREATE_FAILED"
+                stack.status_reason = reason
+                stack._add_stack_event("CREATE_FAILED", resource_status_reason=reason)
+        if stack.stack_id not in self.cloudformation_backend.stacks:
+            return 200, {"status": 200}, json.dumps("{}")
+        return original_process(self)
+
+    CloudFormationResponse.process_cfn_response = process_cfn_response
+
+
+RUNTIME = "/2018-06-01/runtime"
+LAMBDA_ENV: dict[str, str] = {}
+CODE_DIR = tempfile.mkdtemp(prefix="tokenfence-lambda-")
+_unpack_lock = threading.Lock()
+
+
+def _code_dir(fn) -> str:
+    """Unpacks the function's zip once per distinct code; returns the directory."""
+    digest = hashlib.sha256(fn.code_bytes).hexdigest()
+    target = os.path.join(CODE_DIR, digest)
+    with _unpack_lock:
+        if not os.path.isdir(target):
+            staging = target + ".tmp"
+            with zipfile.ZipFile(io.BytesIO(fn.code_bytes)) as archive:
+                archive.extractall(staging)
+            bootstrap = os.path.join(staging, "bootstrap")
+            if os.path.exists(bootstrap):
+                os.chmod(bootstrap, 0o755)
+            os.rename(staging, target)
+    return target
+
+
+class _Invocation:
+    """The Lambda Runtime API for one event."""
+
+    def __init__(self, fn, event: str):
+        self.fn = fn
+        self.event = event.encode() if isinstance(event, str) else event
+        self.request_id = str(uuid.uuid4())
+        self.deadline_ms = int(time.time() * 1000) + int(fn.timeout) * 1000
+        self.served = False
+        self.result = None
+        self.errored = False
+        self.done = threading.Event()
+        self.released = threading.Event()
+
+
+def _handler_for(invocation: _Invocation):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
+
+        def log_message(self, *args):
+            pass
+
+        def _reply(self, status: int, body: bytes, headers=()):
+            self.send_response(status)
+            for key, value in headers:
+                self.send_header(key, value)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            if self.path != f"{RUNTIME}/invocation/next":
+                return self._reply(404, b"{}")
+            if invocation.served:
+                # The function asks for more work: Lambda freezes it here.
+                invocation.done.set()
+                invocation.released.wait()
+                return
+            invocation.served = True
+            fn = invocation.fn
+            self._reply(
+                200,
+                invocation.event,
+                [
+                    ("Lambda-Runtime-Aws-Request-Id", invocation.request_id),
+                    ("Lambda-Runtime-Deadline-Ms", str(invocation.deadline_ms)),
+                    ("Lambda-Runtime-Invoked-Function-Arn", fn.function_arn),
+                    ("Lambda-Runtime-Trace-Id", f"Root=1-{uuid.uuid4().hex[:8]}-{uuid.uuid4().hex[:24]};Sampled=0"),
+                ],
+            )
+
+        def do_POST(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length)
+            if self.path == f"{RUNTIME}/invocation/{invocation.request_id}/response":
+                invocation.result = body.decode("utf-8", "replace")
+            elif self.path in (f"{RUNTIME}/invocation/{invocation.request_id}/error", f"{RUNTIME}/init/error"):
+                invocation.result = body.decode("utf-8", "replace")
+                invocation.errored = True
+                if self.path.endswith("/init/error"):
+                    invocation.done.set()
+            else:
+                return self._reply(404, b"{}")
+            self._reply(202, b'{"status":"OK"}')
+
+    return Handler
+
+
+def _invoke_lambda(self, event=None):
+    """Runs the function's bootstrap for one event; returns (payload, errored, logs)."""
+    self.logs_backend.ensure_log_group(self.logs_group_name)
+    if event is None:
+        event = {}
+    payload = event if isinstance(event, str) else json.dumps(event)
+    invocation = _Invocation(self, payload)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(invocation))
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "TZ": ":UTC",
+        "AWS_LAMBDA_RUNTIME_API": f"127.0.0.1:{server.server_address[1]}",
+        "AWS_LAMBDA_FUNCTION_NAME": self.function_name,
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.memory_size),
+        "AWS_LAMBDA_FUNCTION_VERSION": str(self.version),
+        "AWS_LAMBDA_LOG_GROUP_NAME": self.logs_group_name,
+        "AWS_LAMBDA_LOG_STREAM_NAME": f"{time.strftime('%Y/%m/%d')}/[{self.version}]{uuid.uuid4().hex}",
+        "AWS_EXECUTION_ENV": "AWS_Lambda_provided.al2023",
+        "AWS_REGION": self.region,
+        "AWS_DEFAULT_REGION": self.region,
+        "AWS_ACCESS_KEY_ID": "role-account-id",
+        "AWS_SECRET_ACCESS_KEY": "role-secret-key",
+        "AWS_SESSION_TOKEN": "session-token",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{os.environ['MOTO_PORT']}",
+        "LAMBDA_TASK_ROOT": "/var/task",
+    }
+    env.update({k: str(v) for k, v in self.environment_vars.items()})
+    env.update(LAMBDA_ENV)
+    code = _code_dir(self)
+    with tempfile.TemporaryFile() as output:
+        try:
+            process = subprocess.Popen(
+                [os.path.join(code, "bootstrap")], cwd=code, env=env, stdout=output, stderr=subprocess.STDOUT
+            )
+        except OSError as error:
+            server.shutdown()
+            message = f"cannot start the function's bootstrap: {error}"
+            self.save_logs(message)
+            return json.dumps({"errorType": "Runtime.InvalidEntrypoint", "errorMessage": message}), True, message
+        # Lambda stops a function a little after its deadline; a process that exits early is a crash.
+        hard_stop = invocation.deadline_ms / 1000 + 1.0
+        while not invocation.done.wait(0.01):
+            if process.poll() is not None or time.time() > hard_stop:
+                break
+        finished = invocation.done.is_set()
+        timed_out = not finished and process.poll() is None
+        process.kill()
+        exit_code = process.wait()
+        invocation.released.set()
+        server.shutdown()
+        server.server_close()
+        output.seek(0)
+        logs = output.read().decode("utf-8", "replace")
+    if invocation.result is None:
+        invocation.errored = True
+        invocation.result = json.dumps(
+            {"errorType": "Sandbox.Timedout", "errorMessage": f"Task timed out after {self.timeout}.00 seconds"}
+            if timed_out
+            else {"errorType": "Runtime.ExitError", "errorMessage": f"RequestId: {invocation.request_id} Error: Runtime exited with {exit_code}"}
+        )
+    self.save_logs(logs or "(no output)")
+    return invocation.result, invocation.errored, logs
+
 if __name__ == "__main__":
     host, port = sys.argv[1], int(sys.argv[2])
     serial = "--serial" in sys.argv[3:]
-    os.environ.setdefault("MOTO_PORT", str(port))
+    args = sys.argv[3:]
+    for i, arg in enumerate(args):
+        if arg == "--lambda-env":
+            key, _, value = args[i + 1].partition("=")
+            LAMBDA_ENV[key] = value
+    os.environ["MOTO_PORT"] = str(port)
+    import moto.settings
+    from moto.awslambda.models import LambdaFunction
+
+    import types
+    import moto.cloudformation.custom_model as custom_model
+
+    moto.settings.moto_server_host = lambda: "http://127.0.0.1"
+    custom_model.threading = types.SimpleNamespace(Thread=_InvokeBeforeGoingOn)
+
+    from moto.cloudformation.models import Stack
+
+    building: set[str] = set()
+    original_create, original_update, original_verify = Stack.create_resources, Stack.update, Stack.verify_readiness
+
+    def create_resources(self):
+        STACKS[self.stack_id] = self
+        building.add(self.stack_id)
+        try:
+            original_create(self)
+        finally:
+            building.discard(self.stack_id)
+
+    def update(self, *args, **kwargs):
+        building.add(self.stack_id)
+        try:
+            original_update(self, *args, **kwargs)
+        finally:
+            building.discard(self.stack_id)
+
+    def verify_readiness(self):
+        # Only a stack waiting for its custom resources becomes complete on an answer.
+        if self.stack_id not in building and self.status == "CREATE_IN_PROGRESS":
+            original_verify(self)
+
+    Stack.create_resources, Stack.update, Stack.verify_readiness = create_resources, update, verify_readiness
+    _install_custom_resource_lifecycle()
+    LambdaFunction._invoke_lambda = _invoke_lambda
     app = DomainDispatcherApplication(create_backend_app)
     run_simple(host, port, app, threaded=not serial, use_reloader=False)

@@ -84,13 +84,33 @@ impl Moto {
         Self::launch_with(true)
     }
 
-    fn launch_with(serial: bool) -> Moto {
+    /// Starts moto able to run Lambda functions: each invocation (Invoke API, custom resources,
+    /// SQS event source mappings) runs the function's deployed `bootstrap` against a Lambda
+    /// Runtime API of its own, with the function's environment plus `lambda_env` (what the
+    /// sandbox's network provides, e.g. `AWS_ENDPOINT_URL_BEDROCK_RUNTIME`). The launcher's
+    /// docstring lists what else it adds to moto's CloudFormation.
+    pub fn start_with_lambdas(lambda_env: &[(&str, &str)]) -> Moto {
         let venv = venv();
         let port = free_port();
+        let mut command = Self::command(&venv, port);
+        for (key, value) in lambda_env {
+            command.args(["--lambda-env", &format!("{key}={value}")]);
+        }
+        Self::launch(command, port, &venv)
+    }
+
+    fn command(venv: &Path, port: u16) -> Command {
         let mut command = Command::new(venv.join("bin/python"));
         command
             .arg(repo().join("tests/tools/moto_launcher.py"))
             .args(["127.0.0.1", &port.to_string()]);
+        command
+    }
+
+    fn launch_with(serial: bool) -> Moto {
+        let venv = venv();
+        let port = free_port();
+        let mut command = Self::command(&venv, port);
         if serial {
             command.arg("--serial");
         }
@@ -98,9 +118,11 @@ impl Moto {
     }
 
     fn launch(mut command: Command, port: u16, venv: &Path) -> Moto {
+        // moto's log goes to a file: a failing end-to-end test points at it.
+        let log = std::fs::File::create(Self::log_path(port)).expect("moto log file");
         let child = command
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start moto_server from {}: {e}", venv.display()));
         let mut moto = Moto { child, port };
@@ -117,6 +139,19 @@ impl Moto {
                 "moto_server did not listen on port {port} within 60 s"
             );
             std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Where this moto's log is written.
+    pub fn log_path(port: u16) -> PathBuf {
+        std::env::temp_dir().join(format!("tokenfence-moto-{port}.log"))
+    }
+
+    /// The AWS CLI (pinned, from the venv) pointed at this moto.
+    pub fn aws(&self) -> AwsCli {
+        AwsCli {
+            program: venv().join("bin/aws"),
+            endpoint: self.url(),
         }
     }
 
@@ -191,4 +226,137 @@ pub async fn create_ledger_table(client: &aws_sdk_dynamodb::Client, name: &str) 
         .send()
         .await
         .expect("CreateTable on moto");
+}
+
+/// The AWS CLI pointed at moto through the standard `AWS_ENDPOINT_URL`, as a user would run it.
+pub struct AwsCli {
+    program: PathBuf,
+    endpoint: String,
+}
+
+impl AwsCli {
+    /// Runs `aws ARGS` and returns stdout; panics with stderr when it fails.
+    pub fn run(&self, args: &[&str]) -> String {
+        let out = self
+            .command(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.program.display()));
+        assert!(
+            out.status.success(),
+            "`aws {}` failed ({}):\n{}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 output")
+    }
+
+    /// Runs `aws ARGS --output json` and parses stdout.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.extend(["--output", "json"]);
+        let out = self.run(&all);
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("`aws {}` printed no JSON ({e}): {out}", args.join(" ")))
+    }
+
+    /// The command, for callers that need its exit status.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(&self.program);
+        command
+            .args(args)
+            .env("AWS_ENDPOINT_URL", &self.endpoint)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_PAGER", "")
+            .env_remove("AWS_PROFILE")
+            .stdin(Stdio::null());
+        command
+    }
+}
+
+/// Cargo's target directory for this build.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|p| if p.is_absolute() { p } else { repo().join(p) })
+        .unwrap_or_else(|| repo().join("target"))
+}
+
+/// A `cargo` command for nested builds (synth, cargo-lambda). They use a target directory of
+/// their own under the build's: the outer `cargo test` may still hold the lock on its own.
+pub fn nested_cargo() -> Command {
+    let venv = venv();
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut paths = vec![venv.join("bin")];
+    paths.extend(std::env::split_paths(&path));
+    command
+        .current_dir(repo())
+        .env("PATH", std::env::join_paths(paths).expect("PATH"))
+        .env("CARGO_TARGET_DIR", target_dir().join("nested"));
+    command
+}
+
+/// Builds both Lambdas the way the README says (`cargo lambda build --release --target
+/// x86_64-unknown-linux-gnu.2.17`) once per test run, and returns the directory holding
+/// `provider/bootstrap` and `invoke/bootstrap` (synth's `--artifacts`).
+pub fn lambda_artifacts() -> PathBuf {
+    let dir = target_dir().join("nested/lambda");
+    std::fs::create_dir_all(target_dir().join("nested")).expect("nested target dir");
+    let lock =
+        std::fs::File::create(target_dir().join("nested/.lambda-build.lock")).expect("lock file");
+    lock.lock().expect("lock the lambda build");
+    // Cargo decides whether anything changed; a warm build takes a second.
+    let out = nested_cargo()
+        .args([
+            "lambda",
+            "build",
+            "--release",
+            "--target",
+            "x86_64-unknown-linux-gnu.2.17",
+            "-p",
+            "provider",
+            "-p",
+            "invoke",
+            "--lambda-dir",
+        ])
+        .arg(&dir)
+        .output()
+        .expect("cargo lambda runs");
+    assert!(
+        out.status.success(),
+        "cargo lambda build failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for function in ["provider", "invoke"] {
+        assert!(
+            dir.join(function).join("bootstrap").is_file(),
+            "no {function}/bootstrap in {}",
+            dir.display()
+        );
+    }
+    dir
+}
+
+/// `cargo run -p synth -- render SPEC --out OUT --artifacts ARTIFACTS`, as the README says.
+pub fn synth_render(spec: &Path, out: &Path, artifacts: &Path) {
+    let status = nested_cargo()
+        .args(["run", "--quiet", "--locked", "-p", "synth", "--", "render"])
+        .arg(spec)
+        .arg("--out")
+        .arg(out)
+        .arg("--artifacts")
+        .arg(artifacts)
+        .output()
+        .expect("cargo run -p synth");
+    assert!(
+        status.status.success(),
+        "synth render {} failed:\n{}",
+        spec.display(),
+        String::from_utf8_lossy(&status.stderr)
+    );
 }

@@ -1,0 +1,280 @@
+//! The end-to-end scenario's moving parts: a local AWS (moto running the deployed Lambdas, the
+//! Bedrock stub), and the steps a user takes with the AWS CLI: package, create or update a
+//! stack, call the deployed functions, delete the stack.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use harness::{AwsCli, Moto};
+use serde_json::{Value, json};
+
+/// moto running the deployed Lambdas, the Bedrock stub they call, and clients pointed at both.
+pub struct LocalAws {
+    /// The Bedrock runtime stub (what the deployed invoke function calls).
+    pub stub: bedrock_stub::Stub,
+    /// moto, with the launcher's Lambda runtime.
+    pub moto: Moto,
+    /// The AWS CLI pointed at moto.
+    pub aws: AwsCli,
+    /// SDK configuration pointed at moto, for assertions.
+    pub sdk: aws_config::SdkConfig,
+    /// Scratch directory of this test.
+    pub dir: PathBuf,
+    uploads: std::cell::Cell<u32>,
+}
+
+impl LocalAws {
+    /// Starts the stub and moto, and creates the artifacts bucket `package` uploads to.
+    pub async fn start(name: &str) -> LocalAws {
+        let stub = bedrock_stub::start(
+            "127.0.0.1:0".parse().unwrap(),
+            bedrock_stub::StubConfig::default(),
+        )
+        .await
+        .expect("the Bedrock stub binds loopback");
+        let moto = Moto::start_with_lambdas(&[("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", &stub.url())]);
+        let aws = moto.aws();
+        let sdk = moto.sdk_config().await;
+        let dir = harness::target_dir().join("test-scratch/e2e").join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        aws.run(&["s3", "mb", "s3://artifacts"]);
+        LocalAws {
+            stub,
+            moto,
+            aws,
+            sdk,
+            dir,
+            uploads: std::cell::Cell::new(0),
+        }
+    }
+
+    /// `aws cloudformation package` (local code paths to S3 in moto), then `create-stack` or
+    /// `update-stack` with the packaged template, and waits for the stack. Returns its outputs.
+    ///
+    /// `create-stack` / `update-stack` rather than `deploy`: moto's change sets (what `deploy`
+    /// uses) lose the stack's Outputs and Exports.
+    pub fn deploy(&self, template: &Path, stack: &str) -> BTreeMap<String, String> {
+        let n = self.uploads.get() + 1;
+        self.uploads.set(n);
+        let packaged = self.dir.join(format!("{stack}-{n}.packaged.yaml"));
+        self.aws.run(&[
+            "cloudformation",
+            "package",
+            "--template-file",
+            path(template),
+            "--s3-bucket",
+            "artifacts",
+            "--output-template-file",
+            path(&packaged),
+        ]);
+        let key = format!("{stack}-{n}.yaml");
+        self.aws.run(&[
+            "s3",
+            "cp",
+            path(&packaged),
+            &format!("s3://artifacts/{key}"),
+        ]);
+        // moto reads path-style template URLs only on host `localhost`.
+        let url = format!("http://localhost:{}/artifacts/{key}", self.moto.port);
+        let exists = self
+            .aws
+            .command(&["cloudformation", "describe-stacks", "--stack-name", stack])
+            .output()
+            .expect("aws runs")
+            .status
+            .success();
+        let verb = if exists {
+            "update-stack"
+        } else {
+            "create-stack"
+        };
+        self.aws.run(&[
+            "cloudformation",
+            verb,
+            "--stack-name",
+            stack,
+            "--template-url",
+            &url,
+            "--capabilities",
+            "CAPABILITY_IAM",
+            "CAPABILITY_NAMED_IAM",
+        ]);
+        let wanted = if exists {
+            "UPDATE_COMPLETE"
+        } else {
+            "CREATE_COMPLETE"
+        };
+        let stack_json = self.wait_for(stack, wanted);
+        stack_json["Outputs"]
+            .as_array()
+            .map(|outputs| {
+                outputs
+                    .iter()
+                    .map(|o| {
+                        (
+                            o["OutputKey"].as_str().unwrap().to_string(),
+                            o["OutputValue"].as_str().unwrap().to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Polls `describe-stacks` until the stack leaves `*_IN_PROGRESS`; panics with its events
+    /// unless it reached `wanted`.
+    pub fn wait_for(&self, stack: &str, wanted: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let described =
+                self.aws
+                    .json(&["cloudformation", "describe-stacks", "--stack-name", stack]);
+            let current = described["Stacks"][0].clone();
+            let status = current["StackStatus"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            if !status.ends_with("_IN_PROGRESS") || Instant::now() > deadline {
+                if status != wanted {
+                    let events = self.aws.run(&[
+                        "cloudformation",
+                        "describe-stack-events",
+                        "--stack-name",
+                        stack,
+                    ]);
+                    panic!(
+                        "stack {stack} is {status}, not {wanted}; events:\n{events}\nmoto's log: {}",
+                        Moto::log_path(self.moto.port).display()
+                    );
+                }
+                return current;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// `aws cloudformation delete-stack`, then waits until the stack is gone.
+    pub fn delete(&self, stack: &str) {
+        self.aws
+            .run(&["cloudformation", "delete-stack", "--stack-name", stack]);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self
+            .aws
+            .command(&["cloudformation", "describe-stacks", "--stack-name", stack])
+            .output()
+            .expect("aws runs")
+            .status
+            .success()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "stack {stack} still exists 120 s after delete-stack"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// `aws lambda invoke FUNCTION` with `event`; returns the function's response payload.
+    pub fn invoke(&self, function: &str, event: &Value) -> Value {
+        let n = self.uploads.get() + 1;
+        self.uploads.set(n);
+        let input = self.dir.join(format!("event-{n}.json"));
+        let output = self.dir.join(format!("response-{n}.json"));
+        std::fs::write(&input, serde_json::to_vec(event).unwrap()).unwrap();
+        let meta = self.aws.json(&[
+            "lambda",
+            "invoke",
+            "--function-name",
+            function,
+            "--payload",
+            &format!("fileb://{}", input.display()),
+            path(&output),
+        ]);
+        let payload = std::fs::read_to_string(&output).expect("lambda invoke wrote the payload");
+        assert!(
+            meta.get("FunctionError").is_none(),
+            "{function} failed: {payload} (moto's log: {})",
+            Moto::log_path(self.moto.port).display()
+        );
+        serde_json::from_str(&payload)
+            .unwrap_or_else(|e| panic!("{function} answered no JSON ({e}): {payload}"))
+    }
+
+    /// An application's API key as API Gateway knows it: (id, value).
+    pub fn api_key(&self, name: &str) -> (String, String) {
+        let keys = self
+            .aws
+            .json(&["apigateway", "get-api-keys", "--include-values"]);
+        let key = keys["items"]
+            .as_array()
+            .and_then(|items| items.iter().find(|k| k["name"] == name))
+            .unwrap_or_else(|| panic!("no API key named {name}: {keys}"));
+        (
+            key["id"].as_str().unwrap().into(),
+            key["value"].as_str().unwrap().into(),
+        )
+    }
+
+    /// The function's deployed code hash, to show an update did not rebuild it.
+    pub fn code_sha(&self, function: &str) -> String {
+        self.aws.json(&[
+            "lambda",
+            "get-function-configuration",
+            "--function-name",
+            function,
+        ])["CodeSha256"]
+            .as_str()
+            .expect("CodeSha256")
+            .to_string()
+    }
+
+    /// The function's log lines in moto's CloudWatch Logs.
+    pub fn log_lines(&self, function: &str) -> Vec<String> {
+        let events = self.aws.json(&[
+            "logs",
+            "filter-log-events",
+            "--log-group-name",
+            &format!("/aws/lambda/{function}"),
+        ]);
+        events["events"]
+            .as_array()
+            .map(|e| {
+                e.iter()
+                    .filter_map(|e| e["message"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// API Gateway's proxy event for `POST /model/{model}/converse`, as the REST API's Lambda proxy
+/// integration sends it for a request authenticated with an API key (the recorded fixture with
+/// this key and body).
+pub fn api_event(key: &(String, String), model: &str, body: &Value) -> Value {
+    let fixture = harness::repo().join("crates/invoke/tests/fixtures/apigw-converse.json");
+    let mut event: Value =
+        serde_json::from_slice(&std::fs::read(&fixture).expect("fixture")).expect("fixture JSON");
+    event["path"] = json!(format!("/model/{model}/converse"));
+    event["requestContext"]["path"] = json!(format!("/v1/model/{model}/converse"));
+    event["pathParameters"] = json!({ "modelId": model });
+    event["headers"]["x-api-key"] = json!(key.1);
+    event["multiValueHeaders"]["x-api-key"] = json!([key.1]);
+    event["requestContext"]["identity"]["apiKey"] = json!(key.1);
+    event["requestContext"]["identity"]["apiKeyId"] = json!(key.0);
+    event["body"] = json!(body.to_string());
+    event
+}
+
+/// A Converse request body with one user message.
+pub fn converse(text: &str, max_tokens: u64) -> Value {
+    json!({
+        "messages": [{ "role": "user", "content": [{ "text": text }] }],
+        "inferenceConfig": { "maxTokens": max_tokens }
+    })
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
