@@ -42,18 +42,13 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Runs cfn-lint on `templates` and panics with its findings unless it reports none.
+/// Runs cfn-lint, with tokenfence's security rules (`tests/security/rules`) appended, on
+/// `templates` and panics with its findings unless it reports none.
 ///
 /// W3002 ("may only work with the package command") is the point of the local code paths: the
 /// README deploys through `aws cloudformation package`.
 pub fn cfn_lint(templates: &[PathBuf]) {
-    assert!(!templates.is_empty(), "no templates to lint");
-    let lint = venv().join("bin/cfn-lint");
-    let out = Command::new(&lint)
-        .args(["--ignore-checks", "W3002", "--"])
-        .args(templates)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", lint.display()));
+    let out = cfn_lint_output(templates);
     assert!(
         out.status.success(),
         "cfn-lint found problems (exit {:?}):\n{}{}",
@@ -61,6 +56,19 @@ pub fn cfn_lint(templates: &[PathBuf]) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// cfn-lint's raw result on `templates`, security rules included.
+pub fn cfn_lint_output(templates: &[PathBuf]) -> std::process::Output {
+    assert!(!templates.is_empty(), "no templates to lint");
+    let lint = venv().join("bin/cfn-lint");
+    Command::new(&lint)
+        .arg("--append-rules")
+        .arg(repo().join("tests/security/rules"))
+        .args(["--ignore-checks", "W3002", "--"])
+        .args(templates)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", lint.display()))
 }
 
 /// A moto server on a free loopback port, stopped when dropped.
