@@ -291,18 +291,23 @@ async fn handle_message<L: Ledger, B: Bedrock, Q: Queues>(
     let queued: QueuedRequest = match serde_json::from_str(&body) {
         Ok(q) => q,
         Err(e) => {
-            // A malformed message never becomes valid: answer it instead of retrying it forever.
+            // A malformed message never becomes valid: answer it instead of retrying it forever,
+            // under the sender's requestId when it can be read, so the sender can match it.
             let reply = Reply::error(
                 400,
                 "ValidationError",
                 format!("the message is not `{{\"requestId\", \"modelId\", \"request\"}}`: {e}"),
             );
+            let id = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| {
+                    v.get("requestId")
+                        .and_then(|id| id.as_str())
+                        .map(String::from)
+                })
+                .unwrap_or(fallback_id);
             return queues
-                .send(
-                    &results,
-                    result_message(&fallback_id, &reply).to_string(),
-                    0,
-                )
+                .send(&results, result_message(&id, &reply).to_string(), 0)
                 .await;
         }
     };
