@@ -1,0 +1,163 @@
+//! `bench decision [--iterations N]`: per-request percentiles of the in-process decision,
+//! uncontended and with every core on one application.
+//!
+//! `bench load --url URL --concurrency C --seconds S --format converse|openai [--header K:V]...`:
+//! a closed-loop load generator. Each of C connections sends the request mix (bodies of 200 to
+//! 4,000 characters, maxTokens 64 to 256, round robin) back to back for S seconds. Prints one JSON
+//! line: requests, per-second rate, status counts, latency percentiles in microseconds.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ledger::MemoryLedger;
+use serde_json::json;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("decision") => decision(&args[1..]),
+        Some("load") => load(&args[1..]),
+        _ => {
+            eprintln!("usage: bench decision [--iterations N] | bench load --url URL --concurrency C --seconds S --format converse|openai [--header K:V]...");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(String::as_str)
+}
+
+fn summary(mut samples: Vec<u64>, elapsed: Duration) -> serde_json::Value {
+    samples.sort_unstable();
+    json!({
+        "requests": samples.len(),
+        "per_second": samples.len() as f64 / elapsed.as_secs_f64(),
+        "p50_us": bench::percentile(&samples, 50.0),
+        "p90_us": bench::percentile(&samples, 90.0),
+        "p99_us": bench::percentile(&samples, 99.0),
+        "max_us": samples.last().copied().unwrap_or(0),
+    })
+}
+
+fn decision(args: &[String]) {
+    let iterations: usize = flag(args, "--iterations").map_or(1_000_000, |v| v.parse().expect("--iterations N"));
+    let limits = Arc::new(bench::roomy_limits());
+    let body = Arc::new(bench::converse_body(1_000, 256));
+    let now = 1_795_801_683;
+    let ids = Arc::new(AtomicU64::new(0));
+    let run = |threads: usize| {
+        let ledger = Arc::new(MemoryLedger::new());
+        let started = Instant::now();
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let (ledger, limits, body, ids) = (ledger.clone(), limits.clone(), body.clone(), ids.clone());
+                std::thread::spawn(move || {
+                    let mut samples = Vec::with_capacity(iterations / threads);
+                    for _ in 0..iterations / threads {
+                        let id = ids.fetch_add(1, Ordering::Relaxed).to_string();
+                        let t = Instant::now();
+                        bench::decide(&ledger, &limits, &body, &id, now);
+                        samples.push(t.elapsed().as_nanos() as u64);
+                    }
+                    samples
+                })
+            })
+            .collect();
+        let samples: Vec<u64> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+        let mut s = summary(samples, started.elapsed());
+        // Decisions are sub-microsecond: report nanoseconds.
+        for key in ["p50", "p90", "p99", "max"] {
+            let v = s[format!("{key}_us")].take();
+            s.as_object_mut().unwrap().remove(&format!("{key}_us"));
+            s[format!("{key}_ns")] = v;
+        }
+        s["threads"] = json!(threads);
+        s
+    };
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    println!("{}", json!({ "uncontended": run(1), "contended": run(cores) }));
+}
+
+fn load(args: &[String]) {
+    let url = flag(args, "--url").expect("--url").to_string();
+    let concurrency: usize = flag(args, "--concurrency").unwrap_or("8").parse().expect("--concurrency");
+    let seconds: u64 = flag(args, "--seconds").unwrap_or("10").parse().expect("--seconds");
+    let openai = flag(args, "--format").unwrap_or("converse") == "openai";
+    let mut headers = reqwest::header::HeaderMap::new();
+    for (i, a) in args.iter().enumerate() {
+        if a == "--header" {
+            let (k, v) = args[i + 1].split_once(':').expect("--header K:V");
+            headers.insert(
+                reqwest::header::HeaderName::from_bytes(k.trim().as_bytes()).unwrap(),
+                v.trim().parse().unwrap(),
+            );
+        }
+    }
+    headers.insert(reqwest::header::CONTENT_TYPE, "application/json".parse().unwrap());
+    let mix: Vec<Vec<u8>> = [(200, 64), (1_000, 128), (4_000, 256), (500, 96)]
+        .into_iter()
+        .map(|(chars, max_tokens)| {
+            if openai {
+                let text: String = "The quick brown fox jumps over the lazy dog. ".chars().cycle().take(chars).collect();
+                serde_json::to_vec(&json!({
+                    "model": "nova-micro",
+                    "messages": [{ "role": "user", "content": text }],
+                    "max_tokens": max_tokens
+                }))
+                .unwrap()
+            } else {
+                bench::converse_body(chars, max_tokens)
+            }
+        })
+        .collect();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let result = runtime.block_on(async move {
+        let client = reqwest::Client::builder().default_headers(headers).pool_max_idle_per_host(concurrency).build().unwrap();
+        let mix = Arc::new(mix);
+        let end = Instant::now() + Duration::from_secs(seconds);
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..concurrency)
+            .map(|worker| {
+                let (client, url, mix) = (client.clone(), url.clone(), mix.clone());
+                tokio::spawn(async move {
+                    let mut samples = Vec::new();
+                    let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
+                    let mut n = worker;
+                    while Instant::now() < end {
+                        let body = mix[n % mix.len()].clone();
+                        n += 1;
+                        let t = Instant::now();
+                        let status = match client.post(&url).body(body).send().await {
+                            Ok(response) => {
+                                let status = response.status().as_u16();
+                                let _ = response.bytes().await;
+                                status
+                            }
+                            Err(_) => 0,
+                        };
+                        samples.push(t.elapsed().as_micros() as u64);
+                        *statuses.entry(status).or_default() += 1;
+                    }
+                    (samples, statuses)
+                })
+            })
+            .collect();
+        let mut samples = Vec::new();
+        let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
+        for task in tasks {
+            let (s, st) = task.await.unwrap();
+            samples.extend(s);
+            for (k, v) in st {
+                *statuses.entry(k).or_default() += v;
+            }
+        }
+        let mut s = summary(samples, started.elapsed());
+        s["statuses"] = json!(statuses);
+        s["concurrency"] = json!(concurrency);
+        s
+    });
+    println!("{result}");
+}
