@@ -17,13 +17,21 @@ pub const MODEL: &str = "amazon.nova-micro-v1:0";
 pub fn roomy_limits() -> Vec<Limit> {
     [Window::Minute, Window::Hour, Window::Day, Window::Month]
         .into_iter()
-        .map(|window| Limit { window, tokens: Some(u64::MAX / 4), usd: Some(MicroUsd::from_usd(1_000_000_000)) })
+        .map(|window| Limit {
+            window,
+            tokens: Some(u64::MAX / 4),
+            usd: Some(MicroUsd::from_usd(1_000_000_000)),
+        })
         .collect()
 }
 
 /// A Converse request body of about `chars` characters of prompt asking for `max_tokens`.
 pub fn converse_body(chars: usize, max_tokens: u64) -> Vec<u8> {
-    let text: String = "The quick brown fox jumps over the lazy dog. ".chars().cycle().take(chars).collect();
+    let text: String = "The quick brown fox jumps over the lazy dog. "
+        .chars()
+        .cycle()
+        .take(chars)
+        .collect();
     serde_json::to_vec(&serde_json::json!({
         "messages": [{ "role": "user", "content": [{ "text": text }] }],
         "inferenceConfig": { "maxTokens": max_tokens }
@@ -34,7 +42,10 @@ pub fn converse_body(chars: usize, max_tokens: u64) -> Vec<u8> {
 /// Runs a future that completes without waiting (the in-memory ledger never does).
 pub fn now_or_never<F: Future>(future: F) -> F::Output {
     let mut future = pin!(future);
-    match future.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
         Poll::Ready(output) => output,
         Poll::Pending => panic!("the in-memory ledger awaited"),
     }
@@ -44,7 +55,9 @@ pub fn now_or_never<F: Future>(future: F) -> F::Output {
 /// price the worst case, reserve it in every window, then settle to the (given) actual usage.
 pub fn decide(ledger: &MemoryLedger, limits: &[Limit], body: &[u8], id: &str, now: i64) {
     let request: serde_json::Value = serde_json::from_slice(body).expect("valid body");
-    let max_tokens = request["inferenceConfig"]["maxTokens"].as_u64().unwrap_or(1024);
+    let max_tokens = request["inferenceConfig"]["maxTokens"]
+        .as_u64()
+        .unwrap_or(1024);
     let price = PriceBook::lookup(MODEL);
     let input = input_token_bound(&request);
     let charge = worst_case(price, input, max_tokens);
@@ -63,7 +76,14 @@ pub fn decide(ledger: &MemoryLedger, limits: &[Limit], body: &[u8], id: &str, no
     let used = actual(price, &Usage::new(input / 2, max_tokens / 2));
     now_or_never(ledger.settle(
         &reservation,
-        &Settlement { actual: used, completion: Some(Completion { remember_seconds: 900, result: None }), now },
+        &Settlement {
+            actual: used,
+            completion: Some(Completion {
+                remember_seconds: 900,
+                result: None,
+            }),
+            now,
+        },
     ))
     .expect("settle");
 }

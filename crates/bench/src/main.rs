@@ -20,14 +20,19 @@ fn main() {
         Some("decision") => decision(&args[1..]),
         Some("load") => load(&args[1..]),
         _ => {
-            eprintln!("usage: bench decision [--iterations N] | bench load --url URL --concurrency C --seconds S --format converse|openai [--header K:V]...");
+            eprintln!(
+                "usage: bench decision [--iterations N] | bench load --url URL --concurrency C --seconds S --format converse|openai [--header K:V]..."
+            );
             std::process::exit(2);
         }
     }
 }
 
 fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(String::as_str)
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
 }
 
 fn summary(mut samples: Vec<u64>, elapsed: Duration) -> serde_json::Value {
@@ -43,7 +48,8 @@ fn summary(mut samples: Vec<u64>, elapsed: Duration) -> serde_json::Value {
 }
 
 fn decision(args: &[String]) {
-    let iterations: usize = flag(args, "--iterations").map_or(1_000_000, |v| v.parse().expect("--iterations N"));
+    let iterations: usize =
+        flag(args, "--iterations").map_or(1_000_000, |v| v.parse().expect("--iterations N"));
     let limits = Arc::new(bench::roomy_limits());
     let body = Arc::new(bench::converse_body(1_000, 256));
     let now = 1_795_801_683;
@@ -53,7 +59,8 @@ fn decision(args: &[String]) {
         let started = Instant::now();
         let handles: Vec<_> = (0..threads)
             .map(|_| {
-                let (ledger, limits, body, ids) = (ledger.clone(), limits.clone(), body.clone(), ids.clone());
+                let (ledger, limits, body, ids) =
+                    (ledger.clone(), limits.clone(), body.clone(), ids.clone());
                 std::thread::spawn(move || {
                     let mut samples = Vec::with_capacity(iterations / threads);
                     for _ in 0..iterations / threads {
@@ -66,7 +73,10 @@ fn decision(args: &[String]) {
                 })
             })
             .collect();
-        let samples: Vec<u64> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+        let samples: Vec<u64> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
         let mut s = summary(samples, started.elapsed());
         // Decisions are sub-microsecond: report nanoseconds.
         for key in ["p50", "p90", "p99", "max"] {
@@ -78,13 +88,22 @@ fn decision(args: &[String]) {
         s
     };
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    println!("{}", json!({ "uncontended": run(1), "contended": run(cores) }));
+    println!(
+        "{}",
+        json!({ "uncontended": run(1), "contended": run(cores) })
+    );
 }
 
 fn load(args: &[String]) {
     let url = flag(args, "--url").expect("--url").to_string();
-    let concurrency: usize = flag(args, "--concurrency").unwrap_or("8").parse().expect("--concurrency");
-    let seconds: u64 = flag(args, "--seconds").unwrap_or("10").parse().expect("--seconds");
+    let concurrency: usize = flag(args, "--concurrency")
+        .unwrap_or("8")
+        .parse()
+        .expect("--concurrency");
+    let seconds: u64 = flag(args, "--seconds")
+        .unwrap_or("10")
+        .parse()
+        .expect("--seconds");
     let openai = flag(args, "--format").unwrap_or("converse") == "openai";
     let mut headers = reqwest::header::HeaderMap::new();
     for (i, a) in args.iter().enumerate() {
@@ -96,12 +115,19 @@ fn load(args: &[String]) {
             );
         }
     }
-    headers.insert(reqwest::header::CONTENT_TYPE, "application/json".parse().unwrap());
+    headers.insert(
+        reqwest::header::CONTENT_TYPE,
+        "application/json".parse().unwrap(),
+    );
     let mix: Vec<Vec<u8>> = [(200, 64), (1_000, 128), (4_000, 256), (500, 96)]
         .into_iter()
         .map(|(chars, max_tokens)| {
             if openai {
-                let text: String = "The quick brown fox jumps over the lazy dog. ".chars().cycle().take(chars).collect();
+                let text: String = "The quick brown fox jumps over the lazy dog. "
+                    .chars()
+                    .cycle()
+                    .take(chars)
+                    .collect();
                 serde_json::to_vec(&json!({
                     "model": "nova-micro",
                     "messages": [{ "role": "user", "content": text }],
@@ -113,9 +139,16 @@ fn load(args: &[String]) {
             }
         })
         .collect();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let result = runtime.block_on(async move {
-        let client = reqwest::Client::builder().default_headers(headers).pool_max_idle_per_host(concurrency).build().unwrap();
+        let client = reqwest::Client::builder()
+            .default_headers(headers)
+            .pool_max_idle_per_host(concurrency)
+            .build()
+            .unwrap();
         let mix = Arc::new(mix);
         let end = Instant::now() + Duration::from_secs(seconds);
         let started = Instant::now();

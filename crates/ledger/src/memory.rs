@@ -17,6 +17,21 @@ struct State {
     counters: HashMap<(String, String), (Charge, i64)>,
     /// (application, reservation id) -> record.
     records: HashMap<(String, String), Record>,
+    /// When expired counters and records are next dropped (Unix seconds).
+    next_sweep: i64,
+}
+
+/// How often a long-running ledger drops what has expired, as DynamoDB's TTL does for the table.
+const SWEEP_INTERVAL_SECONDS: i64 = 60;
+
+impl State {
+    /// Drops counters past their window's grace and records past their expiry: without this a
+    /// long-running `invoke serve` would keep every request's record forever.
+    fn sweep(&mut self, now: i64) {
+        self.counters.retain(|_, (_, expires)| *expires > now);
+        self.records.retain(|_, record| record.expires_at > now);
+        self.next_sweep = now.saturating_add(SWEEP_INTERVAL_SECONDS);
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -49,6 +64,12 @@ impl MemoryLedger {
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
+    }
+
+    /// How many counters and reservation records the ledger holds, for tests and audits.
+    pub fn retained(&self) -> (usize, usize) {
+        let state = self.state.lock().expect("ledger lock");
+        (state.counters.len(), state.records.len())
     }
 
     /// Reservations held and not yet settled, across applications.
@@ -140,6 +161,9 @@ impl Ledger for MemoryLedger {
         let slots = slots(request.limits, request.now)?;
         let app = request.application.to_string();
         let mut state = self.state.lock().expect("ledger lock");
+        if request.now >= state.next_sweep {
+            state.sweep(request.now);
+        }
         let record_key = (app.clone(), request.reservation_id.to_string());
         if let Some(record) = state.records.get(&record_key)
             && record.expires_at > request.now
@@ -149,11 +173,12 @@ impl Ledger for MemoryLedger {
                 result: record.result.clone(),
             });
         }
-        for slot in &slots {
-            let used = state
-                .counters
-                .get(&(app.clone(), slot.instance.key()))
-                .map_or(Charge::ZERO, |(c, _)| *c);
+        let keys: Vec<(String, String)> = slots
+            .iter()
+            .map(|slot| (app.clone(), slot.instance.key()))
+            .collect();
+        for (slot, key) in slots.iter().zip(&keys) {
+            let used = state.counters.get(key).map_or(Charge::ZERO, |(c, _)| *c);
             if let Err(exceeded) = slot.limit.admits(used, request.charge) {
                 return Ok(ReserveOutcome::Exceeded {
                     exceeded,
@@ -161,12 +186,9 @@ impl Ledger for MemoryLedger {
                 });
             }
         }
-        for slot in &slots {
+        for (slot, key) in slots.iter().zip(keys) {
             let expires = slot.instance.end + COUNTER_GRACE_SECONDS;
-            let entry = state
-                .counters
-                .entry((app.clone(), slot.instance.key()))
-                .or_insert((Charge::ZERO, expires));
+            let entry = state.counters.entry(key).or_insert((Charge::ZERO, expires));
             entry.0 = entry.0.saturating_add(request.charge);
         }
         state.records.insert(
@@ -246,5 +268,76 @@ impl Ledger for MemoryLedger {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use budget::{MicroUsd, Window};
+
+    fn request<'a>(id: &'a str, limits: &'a [Limit], now: i64) -> ReserveRequest<'a> {
+        ReserveRequest {
+            application: "app",
+            reservation_id: id,
+            limits,
+            charge: Charge::new(100, MicroUsd::from_micros(10)),
+            now,
+            hold_seconds: 900,
+        }
+    }
+
+    #[tokio::test]
+    async fn expired_records_and_counters_are_dropped_as_time_passes() {
+        let ledger = MemoryLedger::new();
+        let limits = [
+            Limit {
+                window: Window::Minute,
+                tokens: Some(1_000_000),
+                usd: None,
+            },
+            Limit {
+                window: Window::Month,
+                tokens: None,
+                usd: Some(MicroUsd::from_usd(10)),
+            },
+        ];
+        let t0 = 1_795_801_683;
+        for i in 0..100 {
+            let id = format!("r{i}");
+            let ReserveOutcome::Reserved(r) =
+                ledger.reserve(&request(&id, &limits, t0)).await.unwrap()
+            else {
+                panic!("room for 100 small requests")
+            };
+            let settlement = Settlement {
+                actual: Charge::new(50, MicroUsd::from_micros(5)),
+                completion: Some(Completion {
+                    remember_seconds: 900,
+                    result: None,
+                }),
+                now: t0,
+            };
+            ledger.settle(&r, &settlement).await.unwrap();
+        }
+        assert_eq!(ledger.retained(), (2, 100));
+        // Two days later the records (900 s) and the minute's counter (minute + a day's grace) are
+        // gone; the month's counter is still needed.
+        let later = t0 + 2 * 86_400;
+        ledger
+            .reserve(&request("late", &limits, later))
+            .await
+            .unwrap();
+        assert_eq!(
+            ledger.retained(),
+            (2, 1),
+            "the month counter, a new minute counter, the new record"
+        );
+        let month = ledger.usage("app", &limits[1..], later).await.unwrap();
+        assert_eq!(
+            month[0].used.tokens,
+            100 * 50 + 100,
+            "the month keeps its settled usage"
+        );
     }
 }
