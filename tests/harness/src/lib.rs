@@ -126,9 +126,14 @@ impl Moto {
     }
 
     fn launch(mut command: Command, port: u16, venv: &Path) -> Moto {
-        // moto's log goes to a file: a failing end-to-end test points at it.
+        // moto's log and its temporary files (the launcher unpacks deployed Lambda code there) live
+        // in a directory of this instance, removed when it stops unless a test failed.
+        let dir = Self::dir(port);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("tmp")).expect("moto's directory");
         let log = std::fs::File::create(Self::log_path(port)).expect("moto log file");
         let child = command
+            .env("TMPDIR", dir.join("tmp"))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -150,9 +155,13 @@ impl Moto {
         }
     }
 
-    /// Where this moto's log is written.
+    fn dir(port: u16) -> PathBuf {
+        std::env::temp_dir().join(format!("tokenfence-moto-{port}"))
+    }
+
+    /// Where this moto's log is written (kept after a failing test).
     pub fn log_path(port: u16) -> PathBuf {
-        std::env::temp_dir().join(format!("tokenfence-moto-{port}.log"))
+        Self::dir(port).join("moto.log")
     }
 
     /// The AWS CLI (pinned, from the venv) pointed at this moto.
@@ -191,6 +200,9 @@ impl Moto {
 impl Drop for Moto {
     fn drop(&mut self) {
         self.stop();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(Self::dir(self.port));
+        }
     }
 }
 
