@@ -91,19 +91,26 @@ pub fn render(spec: &Spec, opts: &RenderOptions) -> Result<Rendering, RenderErro
         spec.applications.len()
     ));
     platform::add_platform(&mut single, spec, opts);
-    let units: Vec<AppUnit> = spec
-        .applications
-        .iter()
-        .map(|(app, a)| render_app(spec, app, a, Link::Local))
-        .collect();
     let platform_resources = single.resources.len();
     let platform_outputs = single.outputs.len();
-    let app_resources: usize = units.iter().map(|u| u.resources.len()).sum();
-    let app_outputs: usize = units.iter().map(|u| u.outputs.len()).sum();
-    let app_bytes: usize = units.iter().map(AppUnit::approx_bytes).sum();
-    let fits = platform_resources + app_resources <= quotas::MAX_RESOURCES
-        && platform_outputs + app_outputs <= quotas::MAX_OUTPUTS
-        && app_bytes < quotas::MAX_TEMPLATE_BYTES / 2;
+    // Render applications for the single stack until they no longer fit: a spec that must be
+    // split is then rendered once more for the split stacks, not twice in full.
+    let mut units: Vec<AppUnit> = Vec::new();
+    let (mut app_resources, mut app_outputs, mut app_bytes) = (0, 0, 0);
+    let mut fits = true;
+    for (app, a) in &spec.applications {
+        let unit = render_app(spec, app, a, Link::Local);
+        app_resources += unit.resources.len();
+        app_outputs += unit.outputs.len();
+        app_bytes += unit.approx_bytes();
+        units.push(unit);
+        fits = platform_resources + app_resources <= quotas::MAX_RESOURCES
+            && platform_outputs + app_outputs <= quotas::MAX_OUTPUTS
+            && app_bytes < quotas::MAX_TEMPLATE_BYTES / 2;
+        if !fits {
+            break;
+        }
+    }
 
     if fits {
         for unit in units {
@@ -119,6 +126,7 @@ pub fn render(spec: &Spec, opts: &RenderOptions) -> Result<Rendering, RenderErro
             stacks: vec![stack],
         });
     }
+    drop(units);
 
     // Split: the platform alone, then applications packed in declaration order, so that adding
     // applications at the end of the spec moves none of the existing ones.
@@ -127,12 +135,12 @@ pub fn render(spec: &Spec, opts: &RenderOptions) -> Result<Rendering, RenderErro
         spec.name
     ));
     platform::add_platform(&mut platform_only, spec, opts);
-    let mut stacks = vec![finish(
+    let mut stacks = vec![(
         names.platform_stack(),
         StackRole::Platform,
         Vec::new(),
         platform_only,
-    )?];
+    )];
 
     let link = Link::Imported { prefix: &spec.name };
     let mut current: Option<(Template, Vec<String>, usize)> = None;
@@ -147,7 +155,7 @@ pub fn render(spec: &Spec, opts: &RenderOptions) -> Result<Rendering, RenderErro
         if full {
             let (t, apps, _) = current.take().expect("checked above");
             let n = stacks.len();
-            stacks.push(finish(names.budget_stack(n), StackRole::Budgets, apps, t)?);
+            stacks.push((names.budget_stack(n), StackRole::Budgets, apps, t));
         }
         let (t, apps, size) =
             current.get_or_insert_with(|| (Template::new(String::new()), Vec::new(), 0));
@@ -157,9 +165,51 @@ pub fn render(spec: &Spec, opts: &RenderOptions) -> Result<Rendering, RenderErro
     }
     if let Some((t, apps, _)) = current {
         let n = stacks.len();
-        stacks.push(finish(names.budget_stack(n), StackRole::Budgets, apps, t)?);
+        stacks.push((names.budget_stack(n), StackRole::Budgets, apps, t));
     }
-    Ok(Rendering { stacks })
+    Ok(Rendering {
+        stacks: finish_all(stacks)?,
+    })
+}
+
+/// Finishes stacks (quota checks, YAML) on every core, in order: serializing hundreds of
+/// templates is most of a large rendering's time.
+fn finish_all(
+    stacks: Vec<(String, StackRole, Vec<String>, Template)>,
+) -> Result<Vec<RenderedStack>, RenderError> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = stacks.len().div_ceil(threads).max(1);
+    let mut stacks = stacks.into_iter();
+    let mut chunks: Vec<Vec<_>> = Vec::new();
+    loop {
+        let next: Vec<_> = stacks.by_ref().take(chunk).collect();
+        if next.is_empty() {
+            break;
+        }
+        chunks.push(next);
+    }
+    let finished: Vec<Result<Vec<RenderedStack>, RenderError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| {
+                scope.spawn(move || {
+                    chunk
+                        .into_iter()
+                        .map(|(name, role, apps, t)| finish(name, role, apps, t))
+                        .collect()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("rendering a stack does not panic"))
+            .collect()
+    });
+    let mut out = Vec::new();
+    for chunk in finished {
+        out.extend(chunk?);
+    }
+    Ok(out)
 }
 
 fn add_unit(t: &mut Template, unit: AppUnit) {
