@@ -69,6 +69,9 @@ def main():
             "largest_template_bytes": largest[0], "most_resources": max(s[1] for s in sizes),
             "most_outputs": max(s[2] for s in sizes),
         })
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    for r in results:
+        r["commit"] = commit
     print(json.dumps(results))
 
 
