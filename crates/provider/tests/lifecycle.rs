@@ -2,49 +2,20 @@
 //! CloudFormation: it sends Create / Update / Delete events as CloudFormation does (every scalar a
 //! string), serves the ResponseURL itself, and checks both the answers and what is left in moto.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::StatusCode;
 use ledger::{DynamoLedger, Identity, Ledger};
 use provider::aws::{AwsBudgets, CloudWatchAlarms};
 use provider::respond::{HttpResponder, run};
 use serde_json::{Value, json};
-
-type Inbox = Arc<Mutex<(Vec<Value>, u32)>>;
-
-/// A ResponseURL: records every PUT; fails the first `fail_first` with 500.
-async fn response_url(fail_first: u32) -> (String, Inbox) {
-    let inbox: Inbox = Arc::new(Mutex::new((Vec::new(), fail_first)));
-    let app = axum::Router::new()
-        .route(
-            "/response",
-            axum::routing::put(|State(inbox): State<Inbox>, headers: axum::http::HeaderMap, body: String| async move {
-                let mut guard = inbox.lock().unwrap();
-                if guard.1 > 0 {
-                    guard.1 -= 1;
-                    return StatusCode::INTERNAL_SERVER_ERROR;
-                }
-                assert_eq!(headers.get("content-type").map(|v| v.as_bytes()), Some(&b""[..]), "pre-signed URLs need an empty content type");
-                guard.0.push(serde_json::from_str(&body).unwrap());
-                StatusCode::OK
-            }),
-        )
-        .with_state(Arc::clone(&inbox));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/response", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, inbox)
-}
 
 const STACK: &str = "arn:aws:cloudformation:us-east-1:123456789012:stack/acme-genai/5b0fd3e0-ac6d-11f0-9b3c-0e2f0d1f9c5b";
 
 struct Cfn {
     provider: Arc<provider::Provider<DynamoLedger, CloudWatchAlarms, AwsBudgets>>,
     responder: HttpResponder,
-    url: String,
-    inbox: Inbox,
+    response_url: harness::ResponseUrl,
     counter: u32,
     sdk: aws_config::SdkConfig,
 }
@@ -64,7 +35,7 @@ impl Cfn {
         let mut event = json!({
             "RequestType": kind,
             "ServiceToken": "arn:aws:lambda:us-east-1:123456789012:function:acme-genai-provider",
-            "ResponseURL": self.url,
+            "ResponseURL": self.response_url.url,
             "StackId": STACK,
             "RequestId": format!("req-{}", self.counter),
             "LogicalResourceId": logical,
@@ -89,13 +60,7 @@ impl Cfn {
         )
         .await
         .expect("answered");
-        self.inbox
-            .lock()
-            .unwrap()
-            .0
-            .last()
-            .cloned()
-            .expect("a response was PUT")
+        self.response_url.last().expect("a response was PUT")
     }
 }
 
@@ -124,14 +89,13 @@ async fn setup(fail_first: u32) -> (harness::Moto, Cfn) {
             client: aws_sdk_budgets::Client::new(&sdk),
         },
     });
-    let (url, inbox) = response_url(fail_first).await;
+    let response_url = harness::ResponseUrl::start(fail_first).await;
     (
         moto,
         Cfn {
             provider,
             responder: HttpResponder::default(),
-            url,
-            inbox,
+            response_url,
             counter: 0,
             sdk,
         },
@@ -228,13 +192,13 @@ async fn budgets_and_alarms_through_create_update_rollback_and_delete() {
     );
 
     // A retry of the same request changes nothing.
-    let mut retry = json!({ "RequestType": "Create", "ResponseURL": cfn.url, "StackId": STACK, "RequestId": "req-2", "LogicalResourceId": "Budget", "ResourceType": "Custom::TokenBudget", "ResourceProperties": budget_props("40", "1000", &["key-a", "key-b"]) });
+    let mut retry = json!({ "RequestType": "Create", "ResponseURL": cfn.response_url.url, "StackId": STACK, "RequestId": "req-2", "LogicalResourceId": "Budget", "ResourceType": "Custom::TokenBudget", "ResourceProperties": budget_props("40", "1000", &["key-a", "key-b"]) });
     retry["ServiceToken"] = json!("x");
     let again = cfn.raw(retry).await;
     assert_eq!(again["Data"]["ConfigVersion"], "1");
 
     // Another stack cannot take the application over.
-    let mut other = json!({ "RequestType": "Create", "ResponseURL": cfn.url, "StackId": "arn:aws:cloudformation:us-east-1:123456789012:stack/other/1", "RequestId": "other-1", "LogicalResourceId": "Budget", "ResourceType": "Custom::TokenBudget", "ResourceProperties": budget_props("1", "1", &[]) });
+    let mut other = json!({ "RequestType": "Create", "ResponseURL": cfn.response_url.url, "StackId": "arn:aws:cloudformation:us-east-1:123456789012:stack/other/1", "RequestId": "other-1", "LogicalResourceId": "Budget", "ResourceType": "Custom::TokenBudget", "ResourceProperties": budget_props("1", "1", &[]) });
     other["ServiceToken"] = json!("x");
     let taken = cfn.raw(other).await;
     assert_eq!(taken["Status"], "FAILED");
@@ -548,7 +512,7 @@ async fn bad_requests_are_answered_failed_never_left_hanging() {
         "nothing half-created"
     );
 
-    let malformed = cfn.raw(json!({ "RequestType": "Explode", "ResponseURL": cfn.url, "RequestId": "m-1", "StackId": STACK, "LogicalResourceId": "X" })).await;
+    let malformed = cfn.raw(json!({ "RequestType": "Explode", "ResponseURL": cfn.response_url.url, "RequestId": "m-1", "StackId": STACK, "LogicalResourceId": "X" })).await;
     assert_eq!(malformed["Status"], "FAILED");
     assert!(
         malformed["Reason"]
@@ -581,8 +545,8 @@ async fn a_hung_dependency_is_answered_failed_before_the_deadline() {
             client: aws_sdk_budgets::Client::new(&sdk),
         },
     });
-    let (url, inbox) = response_url(0).await;
-    let event = json!({ "RequestType": "Create", "ResponseURL": url, "StackId": STACK, "RequestId": "slow-1", "LogicalResourceId": "B", "ResourceType": "Custom::TokenBudget", "ServiceToken": "x", "ResourceProperties": budget_props("1", "1", &[]) });
+    let response_url = harness::ResponseUrl::start(0).await;
+    let event = json!({ "RequestType": "Create", "ResponseURL": response_url.url, "StackId": STACK, "RequestId": "slow-1", "LogicalResourceId": "B", "ResourceType": "Custom::TokenBudget", "ServiceToken": "x", "ResourceProperties": budget_props("1", "1", &[]) });
     let started = std::time::Instant::now();
     run(
         provider,
@@ -596,7 +560,7 @@ async fn a_hung_dependency_is_answered_failed_before_the_deadline() {
         started.elapsed() < Duration::from_secs(7),
         "answered before the deadline"
     );
-    let r = inbox.lock().unwrap().0.last().cloned().unwrap();
+    let r = response_url.last().unwrap();
     assert_eq!(r["Status"], "FAILED");
     assert!(r["Reason"].as_str().unwrap().starts_with("timed out"));
     drop(silent);

@@ -267,6 +267,29 @@ pub fn api_event(key: &(String, String), model: &str, body: &Value) -> Value {
     event
 }
 
+/// An AWS Budget's notifications as (type, threshold) pairs, as a user lists them.
+pub async fn budget_notifications(
+    budgets: &aws_sdk_budgets::Client,
+    name: &str,
+) -> std::collections::BTreeSet<(String, u64)> {
+    budgets
+        .describe_notifications_for_budget()
+        .account_id("123456789012")
+        .budget_name(name)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("notifications of budget {name}: {e:?}"))
+        .notifications()
+        .iter()
+        .map(|n| {
+            (
+                n.notification_type().as_str().to_string(),
+                n.threshold() as u64,
+            )
+        })
+        .collect()
+}
+
 /// A Converse request body with one user message.
 pub fn converse(text: &str, max_tokens: u64) -> Value {
     json!({

@@ -120,23 +120,7 @@ async fn hand_written_budgets_deploy_enforce_update_and_delete() {
             .map(|l| l.amount()),
         Some("350")
     );
-    let notifications = budgets
-        .describe_notifications_for_budget()
-        .account_id("123456789012")
-        .budget_name("acme-genai-reporting")
-        .send()
-        .await
-        .unwrap();
-    let kinds: BTreeSet<(String, u64)> = notifications
-        .notifications()
-        .iter()
-        .map(|n| {
-            (
-                n.notification_type().as_str().to_string(),
-                n.threshold() as u64,
-            )
-        })
-        .collect();
+    let kinds = e2e::budget_notifications(&budgets, "acme-genai-reporting").await;
     assert_eq!(
         kinds,
         BTreeSet::from([

@@ -4,42 +4,13 @@
 //! (`crates/provider/tests/lifecycle.rs`) cover every transition; this proves the packaged binary
 //! behaves the same under the runtime, with its deadline and its configured environment.
 
-use std::sync::{Arc, Mutex};
-
-use axum::extract::State;
-use axum::http::StatusCode;
 use e2e::LocalAws;
 use ledger::{DynamoLedger, Ledger};
 use serde_json::{Value, json};
 
-type Inbox = Arc<Mutex<(Vec<Value>, u32)>>;
-
-async fn response_url(fail_first: u32) -> (String, Inbox) {
-    let inbox: Inbox = Arc::new(Mutex::new((Vec::new(), fail_first)));
-    let app = axum::Router::new()
-        .route(
-            "/response",
-            axum::routing::put(|State(inbox): State<Inbox>, body: String| async move {
-                let mut guard = inbox.lock().unwrap();
-                if guard.1 > 0 {
-                    guard.1 -= 1;
-                    return StatusCode::SERVICE_UNAVAILABLE;
-                }
-                guard.0.push(serde_json::from_str(&body).unwrap());
-                StatusCode::OK
-            }),
-        )
-        .with_state(Arc::clone(&inbox));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/response", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, inbox)
-}
-
 struct Cloudformation<'a> {
     local: &'a LocalAws,
-    url: String,
-    inbox: Inbox,
+    response_url: harness::ResponseUrl,
     n: u32,
 }
 
@@ -56,7 +27,7 @@ impl Cloudformation<'_> {
         let mut event = json!({
             "RequestType": kind,
             "ServiceToken": "arn:aws:lambda:us-east-1:123456789012:function:acme-genai-provider",
-            "ResponseURL": self.url,
+            "ResponseURL": self.response_url.url,
             "StackId": "arn:aws:cloudformation:us-east-1:123456789012:stack/ops-budgets/0a1b2c3d-0000-4000-8000-000000000001",
             "RequestId": format!("e2e-{}", self.n),
             "LogicalResourceId": "OpsBudget",
@@ -71,12 +42,8 @@ impl Cloudformation<'_> {
         }
         self.local.invoke("acme-genai-provider", &event);
         let answer = self
-            .inbox
-            .lock()
-            .unwrap()
-            .0
+            .response_url
             .last()
-            .cloned()
             .expect("the provider PUT an answer");
         assert_eq!(answer["RequestId"], format!("e2e-{}", self.n), "{answer}");
         assert!(serde_json::to_vec(&answer).unwrap().len() < 4096);
@@ -110,11 +77,10 @@ async fn deployed_provider_answers_every_event_under_the_runtime() {
     );
 
     // The first two PUTs fail: the provider retries until CloudFormation has its answer.
-    let (url, inbox) = response_url(2).await;
+    let response_url = harness::ResponseUrl::start(2).await;
     let mut cfn = Cloudformation {
         local: &local,
-        url,
-        inbox,
+        response_url,
         n: 0,
     };
 

@@ -202,23 +202,7 @@ async fn quickstart_renders_deploys_enforces_updates_and_deletes() {
         budget.budget_limit().map(|l| (l.amount(), l.unit())),
         Some(("1000", "USD"))
     );
-    let notifications = budgets
-        .describe_notifications_for_budget()
-        .account_id("123456789012")
-        .budget_name("acme-genai-support-bot")
-        .send()
-        .await
-        .unwrap();
-    let kinds: BTreeSet<(String, u64)> = notifications
-        .notifications()
-        .iter()
-        .map(|n| {
-            (
-                n.notification_type().as_str().to_string(),
-                n.threshold() as u64,
-            )
-        })
-        .collect();
+    let kinds = e2e::budget_notifications(&budgets, "acme-genai-support-bot").await;
     assert_eq!(
         kinds,
         BTreeSet::from([

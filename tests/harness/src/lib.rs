@@ -380,3 +380,53 @@ pub fn synth_render(spec: &Path, out: &Path, artifacts: &Path) {
         String::from_utf8_lossy(&status.stderr)
     );
 }
+
+/// A CloudFormation ResponseURL on loopback: records every answer PUT to it, and fails the
+/// first `fail_first` PUTs with 500, as a flaky network would. Pre-signed S3 URLs need an empty
+/// content type: a PUT with any other is a test failure.
+pub struct ResponseUrl {
+    /// The URL to put in events.
+    pub url: String,
+    inbox: std::sync::Arc<std::sync::Mutex<(Vec<serde_json::Value>, u32)>>,
+}
+
+impl ResponseUrl {
+    /// Serves the URL on the current Tokio runtime.
+    pub async fn start(fail_first: u32) -> ResponseUrl {
+        use axum::extract::State;
+        use axum::http::{HeaderMap, StatusCode};
+        use std::sync::{Arc, Mutex};
+        type Inbox = Arc<Mutex<(Vec<serde_json::Value>, u32)>>;
+        let inbox: Inbox = Arc::new(Mutex::new((Vec::new(), fail_first)));
+        let app = axum::Router::new()
+            .route(
+                "/response",
+                axum::routing::put(
+                    |State(inbox): State<Inbox>, headers: HeaderMap, body: String| async move {
+                        let mut guard = inbox.lock().unwrap();
+                        if guard.1 > 0 {
+                            guard.1 -= 1;
+                            return StatusCode::INTERNAL_SERVER_ERROR;
+                        }
+                        assert_eq!(
+                            headers.get("content-type").map(|v| v.as_bytes()),
+                            Some(&b""[..]),
+                            "pre-signed URLs need an empty content type"
+                        );
+                        guard.0.push(serde_json::from_str(&body).unwrap());
+                        StatusCode::OK
+                    },
+                ),
+            )
+            .with_state(Arc::clone(&inbox));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/response", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        ResponseUrl { url, inbox }
+    }
+
+    /// The last answer received.
+    pub fn last(&self) -> Option<serde_json::Value> {
+        self.inbox.lock().unwrap().0.last().cloned()
+    }
+}
