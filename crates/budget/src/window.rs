@@ -24,7 +24,7 @@ pub enum Window {
 }
 
 /// One occurrence of a window: where it starts and ends, in seconds since the Unix epoch.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct WindowInstance {
     /// Which window this is.
     pub window: Window,

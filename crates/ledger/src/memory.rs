@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use budget::config::BudgetConfig;
-use budget::{Charge, Limit};
+use budget::{Charge, Limit, WindowInstance};
 
 use crate::*;
 
@@ -13,12 +13,19 @@ use crate::*;
 struct State {
     configs: HashMap<String, BudgetConfig>,
     identities: HashMap<Identity, String>,
-    /// (application, window key) -> usage and expiry.
-    counters: HashMap<(String, String), (Charge, i64)>,
-    /// (application, reservation id) -> record.
-    records: HashMap<(String, String), Record>,
+    /// Per application, so the hot path looks up by `&str` and window instance without formatting
+    /// or allocating a key (the DynamoDB ledger's string keys are its own concern).
+    apps: HashMap<String, AppState>,
     /// When expired counters and records are next dropped (Unix seconds).
     next_sweep: i64,
+}
+
+#[derive(Debug, Default)]
+struct AppState {
+    /// Window instance -> usage and expiry.
+    counters: HashMap<WindowInstance, (Charge, i64)>,
+    /// Reservation id -> record.
+    records: HashMap<String, Record>,
 }
 
 /// How often a long-running ledger drops what has expired, as DynamoDB's TTL does for the table.
@@ -28,8 +35,11 @@ impl State {
     /// Drops counters past their window's grace and records past their expiry: without this a
     /// long-running `invoke serve` would keep every request's record forever.
     fn sweep(&mut self, now: i64) {
-        self.counters.retain(|_, (_, expires)| *expires > now);
-        self.records.retain(|_, record| record.expires_at > now);
+        self.apps.retain(|_, app| {
+            app.counters.retain(|_, (_, expires)| *expires > now);
+            app.records.retain(|_, record| record.expires_at > now);
+            !(app.counters.is_empty() && app.records.is_empty())
+        });
         self.next_sweep = now.saturating_add(SWEEP_INTERVAL_SECONDS);
     }
 }
@@ -57,10 +67,11 @@ impl MemoryLedger {
     pub fn counters(&self, application: &str) -> Vec<(String, Charge)> {
         let state = self.state.lock().expect("ledger lock");
         let mut out: Vec<(String, Charge)> = state
-            .counters
-            .iter()
-            .filter(|((app, _), _)| app == application)
-            .map(|((_, key), (c, _))| (key.clone(), *c))
+            .apps
+            .get(application)
+            .into_iter()
+            .flat_map(|app| app.counters.iter())
+            .map(|(instance, (c, _))| (instance.key(), *c))
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
@@ -69,7 +80,9 @@ impl MemoryLedger {
     /// How many counters and reservation records the ledger holds, for tests and audits.
     pub fn retained(&self) -> (usize, usize) {
         let state = self.state.lock().expect("ledger lock");
-        (state.counters.len(), state.records.len())
+        state.apps.values().fold((0, 0), |(c, r), app| {
+            (c + app.counters.len(), r + app.records.len())
+        })
     }
 
     /// Reservations held and not yet settled, across applications.
@@ -77,8 +90,9 @@ impl MemoryLedger {
         self.state
             .lock()
             .expect("ledger lock")
-            .records
+            .apps
             .values()
+            .flat_map(|app| app.records.values())
             .filter(|r| !r.done)
             .count()
     }
@@ -159,13 +173,14 @@ impl Ledger for MemoryLedger {
             });
         }
         let slots = slots(request.limits, request.now)?;
-        let app = request.application.to_string();
         let mut state = self.state.lock().expect("ledger lock");
         if request.now >= state.next_sweep {
             state.sweep(request.now);
         }
-        let record_key = (app.clone(), request.reservation_id.to_string());
-        if let Some(record) = state.records.get(&record_key)
+        if let Some(record) = state
+            .apps
+            .get(request.application)
+            .and_then(|app| app.records.get(request.reservation_id))
             && record.expires_at > request.now
         {
             return Ok(ReserveOutcome::Duplicate {
@@ -173,26 +188,47 @@ impl Ledger for MemoryLedger {
                 result: record.result.clone(),
             });
         }
-        let keys: Vec<(String, String)> = slots
-            .iter()
-            .map(|slot| (app.clone(), slot.instance.key()))
-            .collect();
-        for (slot, key) in slots.iter().zip(&keys) {
-            let used = state.counters.get(key).map_or(Charge::ZERO, |(c, _)| *c);
-            if let Err(exceeded) = slot.limit.admits(used, request.charge) {
-                return Ok(ReserveOutcome::Exceeded {
-                    exceeded,
-                    retry_after: slot.instance.seconds_until_reset(request.now),
-                });
+        if let Some(app) = state.apps.get(request.application) {
+            for slot in &slots {
+                let used = app
+                    .counters
+                    .get(&slot.instance)
+                    .map_or(Charge::ZERO, |(c, _)| *c);
+                if let Err(exceeded) = slot.limit.admits(used, request.charge) {
+                    return Ok(ReserveOutcome::Exceeded {
+                        exceeded,
+                        retry_after: slot.instance.seconds_until_reset(request.now),
+                    });
+                }
+            }
+        } else {
+            // No usage yet: each window starts from zero.
+            for slot in &slots {
+                if let Err(exceeded) = slot.limit.admits(Charge::ZERO, request.charge) {
+                    return Ok(ReserveOutcome::Exceeded {
+                        exceeded,
+                        retry_after: slot.instance.seconds_until_reset(request.now),
+                    });
+                }
             }
         }
-        for (slot, key) in slots.iter().zip(keys) {
+        let app = match state.apps.get_mut(request.application) {
+            Some(app) => app,
+            None => state
+                .apps
+                .entry(request.application.to_string())
+                .or_default(),
+        };
+        for slot in &slots {
             let expires = slot.instance.end + COUNTER_GRACE_SECONDS;
-            let entry = state.counters.entry(key).or_insert((Charge::ZERO, expires));
+            let entry = app
+                .counters
+                .entry(slot.instance)
+                .or_insert((Charge::ZERO, expires));
             entry.0 = entry.0.saturating_add(request.charge);
         }
-        state.records.insert(
-            record_key,
+        app.records.insert(
+            request.reservation_id.to_string(),
             Record {
                 done: false,
                 result: None,
@@ -201,7 +237,7 @@ impl Ledger for MemoryLedger {
         );
         Ok(ReserveOutcome::Reserved(Reservation {
             id: request.reservation_id.to_string(),
-            application: app,
+            application: request.application.to_string(),
             charge: request.charge,
             slots,
         }))
@@ -213,35 +249,28 @@ impl Ledger for MemoryLedger {
         settlement: &Settlement,
     ) -> Result<(), LedgerError> {
         let mut state = self.state.lock().expect("ledger lock");
-        let record_key = (reservation.application.clone(), reservation.id.clone());
-        match state.records.get(&record_key) {
-            Some(record) if !record.done => {}
+        let Some(app) = state.apps.get_mut(&reservation.application) else {
+            return Ok(());
+        };
+        match app.records.get_mut(&reservation.id) {
+            Some(record) if !record.done => match &settlement.completion {
+                Some(c) => {
+                    record.done = true;
+                    record.result = c.result.clone();
+                    record.expires_at = settlement.now + c.remember_seconds;
+                }
+                None => {
+                    app.records.remove(&reservation.id);
+                }
+            },
             // Already settled (or forgotten after a refund): settling twice changes nothing.
             _ => return Ok(()),
         }
         for slot in &reservation.slots {
-            if let Some((used, _)) = state
-                .counters
-                .get_mut(&(reservation.application.clone(), slot.instance.key()))
-            {
+            if let Some((used, _)) = app.counters.get_mut(&slot.instance) {
                 *used = used
                     .saturating_sub(reservation.charge)
                     .saturating_add(settlement.actual);
-            }
-        }
-        match &settlement.completion {
-            Some(c) => {
-                state.records.insert(
-                    record_key,
-                    Record {
-                        done: true,
-                        result: c.result.clone(),
-                        expires_at: settlement.now + c.remember_seconds,
-                    },
-                );
-            }
-            None => {
-                state.records.remove(&record_key);
             }
         }
         Ok(())
@@ -258,8 +287,9 @@ impl Ledger for MemoryLedger {
             .into_iter()
             .map(|slot| {
                 let used = state
-                    .counters
-                    .get(&(application.to_string(), slot.instance.key()))
+                    .apps
+                    .get(application)
+                    .and_then(|app| app.counters.get(&slot.instance))
                     .map_or(Charge::ZERO, |(c, _)| *c);
                 Ok(WindowUsage {
                     limit: slot.limit,
