@@ -171,6 +171,21 @@ impl Common<'_> {
     }
 }
 
+/// The physical ID a Create of `props` produces, when it can be known from the properties alone:
+/// `tokenfence:budget:<Application>` for a budget, the `AlarmName` for an alarm that names itself.
+/// A Create that fails after it may have written something answers with it, so that
+/// CloudFormation's rollback Delete (idempotent, and a no-op for a budget another resource owns)
+/// removes whatever exists.
+pub fn intended_id(resource_type: &str, props: &Value) -> Option<String> {
+    match resource_type {
+        "Custom::TokenBudget" => parse_budget(props)
+            .ok()
+            .map(|p| format!("{BUDGET_ID_PREFIX}{}", p.application)),
+        "Custom::TokenAlarm" => parse_alarm(props).ok().and_then(|p| p.alarm_name),
+        _ => None,
+    }
+}
+
 /// The provider, over a ledger, CloudWatch and AWS Budgets.
 pub struct Provider<L, A, G> {
     /// The ledger the gateway reads configurations from.
@@ -311,8 +326,11 @@ impl<L: Ledger, A: AlarmOps, G: BudgetOps> Provider<L, A, G> {
                 return Outcome::failed(keep_id(), format!("the ledger is unavailable: {e}"));
             }
         }
+        // From here on something may have been written (a write whose answer was lost still
+        // applies): a failed Create answers with the budget's ID, so the rollback Delete cleans up.
+        let written_id = || physical.map_or_else(|| new_id.clone(), str::to_string);
         if let Err(e) = self.ledger.put_budget(&config, &new_ids).await {
-            return Outcome::failed(keep_id(), format!("the ledger is unavailable: {e}"));
+            return Outcome::failed(written_id(), format!("the ledger is unavailable: {e}"));
         }
         let account = common.account_id();
         let budget_result = async {
@@ -346,7 +364,7 @@ impl<L: Ledger, A: AlarmOps, G: BudgetOps> Provider<L, A, G> {
                 tracing::error!(error = %undo, "could not undo the configuration after AWS Budgets failed");
             }
             return Outcome::failed(
-                keep_id(),
+                written_id(),
                 format!("`CostBudget`: AWS Budgets refused the budget: {e}"),
             );
         }
@@ -450,7 +468,11 @@ impl<L: Ledger, A: AlarmOps, G: BudgetOps> Provider<L, A, G> {
                     ("Threshold".into(), plan.threshold_text.clone()),
                 ]),
             ),
-            Err(e) => Outcome::failed(keep_id(), format!("CloudWatch refused the alarm: {e}")),
+            // The alarm may exist if only the answer was lost: let the rollback Delete remove it.
+            Err(e) => Outcome::failed(
+                physical.map_or_else(|| plan.name.clone(), str::to_string),
+                format!("CloudWatch refused the alarm: {e}"),
+            ),
         }
     }
 

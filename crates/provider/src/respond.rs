@@ -10,7 +10,9 @@ use aws_lambda_events::cloudformation::{
 use ledger::Ledger;
 use serde_json::Value;
 
-use crate::handler::{AlarmOps, BudgetOps, FAILED_ID_PREFIX, Outcome, Provider, RequestView};
+use crate::handler::{
+    AlarmOps, BudgetOps, FAILED_ID_PREFIX, Outcome, Provider, RequestView, intended_id,
+};
 
 /// CloudFormation rejects responses of 4,096 bytes or more.
 pub const MAX_RESPONSE_BYTES: usize = 4_096;
@@ -147,12 +149,12 @@ pub async fn run<L: Ledger, A: AlarmOps, G: BudgetOps, R: Responder>(
         time_left_ms = time_left.as_millis() as u64,
         "handling a custom resource request"
     );
-    let task = {
+    let mut task = {
         let provider = std::sync::Arc::clone(&provider);
         let request = request.clone();
         tokio::spawn(async move { provider.handle(&request).await })
     };
-    let outcome = match tokio::time::timeout(budget, task).await {
+    let outcome = match tokio::time::timeout(budget, &mut task).await {
         Ok(Ok(outcome)) => outcome,
         Ok(Err(join)) => failed_outcome(
             &request,
@@ -162,10 +164,15 @@ pub async fn run<L: Ledger, A: AlarmOps, G: BudgetOps, R: Responder>(
                 "internal error: the handler was cancelled"
             },
         ),
-        Err(_) => failed_outcome(
-            &request,
-            "timed out before the Lambda deadline; retry the operation",
-        ),
+        Err(_) => {
+            // Stop the work: a frozen Lambda would otherwise resume it during the next event,
+            // possibly after CloudFormation's cleanup of this one.
+            task.abort();
+            failed_outcome(
+                &request,
+                "timed out before the Lambda deadline; retry the operation",
+            )
+        }
     };
     let Some(url) = RequestView::of(&request).map(|v| v.response_url.to_string()) else {
         return answer_malformed(responder, &event, "unsupported request type").await;
@@ -183,7 +190,10 @@ fn failed_outcome(
             physical_id: Some(id),
             ..
         }) => id.to_string(),
-        Some(v) => format!("{FAILED_ID_PREFIX}{}", v.request_id),
+        // A Create cut short may have written part of its resource: answer with the ID of what it
+        // was creating, so that CloudFormation's rollback Delete removes whatever exists.
+        Some(v) => intended_id(v.resource_type, v.props)
+            .unwrap_or_else(|| format!("{FAILED_ID_PREFIX}{}", v.request_id)),
         None => String::new(),
     };
     Outcome {

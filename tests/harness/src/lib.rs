@@ -180,14 +180,7 @@ impl Moto {
     /// An SDK configuration pointed at this moto with dummy credentials, the same way the
     /// product reads it (the standard endpoint configuration), without touching process env.
     pub async fn sdk_config(&self) -> aws_config::SdkConfig {
-        aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .endpoint_url(self.url())
-            .region(aws_config::Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
-                "test", "test", None, None, "harness",
-            ))
-            .load()
-            .await
+        sdk_config_at(&self.url()).await
     }
 
     /// Stops moto (as a crash would), for fault tests.
@@ -425,8 +418,203 @@ impl ResponseUrl {
         ResponseUrl { url, inbox }
     }
 
+    /// How many answers were received.
+    pub fn count(&self) -> usize {
+        self.inbox.lock().unwrap().0.len()
+    }
+
     /// The last answer received.
     pub fn last(&self) -> Option<serde_json::Value> {
         self.inbox.lock().unwrap().0.last().cloned()
     }
+}
+
+/// SDK configuration for every service at `url` (moto, or a [`FaultProxy`] in front of it), with
+/// the SDK's default retry policy, as the Lambdas run with.
+pub async fn sdk_config_at(url: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(url)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "test", "test", None, None, "harness",
+        ))
+        .load()
+        .await
+}
+
+/// One fault a [`FaultProxy`] injects: requests for `operation` (an `X-Amz-Target` suffix such as
+/// `CreateBudget`, or a query-protocol `Action`) are answered with `status` and an AWS error of
+/// type `code` instead of reaching the emulator, `times` times (`u32::MAX`: always), after `delay`.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    /// The operation name.
+    pub operation: String,
+    /// HTTP status of the injected answer.
+    pub status: u16,
+    /// AWS error code, e.g. `ThrottlingException` or `InternalFailure`.
+    pub code: String,
+    /// How many matching requests fail.
+    pub times: u32,
+    /// Extra latency before answering (a slow dependency).
+    pub delay: Duration,
+}
+
+impl Fault {
+    /// `times` throttling answers (HTTP 400 `ThrottlingException`, which the SDK retries).
+    pub fn throttle(operation: &str, times: u32) -> Fault {
+        Fault {
+            operation: operation.into(),
+            status: 400,
+            code: "ThrottlingException".into(),
+            times,
+            delay: Duration::ZERO,
+        }
+    }
+
+    /// Server errors on every call (HTTP 500 `InternalFailure`, retried then given up on).
+    pub fn always_500(operation: &str) -> Fault {
+        Fault {
+            operation: operation.into(),
+            status: 500,
+            code: "InternalFailure".into(),
+            times: u32::MAX,
+            delay: Duration::ZERO,
+        }
+    }
+}
+
+/// An HTTP proxy in front of moto that injects AWS errors and latency per operation, the way a
+/// throttled or failing service answers, so fault paths run with the real SDK clients and retry
+/// policy. Everything not matched is forwarded unchanged.
+pub struct FaultProxy {
+    /// The endpoint to give SDK clients.
+    pub url: String,
+    state: std::sync::Arc<std::sync::Mutex<ProxyState>>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    faults: Vec<Fault>,
+    /// Operation -> requests seen (injected or forwarded).
+    seen: std::collections::HashMap<String, u32>,
+}
+
+impl FaultProxy {
+    /// Serves the proxy on the current Tokio runtime, forwarding to `upstream`.
+    pub async fn start(upstream: &str) -> FaultProxy {
+        use axum::body::Body;
+        use axum::extract::{Request, State};
+        use axum::response::Response;
+        use std::sync::{Arc, Mutex};
+        type Shared = (Arc<Mutex<ProxyState>>, reqwest::Client, String);
+        let state = Arc::new(Mutex::new(ProxyState::default()));
+        let shared: Shared = (
+            Arc::clone(&state),
+            reqwest::Client::new(),
+            upstream.to_string(),
+        );
+        let handler = |State((state, client, upstream)): State<Shared>, request: Request| async move {
+            let (parts, body) = request.into_parts();
+            let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+            let operation = operation_of(&parts.headers, &body);
+            let fault = {
+                let mut guard = state.lock().unwrap();
+                *guard.seen.entry(operation.clone()).or_default() += 1;
+                guard
+                    .faults
+                    .iter_mut()
+                    .find(|f| f.operation == operation && f.times > 0)
+                    .map(|f| {
+                        if f.times != u32::MAX {
+                            f.times -= 1;
+                        }
+                        f.clone()
+                    })
+            };
+            if let Some(fault) = fault {
+                tokio::time::sleep(fault.delay).await;
+                let query = parts.headers.get("content-type").is_some_and(|v| {
+                    v.as_bytes()
+                        .starts_with(b"application/x-www-form-urlencoded")
+                });
+                let (content_type, text) = if query {
+                    (
+                        "text/xml",
+                        format!(
+                            "<ErrorResponse><Error><Type>Receiver</Type><Code>{}</Code><Message>injected by the test</Message></Error><RequestId>fault</RequestId></ErrorResponse>",
+                            fault.code
+                        ),
+                    )
+                } else {
+                    (
+                        "application/x-amz-json-1.1",
+                        format!(
+                            r#"{{"__type":"{}","message":"injected by the test"}}"#,
+                            fault.code
+                        ),
+                    )
+                };
+                return Response::builder()
+                    .status(fault.status)
+                    .header("content-type", content_type)
+                    .header("x-amzn-errortype", fault.code.as_str())
+                    .body(Body::from(text))
+                    .unwrap();
+            }
+            let url = format!(
+                "{upstream}{}",
+                parts.uri.path_and_query().map_or("/", |p| p.as_str())
+            );
+            let mut forward = client.request(parts.method, url).body(body);
+            for (name, value) in &parts.headers {
+                if name != "host" && name != "content-length" {
+                    forward = forward.header(name, value);
+                }
+            }
+            let answer = forward.send().await.expect("moto answers the proxy");
+            let mut response = Response::builder().status(answer.status());
+            for (name, value) in answer.headers() {
+                if name != "content-length" && name != "transfer-encoding" {
+                    response = response.header(name, value);
+                }
+            }
+            response
+                .body(Body::from(answer.bytes().await.unwrap()))
+                .unwrap()
+        };
+        let app = axum::Router::new().fallback(handler).with_state(shared);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        FaultProxy { url, state }
+    }
+
+    /// Replaces the injected faults.
+    pub fn set(&self, faults: Vec<Fault>) {
+        self.state.lock().unwrap().faults = faults;
+    }
+
+    /// How many requests for `operation` reached the proxy (failed or forwarded).
+    pub fn seen(&self, operation: &str) -> u32 {
+        self.state
+            .lock()
+            .unwrap()
+            .seen
+            .get(operation)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// The operation of an AWS request: the `X-Amz-Target` suffix (JSON protocols) or the `Action`
+/// form field (query protocol).
+fn operation_of(headers: &axum::http::HeaderMap, body: &[u8]) -> String {
+    if let Some(target) = headers.get("x-amz-target").and_then(|v| v.to_str().ok()) {
+        return target.rsplit('.').next().unwrap_or(target).to_string();
+    }
+    String::from_utf8_lossy(body)
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("Action="))
+        .unwrap_or("")
+        .to_string()
 }
