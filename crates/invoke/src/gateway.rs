@@ -310,66 +310,11 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
         front: Front,
         request_id: &str,
     ) -> Result<Outcome, Reply> {
-        if body.len() > self.settings.max_body_bytes {
-            return Err(Reply::error(
-                413,
-                "PayloadTooLarge",
-                format!(
-                    "the body has {} bytes; the limit is {}",
-                    body.len(),
-                    self.settings.max_body_bytes
-                ),
-            ));
-        }
-        let mut request: Value = serde_json::from_slice(body).map_err(|e| {
-            Reply::error(400, "ValidationError", format!("the body is not JSON: {e}"))
-        })?;
-        let Some(obj) = request.as_object_mut() else {
-            return Err(Reply::error(
-                400,
-                "ValidationError",
-                "the body must be a JSON object",
-            ));
-        };
-        match obj.get("messages") {
-            Some(Value::Array(m)) if !m.is_empty() => {}
-            Some(_) => {
-                return Err(field(
-                    400,
-                    "messages",
-                    "`messages` must be a non-empty list",
-                ));
-            }
-            None => return Err(field(400, "messages", "`messages` is required")),
-        }
-        let requested_max = match obj.get("inferenceConfig").and_then(|c| c.get("maxTokens")) {
-            None => None,
-            Some(v) => match v.as_u64().filter(|n| *n > 0 && *n <= i32::MAX as u64) {
-                Some(n) => Some(n),
-                None => {
-                    return Err(field(
-                        400,
-                        "inferenceConfig.maxTokens",
-                        "`maxTokens` must be a positive integer",
-                    ));
-                }
-            },
-        };
-        let max_tokens = requested_max.unwrap_or(u64::from(self.settings.default_max_tokens));
-        // The reservation covers `max_tokens` of output only if Bedrock is held to it.
-        let inference = obj.entry("inferenceConfig").or_insert_with(|| json!({}));
-        match inference.as_object_mut() {
-            Some(ic) => {
-                ic.insert("maxTokens".into(), json!(max_tokens));
-            }
-            None => {
-                return Err(field(
-                    400,
-                    "inferenceConfig",
-                    "`inferenceConfig` must be an object",
-                ));
-            }
-        }
+        let (request, max_tokens) = parse_body(
+            body,
+            self.settings.max_body_bytes,
+            self.settings.default_max_tokens,
+        )?;
 
         let prepared = self
             .bedrock
@@ -876,6 +821,77 @@ fn duplicate(request_id: &str) -> Reply {
         "DuplicateRequest",
         format!("request `{request_id}` was already seen"),
     )
+}
+
+/// Checks a Converse body as it arrives (size, JSON object, non-empty `messages`, a positive
+/// `inferenceConfig.maxTokens`) and pins `maxTokens` in it: the reservation covers `max_tokens` of
+/// output only if Bedrock is held to it. Returns the request and that `max_tokens`, or the 4xx
+/// reply naming the field. Pure, so it can be fuzzed.
+pub fn parse_body(
+    body: &[u8],
+    max_body_bytes: usize,
+    default_max_tokens: u32,
+) -> Result<(Value, u64), Reply> {
+    if body.len() > max_body_bytes {
+        return Err(Reply::error(
+            413,
+            "PayloadTooLarge",
+            format!(
+                "the body has {} bytes; the limit is {}",
+                body.len(),
+                max_body_bytes
+            ),
+        ));
+    }
+    let mut request: Value = serde_json::from_slice(body)
+        .map_err(|e| Reply::error(400, "ValidationError", format!("the body is not JSON: {e}")))?;
+    let Some(obj) = request.as_object_mut() else {
+        return Err(Reply::error(
+            400,
+            "ValidationError",
+            "the body must be a JSON object",
+        ));
+    };
+    match obj.get("messages") {
+        Some(Value::Array(m)) if !m.is_empty() => {}
+        Some(_) => {
+            return Err(field(
+                400,
+                "messages",
+                "`messages` must be a non-empty list",
+            ));
+        }
+        None => return Err(field(400, "messages", "`messages` is required")),
+    }
+    let requested_max = match obj.get("inferenceConfig").and_then(|c| c.get("maxTokens")) {
+        None => None,
+        Some(v) => match v.as_u64().filter(|n| *n > 0 && *n <= i32::MAX as u64) {
+            Some(n) => Some(n),
+            None => {
+                return Err(field(
+                    400,
+                    "inferenceConfig.maxTokens",
+                    "`maxTokens` must be a positive integer",
+                ));
+            }
+        },
+    };
+    let max_tokens = requested_max.unwrap_or(u64::from(default_max_tokens));
+    // The reservation covers `max_tokens` of output only if Bedrock is held to it.
+    let inference = obj.entry("inferenceConfig").or_insert_with(|| json!({}));
+    match inference.as_object_mut() {
+        Some(ic) => {
+            ic.insert("maxTokens".into(), json!(max_tokens));
+        }
+        None => {
+            return Err(field(
+                400,
+                "inferenceConfig",
+                "`inferenceConfig` must be an object",
+            ));
+        }
+    }
+    Ok((request, max_tokens))
 }
 
 fn field(status: u16, field: &str, message: &str) -> Reply {

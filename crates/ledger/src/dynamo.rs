@@ -81,7 +81,30 @@ fn number(
     }
 }
 
-fn charge_of(item: &HashMap<String, AttributeValue>, key: &str) -> Result<Charge, LedgerError> {
+/// Decodes an application's configuration item as `GetItem` returns it. The table is written by
+/// the provider, but anyone with table access can write to it: a malformed item is reported as
+/// corrupt under `key`, never trusted or panicked on.
+pub fn decode_config(
+    key: &str,
+    item: &HashMap<String, AttributeValue>,
+) -> Result<BudgetConfig, LedgerError> {
+    let Some(AttributeValue::S(json)) = item.get("config") else {
+        return Err(LedgerError::Corrupt {
+            key: key.to_string(),
+            reason: "no `config` string".into(),
+        });
+    };
+    serde_json::from_str(json).map_err(|e| LedgerError::Corrupt {
+        key: key.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Decodes a window counter item (`tokens`, `micro_usd`; absent means zero) stored under `key`.
+pub fn decode_charge(
+    item: &HashMap<String, AttributeValue>,
+    key: &str,
+) -> Result<Charge, LedgerError> {
     Ok(Charge::new(
         number(item, "tokens", key)?,
         MicroUsd(number(item, "micro_usd", key)?),
@@ -190,18 +213,7 @@ impl Ledger for DynamoLedger {
         let Some(item) = out.item else {
             return Ok(None);
         };
-        let Some(AttributeValue::S(json)) = item.get("config") else {
-            return Err(LedgerError::Corrupt {
-                key,
-                reason: "no `config` string".into(),
-            });
-        };
-        serde_json::from_str(json)
-            .map(Some)
-            .map_err(|e| LedgerError::Corrupt {
-                key,
-                reason: e.to_string(),
-            })
+        decode_config(&key, &item).map(Some)
     }
 
     async fn put_budget(
@@ -375,7 +387,7 @@ impl Ledger for DynamoLedger {
             if reason.code() != Some("ConditionalCheckFailed") {
                 continue;
             }
-            let used = charge_of(
+            let used = decode_charge(
                 &reason.item().cloned().unwrap_or_default(),
                 &slot.instance.key(),
             )?;
@@ -522,7 +534,7 @@ impl Ledger for DynamoLedger {
                     .iter()
                     .find(|i| matches!(i.get("sk"), Some(AttributeValue::S(sk)) if *sk == key));
                 let used = match item {
-                    Some(item) => charge_of(item, &key)?,
+                    Some(item) => decode_charge(item, &key)?,
                     None => Charge::ZERO,
                 };
                 Ok(WindowUsage {

@@ -13,7 +13,7 @@ use budget::config::BudgetConfig;
 use budget::{Charge, Exceeded, Limit, WindowInstance};
 use thiserror::Error;
 
-pub use dynamo::DynamoLedger;
+pub use dynamo::{DynamoLedger, decode_charge, decode_config};
 pub use memory::MemoryLedger;
 
 /// Errors of a ledger.

@@ -17,9 +17,14 @@ pub use schema::json_schema;
 
 /// Parses and validates the spec in `source`; `file` names it in error messages.
 pub fn parse(file: &str, source: &str) -> Result<Spec, SpecErrors> {
-    let fail = |errors| SpecErrors {
-        file: file.to_string(),
-        errors,
+    let fail = |mut errors: Vec<SpecError>| {
+        for e in &mut errors {
+            e.span = within(source, e.span);
+        }
+        SpecErrors {
+            file: file.to_string(),
+            errors,
+        }
     };
     let root = yaml::load(source).map_err(|e| {
         fail(vec![SpecError {
@@ -30,6 +35,24 @@ pub fn parse(file: &str, source: &str) -> Result<Spec, SpecErrors> {
         }])
     })?;
     decode::decode(&root).map_err(fail)
+}
+
+/// `span`, or the end of the file when the YAML scanner places it past the end (it reports the end
+/// of a file without a final line break on a line after the last): an editor can go to it.
+fn within(source: &str, span: yaml::Span) -> yaml::Span {
+    let lines = source.replace("\r\n", "\n").matches(['\r', '\n']).count() + 1;
+    if span.offset <= source.len() && span.line <= lines {
+        return span;
+    }
+    let last = source
+        .rfind(['\r', '\n'])
+        .map_or(source, |i| &source[i + 1..]);
+    yaml::Span {
+        offset: source.len(),
+        len: 0,
+        line: lines,
+        col: last.chars().count() + 1,
+    }
 }
 
 #[cfg(test)]
@@ -55,6 +78,18 @@ mod tests {
         let mut v: Vec<String> = keys.iter().map(|s| s.to_string()).collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn errors_at_the_end_of_a_file_without_a_final_break_point_into_it() {
+        let errors = parse("s.yaml", "{ version: 1").unwrap_err();
+        let e = &errors.errors[0];
+        assert_eq!(
+            (e.span.line, e.span.col, e.span.offset),
+            (1, 13, 12),
+            "{e:?}"
+        );
+        assert!(errors.to_string().starts_with("s.yaml:1:13: invalid YAML"));
     }
 
     #[test]
