@@ -68,6 +68,7 @@ pub fn decide(ledger: &MemoryLedger, limits: &[Limit], body: &[u8], id: &str, no
         charge,
         now,
         hold_seconds: 900,
+        attempt: id,
     }))
     .expect("reserve");
     let ReserveOutcome::Reserved(reservation) = outcome else {

@@ -272,16 +272,30 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
         limits: &[Limit],
         charge: Charge,
     ) -> Result<ReserveOutcome, LedgerError> {
-        self.ledger
-            .reserve(&ReserveRequest {
-                application: &config.application,
-                reservation_id: id,
-                limits,
-                charge,
-                now: now_seconds(),
-                hold_seconds: self.settings.hold_seconds,
-            })
-            .await
+        let attempt = ledger::new_attempt();
+        let request = ReserveRequest {
+            application: &config.application,
+            reservation_id: id,
+            limits,
+            charge,
+            now: now_seconds(),
+            hold_seconds: self.settings.hold_seconds,
+            attempt: &attempt,
+        };
+        let outcome = self.ledger.reserve(&request).await;
+        if outcome.is_err()
+            && let Ok(reservation) = Reservation::of(&request)
+        {
+            // The write may have applied with its answer lost: refund this attempt's
+            // reservation, which changes nothing if it never applied.
+            let refund = Settlement {
+                actual: Charge::ZERO,
+                completion: None,
+                now: request.now,
+            };
+            self.settle_in_background(reservation, refund, Duration::ZERO);
+        }
+        outcome
     }
 
     /// Handles a Converse request of `application` for `model_param` (alias or ID).
@@ -540,11 +554,21 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
             return;
         };
         tracing::warn!(reservation = %reservation.id, error = %first, "settlement failed; retrying in the background");
+        self.settle_in_background(reservation, settlement, Duration::from_millis(50));
+    }
+
+    /// Settles in a background task, retrying with backoff while the reservation's hold lasts.
+    fn settle_in_background(
+        &self,
+        reservation: Reservation,
+        settlement: Settlement,
+        first_delay: Duration,
+    ) {
         let ledger = Arc::clone(&self.ledger);
         let deadline =
             Instant::now() + Duration::from_secs(self.settings.hold_seconds.max(1) as u64);
         tokio::spawn(async move {
-            let mut delay = Duration::from_millis(50);
+            let mut delay = first_delay;
             loop {
                 tokio::time::sleep(delay).await;
                 match ledger.settle(&reservation, &settlement).await {
@@ -553,7 +577,9 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
                         tracing::error!(reservation = %reservation.id, error = %e, "settlement abandoned after the hold expired");
                         return;
                     }
-                    Err(_) => delay = (delay * 2).min(Duration::from_secs(5)),
+                    Err(_) => {
+                        delay = (delay * 2).clamp(Duration::from_millis(50), Duration::from_secs(5))
+                    }
                 }
             }
         });

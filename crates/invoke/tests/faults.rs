@@ -12,10 +12,12 @@ use budget::config::BudgetConfig;
 use common::{SPEC, prompt, start};
 use ledger::*;
 
-/// The in-memory ledger, failing its first `failures` settlements.
+/// The in-memory ledger, failing its first `failures` settlements, and answering its first
+/// `lost_reserves` reservations with an error after applying them (an answer lost on the way).
 struct FlakySettle {
     inner: MemoryLedger,
     failures: AtomicU32,
+    lost_reserves: AtomicU32,
 }
 
 impl Ledger for FlakySettle {
@@ -43,7 +45,15 @@ impl Ledger for FlakySettle {
         self.inner.application_for(identity).await
     }
     async fn reserve(&self, request: &ReserveRequest<'_>) -> Result<ReserveOutcome, LedgerError> {
-        self.inner.reserve(request).await
+        let outcome = self.inner.reserve(request).await;
+        if self
+            .lost_reserves
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(LedgerError::Unavailable("the answer was lost".into()));
+        }
+        outcome
     }
     async fn settle(
         &self,
@@ -76,6 +86,7 @@ async fn failed_settlements_and_refunds_are_retried_until_they_land() {
     let ledger = Arc::new(FlakySettle {
         inner: MemoryLedger::new(),
         failures: AtomicU32::new(3),
+        lost_reserves: AtomicU32::new(0),
     });
     let env = start(Arc::clone(&ledger), SPEC, |_| {}).await;
     let (ok, _, _) = env
@@ -109,4 +120,37 @@ async fn failed_settlements_and_refunds_are_retried_until_they_land() {
         billed.input_tokens + billed.output_tokens,
         "settled to the successful call's usage, the failed one refunded"
     );
+}
+
+#[tokio::test]
+async fn a_reservation_whose_answer_was_lost_is_refunded() {
+    let ledger = Arc::new(FlakySettle {
+        inner: MemoryLedger::new(),
+        failures: AtomicU32::new(0),
+        lost_reserves: AtomicU32::new(1),
+    });
+    let env = start(Arc::clone(&ledger), SPEC, |_| {}).await;
+    let (status, _, body) = env.converse("key-capped", "lite", &prompt("lost")).await;
+    assert_eq!(status, 503, "fail closed on a ledger error: {body:?}");
+    assert_eq!(
+        ledger.lost_reserves.load(Ordering::SeqCst),
+        0,
+        "the fault was hit"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        ledger.inner.open_reservations(),
+        0,
+        "the applied reservation was refunded"
+    );
+    assert!(
+        ledger
+            .inner
+            .counters("capped")
+            .iter()
+            .all(|(_, c)| c.tokens == 0),
+        "nothing stays counted: {:?}",
+        ledger.inner.counters("capped")
+    );
+    assert_eq!(env.stub.requests(), 0, "Bedrock was not called");
 }

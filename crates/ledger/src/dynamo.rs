@@ -43,6 +43,12 @@ fn n(v: impl ToString) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 
+/// A settlement applies to a held reservation of the same attempt (records written before attempts
+/// were recorded have none), so a refund of an attempt whose write never applied cannot take
+/// another delivery's reservation.
+const SETTLE_CONDITION: &str =
+    "#state = :reserved AND (attribute_not_exists(attempt) OR attempt = :attempt)";
+
 fn app_pk(app: &str) -> String {
     format!("app#{app}")
 }
@@ -346,6 +352,7 @@ impl Ledger for DynamoLedger {
                         .table_name(&self.table)
                         .set_item(Some(Self::record_key(app, request.reservation_id)))
                         .item("state", s("reserved"))
+                        .item("attempt", s(request.attempt))
                         .item("tokens", n(request.charge.tokens))
                         .item("micro_usd", n(request.charge.cost.0))
                         .item("expires_at", n(request.now + request.hold_seconds))
@@ -367,6 +374,7 @@ impl Ledger for DynamoLedger {
                 application: app.to_string(),
                 charge: request.charge,
                 slots,
+                attempt: request.attempt.to_string(),
             }));
         };
         // The record is last: a failed condition there means the request was seen before.
@@ -375,6 +383,17 @@ impl Ledger for DynamoLedger {
             .filter(|r| r.code() == Some("ConditionalCheckFailed"))
         {
             let item = record.item().cloned().unwrap_or_default();
+            if matches!(item.get("attempt"), Some(AttributeValue::S(a)) if a == request.attempt) {
+                // Our own write: it applied (counters included, the transaction is atomic) and
+                // its answer was lost, so the SDK's retry met it.
+                return Ok(ReserveOutcome::Reserved(Reservation {
+                    id: request.reservation_id.to_string(),
+                    application: app.to_string(),
+                    charge: request.charge,
+                    slots,
+                    attempt: request.attempt.to_string(),
+                }));
+            }
             let in_flight =
                 !matches!(item.get("state"), Some(AttributeValue::S(state)) if state == "done");
             let result = match item.get("result") {
@@ -453,9 +472,10 @@ impl Ledger for DynamoLedger {
                 let mut update = Update::builder()
                     .table_name(&self.table)
                     .set_key(Some(Self::record_key(app, &reservation.id)))
-                    .condition_expression("#state = :reserved")
+                    .condition_expression(SETTLE_CONDITION)
                     .expression_attribute_names("#state", "state")
                     .expression_attribute_values(":reserved", s("reserved"))
+                    .expression_attribute_values(":attempt", s(&reservation.attempt))
                     .expression_attribute_values(":done", s("done"))
                     .expression_attribute_values(":exp", n(settlement.now + c.remember_seconds));
                 update = match &c.result {
@@ -476,9 +496,10 @@ impl Ledger for DynamoLedger {
                     aws_sdk_dynamodb::types::Delete::builder()
                         .table_name(&self.table)
                         .set_key(Some(Self::record_key(app, &reservation.id)))
-                        .condition_expression("#state = :reserved")
+                        .condition_expression(SETTLE_CONDITION)
                         .expression_attribute_names("#state", "state")
                         .expression_attribute_values(":reserved", s("reserved"))
+                        .expression_attribute_values(":attempt", s(&reservation.attempt))
                         .build()
                         .expect("table and key are set"),
                 )

@@ -71,6 +71,30 @@ pub struct ReserveRequest<'a> {
     pub now: i64,
     /// How long an unsettled reservation may live before it counts as leaked.
     pub hold_seconds: i64,
+    /// A token unique to this call ([`new_attempt`]). A write whose answer was lost may still
+    /// have applied: the ledger recognises its own record by it (instead of taking it for
+    /// another delivery of the same request), and a refund of it touches no one else's.
+    pub attempt: &'a str,
+}
+
+/// A fresh attempt token: 128 random bits in hex.
+pub fn new_attempt() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS once per process and varied per instance; two of its
+    // hashes of a counter and the time make a token no other call will repeat.
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let half = |salt: u64| {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(n);
+        h.write_u128(nanos);
+        h.write_u64(salt);
+        h.finish()
+    };
+    format!("{:016x}{:016x}", half(1), half(2))
 }
 
 /// One window a reservation counts in.
@@ -93,6 +117,23 @@ pub struct Reservation {
     pub charge: Charge,
     /// Where.
     pub slots: Vec<Slot>,
+    /// The attempt that wrote it (see [`ReserveRequest::attempt`]).
+    pub attempt: String,
+}
+
+impl Reservation {
+    /// The reservation `request` makes if it applies: what to refund when the answer to it was
+    /// lost and whether it applied is unknown (a refund of a reservation that does not exist, or
+    /// belongs to another attempt, changes nothing).
+    pub fn of(request: &ReserveRequest<'_>) -> Result<Reservation, LedgerError> {
+        Ok(Reservation {
+            id: request.reservation_id.to_string(),
+            application: request.application.to_string(),
+            charge: request.charge,
+            slots: slots(request.limits, request.now)?,
+            attempt: request.attempt.to_string(),
+        })
+    }
 }
 
 /// Usage of one window: settled plus currently reserved.

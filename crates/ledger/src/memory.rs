@@ -240,6 +240,7 @@ impl Ledger for MemoryLedger {
             application: request.application.to_string(),
             charge: request.charge,
             slots,
+            attempt: request.attempt.to_string(),
         }))
     }
 
@@ -314,6 +315,7 @@ mod tests {
             charge: Charge::new(100, MicroUsd::from_micros(10)),
             now,
             hold_seconds: 900,
+            attempt: "a",
         }
     }
 

@@ -48,6 +48,8 @@ fn request<'a>(
         charge: Charge::new(tokens, MicroUsd(micros)),
         now: NOW,
         hold_seconds: 900,
+        // Every call is its own attempt, as in the gateway.
+        attempt: Box::leak(ledger::new_attempt().into_boxed_str()),
     }
 }
 
@@ -246,4 +248,83 @@ async fn dynamodb_ledger_reports_an_unreachable_table_as_unavailable() {
         .await
         .unwrap_err();
     assert!(matches!(err, LedgerError::Unavailable(_)), "{err}");
+}
+
+/// A reservation write that applied but whose answer was lost (the connection dropped): the SDK's
+/// retry meets the record, which the ledger recognises as its own; when every answer is lost, the
+/// refund the gateway sends for the attempt removes it, and a refund for another attempt does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_whose_answer_was_lost_is_recognised_or_refunded() {
+    use harness::{Fault, FaultProxy};
+    let moto = harness::Moto::start_serialized();
+    let direct = aws_sdk_dynamodb::Client::new(&moto.sdk_config().await);
+    harness::create_ledger_table(&direct, "ledger").await;
+    let proxy = FaultProxy::start(&moto.url()).await;
+    let via_proxy = aws_sdk_dynamodb::Client::new(&harness::sdk_config_at(&proxy.url).await);
+    let ledger = DynamoLedger::new(via_proxy, "ledger");
+    let audit = DynamoLedger::new(direct, "ledger");
+    let limits = config().limits;
+    async fn used_in(ledger: &DynamoLedger, limits: &[budget::Limit]) -> Vec<u64> {
+        let windows = ledger.usage("bot", limits, NOW).await.unwrap();
+        windows.iter().map(|w| w.used.tokens).collect()
+    }
+    let used = |l| used_in(l, &limits);
+
+    // The first answer is lost; the SDK retries and meets its own record.
+    proxy.set(vec![Fault::lost_answer("TransactWriteItems", 1)]);
+    let outcome = ledger
+        .reserve(&request("r1", &limits, 100, 10))
+        .await
+        .unwrap();
+    let ReserveOutcome::Reserved(r1) = outcome else {
+        panic!("the retry recognises its own write: {outcome:?}")
+    };
+    assert_eq!(used(&audit).await, vec![100, 100], "charged once");
+    ledger
+        .settle(
+            &r1,
+            &Settlement {
+                actual: Charge::new(40, MicroUsd(4)),
+                completion: None,
+                now: NOW,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(used(&audit).await, vec![40, 40]);
+
+    // Every answer is lost: the reservation applied, the caller saw an error.
+    proxy.set(vec![Fault::lost_answer("TransactWriteItems", u32::MAX)]);
+    let lost = request("r2", &limits, 100, 10);
+    assert!(ledger.reserve(&lost).await.is_err());
+    proxy.set(vec![]);
+    assert_eq!(used(&audit).await, vec![140, 140], "applied, unanswered");
+    // A refund from another attempt (a concurrent delivery of `r2`) leaves it alone...
+    let other = request("r2", &limits, 100, 10);
+    let refund = Settlement {
+        actual: Charge::ZERO,
+        completion: None,
+        now: NOW,
+    };
+    audit
+        .settle(&Reservation::of(&other).unwrap(), &refund)
+        .await
+        .unwrap();
+    assert_eq!(used(&audit).await, vec![140, 140]);
+    // ...and the refund of this attempt removes it.
+    ledger
+        .settle(&Reservation::of(&lost).unwrap(), &refund)
+        .await
+        .unwrap();
+    assert_eq!(used(&audit).await, vec![40, 40], "refunded");
+    // A refund of an attempt that never applied changes nothing.
+    audit
+        .settle(
+            &Reservation::of(&request("r3", &limits, 100, 10)).unwrap(),
+            &refund,
+        )
+        .await
+        .unwrap();
+    assert_eq!(used(&audit).await, vec![40, 40]);
+    assert!(proxy.seen("TransactWriteItems") >= 5);
 }

@@ -457,6 +457,9 @@ pub struct Fault {
     pub times: u32,
     /// Extra latency before answering (a slow dependency).
     pub delay: Duration,
+    /// Forward the request to the emulator first, then answer with the error: the request
+    /// applied and its answer was lost.
+    pub forward: bool,
 }
 
 impl Fault {
@@ -468,6 +471,7 @@ impl Fault {
             code: "ThrottlingException".into(),
             times,
             delay: Duration::ZERO,
+            forward: false,
         }
     }
 
@@ -479,7 +483,23 @@ impl Fault {
             code: "InternalFailure".into(),
             times: u32::MAX,
             delay: Duration::ZERO,
+            forward: false,
         }
+    }
+
+    /// `times` answers lost after the request applied (it reaches the emulator; the client gets a
+    /// 500 `InternalFailure`, which the SDK retries).
+    pub fn lost_answer(operation: &str, times: u32) -> Fault {
+        Fault {
+            forward: true,
+            ..Fault::always_500(operation)
+        }
+        .times(times)
+    }
+
+    fn times(mut self, times: u32) -> Fault {
+        self.times = times;
+        self
     }
 }
 
@@ -531,8 +551,26 @@ impl FaultProxy {
                         f.clone()
                     })
             };
+            let forward = |parts: &axum::http::request::Parts, body: axum::body::Bytes| {
+                let url = format!(
+                    "{upstream}{}",
+                    parts.uri.path_and_query().map_or("/", |p| p.as_str())
+                );
+                let mut request = client.request(parts.method.clone(), url).body(body);
+                for (name, value) in &parts.headers {
+                    if name != "host" && name != "content-length" {
+                        request = request.header(name, value);
+                    }
+                }
+                request.send()
+            };
             if let Some(fault) = fault {
                 tokio::time::sleep(fault.delay).await;
+                if fault.forward {
+                    forward(&parts, body.clone())
+                        .await
+                        .expect("moto answers the proxy");
+                }
                 let query = parts.headers.get("content-type").is_some_and(|v| {
                     v.as_bytes()
                         .starts_with(b"application/x-www-form-urlencoded")
@@ -561,17 +599,7 @@ impl FaultProxy {
                     .body(Body::from(text))
                     .unwrap();
             }
-            let url = format!(
-                "{upstream}{}",
-                parts.uri.path_and_query().map_or("/", |p| p.as_str())
-            );
-            let mut forward = client.request(parts.method, url).body(body);
-            for (name, value) in &parts.headers {
-                if name != "host" && name != "content-length" {
-                    forward = forward.header(name, value);
-                }
-            }
-            let answer = forward.send().await.expect("moto answers the proxy");
+            let answer = forward(&parts, body).await.expect("moto answers the proxy");
             let mut response = Response::builder().status(answer.status());
             for (name, value) in answer.headers() {
                 if name != "content-length" && name != "transfer-encoding" {
