@@ -33,7 +33,7 @@ status=0
   echo
   echo "\`invoke serve\` (the sync front, over HTTP) and the queue front (\`handle_sqs\`, fed from SQS in moto"
   echo "by pollers that act as Lambda's event source mapping) share the DynamoDB ledger in moto and the"
-  echo "Bedrock stub (20 ms). Faults: 4% of prompts make the stub throttle, 3% fail with 500, 6% stall"
+  echo "Bedrock stub (20 ms); moto answers one request at a time (its transactions are not isolated otherwise), which bounds the request rate. Faults: 4% of prompts make the stub throttle, 3% fail with 500, 6% stall"
   echo "1.5 s (half of those clients give up after 300 ms); the ledger endpoint (a TCP proxy in front of"
   echo "moto) is stopped for 10 s every 75 s with its open connections cut. Limits (\`benches/soak.yaml\`)"
   echo "are tight enough to be hit all along. Audit afterwards, straight from moto and the stub:"

@@ -303,6 +303,10 @@ async fn main() {
                 let label = match outcome {
                     Ok(r) => {
                         let status = r.status().as_u16();
+                        if status == 429 || status == 503 {
+                            // As a well-behaved client does: back off before the next request.
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
                         let body: Value = r.json().await.unwrap_or(Value::Null);
                         let code = body["error"].as_str().unwrap_or("ok").to_string();
                         format!("sync {app} {status} {code} ({kind})")
@@ -317,7 +321,7 @@ async fn main() {
         }));
     }
 
-    // The async producer: a message every 150 ms.
+    // The async producer: a message a second (moto, one request at a time, is the bottleneck).
     {
         let (sqs, url, sent, stop) = (
             sqs.clone(),
@@ -340,7 +344,7 @@ async fn main() {
                     .await
                     .expect("moto's SQS takes the message");
                 sent.lock().unwrap().push(id);
-                tokio::time::sleep(Duration::from_millis(150)).await;
+                tokio::time::sleep(Duration::from_millis(1_000)).await;
             }
         }));
     }
@@ -484,7 +488,7 @@ async fn main() {
 
     // Let deferred async requests (over the minute limit) and background settlements finish.
     let sent: Vec<String> = sent_async.lock().unwrap().clone();
-    let deadline = Instant::now() + Duration::from_secs(300);
+    let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let missing = {
             let got = results.lock().unwrap();
