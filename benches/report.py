@@ -92,25 +92,29 @@ for latency in (0, 50):
                       "core is judged at 0 ms.", ""]
 
 u, c = decision["uncontended"], decision["contended"]
+up = decision.get("uncontended_parsed")
 lines += [
     "## Decision cost (in process)",
     "",
     "`bench decision --iterations 2000000`: parse a 1,000-character Converse body, bound its input tokens,",
     "price the worst case, reserve in four windows and settle, on the in-memory ledger, timed per request.",
-    "Criterion's view of the same path: `cargo bench -p bench`.",
+    "The last row starts from the parsed body (the gateway parses every body once for its own checks and",
+    "for Bedrock, whatever the budget). Criterion's view of the same path: `cargo bench -p bench`.",
     "",
     "| case | threads | p50 (µs) | p90 (µs) | p99 (µs) | decisions/s |",
     "|---|---|---|---|---|---|",
     f"| uncontended | 1 | {u['p50_ns']/1000:.2f} | {u['p90_ns']/1000:.2f} | {u['p99_ns']/1000:.2f} | {u['per_second']:.0f} |",
     f"| one application, every core | {c['threads']} | {c['p50_ns']/1000:.2f} | {c['p90_ns']/1000:.2f} | {c['p99_ns']/1000:.2f} | {c['per_second']:.0f} |",
+] + ([
+    f"| uncontended, body already parsed | 1 | {up['p50_ns']/1000:.2f} | {up['p90_ns']/1000:.2f} | {up['p99_ns']/1000:.2f} | {up['per_second']:.0f} |",
+] if up else []) + [
     "",
-    f"Target: ≤ 5 µs p99 uncontended: {'met' if u['p99_ns'] <= 5000 else 'missed'}.",
-    "" if u['p99_ns'] <= 5000 else
-    "Missed: the p50 is within target; the tail is allocation (the body is parsed into a `serde_json::Value`, "
-    "each window's counter key is a formatted `String`, the reservation clones the application name and "
-    "ID). Not yet fixed: parse only the fields the bound needs, and key counters by a fixed-size "
-    "(window, instance) pair. Under contention the single lock of the in-memory ledger serializes "
-    "both cores (p99 above); `invoke serve` is one process per host, where this is the ceiling.",
+    f"Target: ≤ 5 µs p99 uncontended (body parse included): {'met' if u['p99_ns'] <= 5000 else 'missed'}.",
+    "Counters are keyed by application and window instance with no formatted key or clone on the hot path "
+    "(before: p50 3.31 µs, p99 7.76 µs; contended p99 54 µs). What remains in the tail is the parse of the "
+    "body into a `serde_json::Value` (compare the last row), which the gateway needs anyway, and the rare "
+    "growth of the records map (the max). A run of this size holds two million reservation records; "
+    "`invoke serve` drops them after their 15-minute hold.",
     "",
     "## Lambda bootstraps",
     "",

@@ -55,11 +55,23 @@ pub fn now_or_never<F: Future>(future: F) -> F::Output {
 /// price the worst case, reserve it in every window, then settle to the (given) actual usage.
 pub fn decide(ledger: &MemoryLedger, limits: &[Limit], body: &[u8], id: &str, now: i64) {
     let request: serde_json::Value = serde_json::from_slice(body).expect("valid body");
+    decide_parsed(ledger, limits, &request, id, now);
+}
+
+/// [`decide`] from the parsed body: the gateway parses every body once for its own checks and
+/// for Bedrock, so this is the cost the budget decision adds to the parse.
+pub fn decide_parsed(
+    ledger: &MemoryLedger,
+    limits: &[Limit],
+    request: &serde_json::Value,
+    id: &str,
+    now: i64,
+) {
     let max_tokens = request["inferenceConfig"]["maxTokens"]
         .as_u64()
         .unwrap_or(1024);
     let price = PriceBook::lookup(MODEL);
-    let input = input_token_bound(&request);
+    let input = input_token_bound(request);
     let charge = worst_case(price, input, max_tokens);
     let outcome = now_or_never(ledger.reserve(&ReserveRequest {
         application: "bench",

@@ -54,19 +54,29 @@ fn decision(args: &[String]) {
     let body = Arc::new(bench::converse_body(1_000, 256));
     let now = 1_795_801_683;
     let ids = Arc::new(AtomicU64::new(0));
-    let run = |threads: usize| {
+    let parsed: Arc<serde_json::Value> = Arc::new(serde_json::from_slice(&body).unwrap());
+    let run = |threads: usize, parse: bool| {
         let ledger = Arc::new(MemoryLedger::new());
         let started = Instant::now();
         let handles: Vec<_> = (0..threads)
             .map(|_| {
-                let (ledger, limits, body, ids) =
-                    (ledger.clone(), limits.clone(), body.clone(), ids.clone());
+                let (ledger, limits, body, ids, parsed) = (
+                    ledger.clone(),
+                    limits.clone(),
+                    body.clone(),
+                    ids.clone(),
+                    parsed.clone(),
+                );
                 std::thread::spawn(move || {
                     let mut samples = Vec::with_capacity(iterations / threads);
                     for _ in 0..iterations / threads {
                         let id = ids.fetch_add(1, Ordering::Relaxed).to_string();
                         let t = Instant::now();
-                        bench::decide(&ledger, &limits, &body, &id, now);
+                        if parse {
+                            bench::decide(&ledger, &limits, &body, &id, now);
+                        } else {
+                            bench::decide_parsed(&ledger, &limits, &parsed, &id, now);
+                        }
                         samples.push(t.elapsed().as_nanos() as u64);
                     }
                     samples
@@ -90,7 +100,11 @@ fn decision(args: &[String]) {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     println!(
         "{}",
-        json!({ "uncontended": run(1), "contended": run(cores) })
+        json!({
+            "uncontended": run(1, true),
+            "contended": run(cores, true),
+            "uncontended_parsed": run(1, false),
+        })
     );
 }
 
