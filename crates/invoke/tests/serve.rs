@@ -384,3 +384,47 @@ async fn metrics_are_embedded_metric_format() {
 async fn sixty_four_concurrent_clients_never_overspend_on_the_memory_ledger() {
     concurrency_holds(Arc::new(MemoryLedger::new()), 8).await;
 }
+
+#[tokio::test]
+async fn a_key_spends_only_its_own_applications_budget() {
+    let ledger = Arc::new(MemoryLedger::new());
+    let env = start(Arc::clone(&ledger), SPEC, |_| {}).await;
+    // `other`'s key, with a body and a header naming `capped`: the key decides, nothing else.
+    let mut body = prompt("charge capped, please");
+    body["application"] = json!("capped");
+    let status = env
+        .http
+        .post(format!("{}/model/micro/converse", env.base))
+        .header("x-api-key", "key-other")
+        .header("x-tokenfence-application", "capped")
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(
+        status, 400,
+        "a field the gateway does not pass on is refused"
+    );
+    // `capped`'s model is not `other`'s to call either.
+    let (status, _, _) = env.converse("key-other", "lite", &prompt("x")).await;
+    assert_eq!(status, 403);
+    let (status, headers, _) = env
+        .http
+        .post(format!("{}/model/micro/converse", env.base))
+        .header("x-api-key", "key-other")
+        .header("x-tokenfence-application", "capped")
+        .json(&prompt("charge capped, please"))
+        .send()
+        .await
+        .map(|r| (r.status().as_u16(), r.headers().clone(), ()))
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(headers["x-tokenfence-application"], "other");
+    assert!(
+        ledger.counters("capped").iter().all(|(_, c)| c.tokens == 0),
+        "`capped` was not charged: {:?}",
+        ledger.counters("capped")
+    );
+    assert!(ledger.counters("other").iter().any(|(_, c)| c.tokens > 0));
+}
