@@ -369,13 +369,7 @@ impl Ledger for DynamoLedger {
         );
 
         let Some(reasons) = self.transact(items, app).await? else {
-            return Ok(ReserveOutcome::Reserved(Reservation {
-                id: request.reservation_id.to_string(),
-                application: app.to_string(),
-                charge: request.charge,
-                slots,
-                attempt: request.attempt.to_string(),
-            }));
+            return Ok(ReserveOutcome::Reserved(Reservation::held(request, slots)));
         };
         // The record is last: a failed condition there means the request was seen before.
         if let Some(record) = reasons
@@ -386,13 +380,7 @@ impl Ledger for DynamoLedger {
             if matches!(item.get("attempt"), Some(AttributeValue::S(a)) if a == request.attempt) {
                 // Our own write: it applied (counters included, the transaction is atomic) and
                 // its answer was lost, so the SDK's retry met it.
-                return Ok(ReserveOutcome::Reserved(Reservation {
-                    id: request.reservation_id.to_string(),
-                    application: app.to_string(),
-                    charge: request.charge,
-                    slots,
-                    attempt: request.attempt.to_string(),
-                }));
+                return Ok(ReserveOutcome::Reserved(Reservation::held(request, slots)));
             }
             let in_flight =
                 !matches!(item.get("state"), Some(AttributeValue::S(state)) if state == "done");

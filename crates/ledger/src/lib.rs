@@ -126,13 +126,21 @@ impl Reservation {
     /// lost and whether it applied is unknown (a refund of a reservation that does not exist, or
     /// belongs to another attempt, changes nothing).
     pub fn of(request: &ReserveRequest<'_>) -> Result<Reservation, LedgerError> {
-        Ok(Reservation {
+        Ok(Reservation::held(
+            request,
+            slots(request.limits, request.now)?,
+        ))
+    }
+
+    /// The reservation `request` holds in `slots` once its write applied.
+    pub(crate) fn held(request: &ReserveRequest<'_>, slots: Vec<Slot>) -> Reservation {
+        Reservation {
             id: request.reservation_id.to_string(),
             application: request.application.to_string(),
             charge: request.charge,
-            slots: slots(request.limits, request.now)?,
+            slots,
             attempt: request.attempt.to_string(),
-        })
+        }
     }
 }
 

@@ -235,13 +235,7 @@ impl Ledger for MemoryLedger {
                 expires_at: request.now + request.hold_seconds,
             },
         );
-        Ok(ReserveOutcome::Reserved(Reservation {
-            id: request.reservation_id.to_string(),
-            application: request.application.to_string(),
-            charge: request.charge,
-            slots,
-            attempt: request.attempt.to_string(),
-        }))
+        Ok(ReserveOutcome::Reserved(Reservation::held(request, slots)))
     }
 
     async fn settle(

@@ -495,7 +495,7 @@ async fn main() {
     let deadline = Instant::now() + Duration::from_secs(900);
     let dead: Tally = Arc::default();
     loop {
-        dead_letters(&sqs, &dead_url, &dead).await;
+        drain_queue(&sqs, &dead_url, &dead).await;
         let missing = {
             let (got, dead) = (results.lock().unwrap(), dead.lock().unwrap());
             sent.iter()
@@ -518,7 +518,7 @@ async fn main() {
     // waiting, not lost: collect its request IDs.
     let queued: Tally = Arc::default();
     for _ in 0..3 {
-        dead_letters(&sqs, &requests_url, &queued).await;
+        drain_queue(&sqs, &requests_url, &queued).await;
         tokio::time::sleep(Duration::from_secs(20)).await;
     }
     let queued = queued.lock().unwrap().clone();
@@ -583,7 +583,7 @@ async fn main() {
         }
         billing.push((app, b.calls, bill, longest.as_str(), counted));
     }
-    dead_letters(&sqs, &dead_url, &dead).await;
+    drain_queue(&sqs, &dead_url, &dead).await;
     let got = results.lock().unwrap().clone();
     let dead = dead.lock().unwrap().clone();
     let dead_lettered = sent
@@ -669,7 +669,7 @@ async fn main() {
 
 /// Receives and deletes every message of the queue at `url`, counting its request ID in `dead`
 /// (the dead-letter queue as an operator would drain it, or what is left in the request queue).
-async fn dead_letters(sqs: &aws_sdk_sqs::Client, url: &str, dead: &Tally) {
+async fn drain_queue(sqs: &aws_sdk_sqs::Client, url: &str, dead: &Tally) {
     loop {
         let received = sqs
             .receive_message()
