@@ -56,6 +56,10 @@ pub const STAGE_NAME: &str = "v1";
 /// The invoke Lambda's timeout. API Gateway cuts synchronous calls at 29 s regardless; the queue
 /// front can use the whole timeout.
 pub const INVOKE_TIMEOUT_SECONDS: u32 = 120;
+/// Memory of the invoke Lambda, in MB (it mostly waits on Bedrock; more buys no speed).
+pub const INVOKE_MEMORY_MB: u32 = 256;
+/// Memory of the Step Functions engine's Lambda steps, in MB.
+pub const STEP_MEMORY_MB: u32 = 128;
 /// SQS visibility timeout of the request queues: six times the function timeout, as AWS advises
 /// for Lambda event sources.
 pub const QUEUE_VISIBILITY_SECONDS: u32 = 6 * INVOKE_TIMEOUT_SECONDS;
@@ -261,7 +265,7 @@ pub fn add_platform(t: &mut Template, spec: &Spec, opts: &RenderOptions) {
             &format!("{}/invoke", opts.code_dir),
             "InvokeRole",
             "InvokeLogGroup",
-            256,
+            INVOKE_MEMORY_MB,
             INVOKE_TIMEOUT_SECONDS,
             json!({
                 "TOKENFENCE_TABLE": r(ids::LEDGER_TABLE),

@@ -79,6 +79,8 @@ pub struct Access {
 pub enum Engine {
     /// The invoke Lambda.
     Lambda,
+    /// A Step Functions Express workflow (reserve, Bedrock, settle as states).
+    StepFunctionsExpress,
 }
 
 /// Alert destinations.

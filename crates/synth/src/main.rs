@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use synth::estimate;
 
 // A large rendering allocates and frees hundreds of MB of JSON values and YAML text; glibc's
 // malloc spent over a third of a 10,000-application render in page faults and consolidation.
@@ -42,6 +43,30 @@ enum Command {
     },
     /// Print the spec's JSON Schema (for YAML editors) on stdout.
     Schema,
+    /// Estimate the guard's own monthly cost on each engine, and the most Bedrock spend the
+    /// spec's budgets allow.
+    Estimate {
+        /// The spec (YAML).
+        spec: PathBuf,
+        /// Inference requests per month, all applications together.
+        #[arg(long, default_value_t = 1_000_000)]
+        requests_per_month: u64,
+        /// Average input tokens per request.
+        #[arg(long, default_value_t = 1_000)]
+        avg_input_tokens: u64,
+        /// Average output tokens per request.
+        #[arg(long, default_value_t = 500)]
+        avg_output_tokens: u64,
+        /// Average Bedrock latency per request, in milliseconds.
+        #[arg(long, default_value_t = 2_000)]
+        avg_latency_ms: u64,
+        /// Percent of requests sent through the queue instead of the REST API.
+        #[arg(long, default_value_t = 0)]
+        queued_percent: u64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// A spec problem, shown with its source snippet.
@@ -78,6 +103,42 @@ fn run(cli: Cli) -> miette::Result<ExitCode> {
                 "{}",
                 serde_json::to_string_pretty(&spec::json_schema()).expect("a schema serializes")
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Estimate {
+            spec: path,
+            requests_per_month,
+            avg_input_tokens,
+            avg_output_tokens,
+            avg_latency_ms,
+            queued_percent,
+            json,
+        } => {
+            let Some(spec) = load(&path)? else {
+                return Ok(ExitCode::from(INVALID_SPEC));
+            };
+            let workload = estimate::Workload {
+                requests_per_month,
+                avg_input_tokens,
+                avg_output_tokens,
+                avg_latency_ms,
+                queued_percent,
+            };
+            let e = estimate::estimate(
+                &spec,
+                &estimate::Prices::builtin(),
+                &workload,
+                &estimate::Assumptions::default(),
+            )
+            .map_err(|e| miette::miette!("{e}"))?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&e).expect("an estimate serializes")
+                );
+            } else {
+                print!("{}", estimate::table(&e));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { spec: path } => {
