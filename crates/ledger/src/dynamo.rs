@@ -127,6 +127,38 @@ impl DynamoLedger {
         }
     }
 
+    /// Every application's budget configuration in the table, ordered by application (a paginated
+    /// scan: for reports, not for the request path).
+    pub async fn budgets(&self) -> Result<Vec<BudgetConfig>, LedgerError> {
+        let mut configs = Vec::new();
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        loop {
+            let out = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .filter_expression("sk = :config")
+                .expression_attribute_values(":config", s("config"))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| unavailable("Scan", &e))?;
+            for item in out.items.unwrap_or_default() {
+                let pk = match item.get("pk") {
+                    Some(AttributeValue::S(pk)) => pk.clone(),
+                    _ => "?".to_string(),
+                };
+                configs.push(decode_config(&format!("{pk}/config"), &item)?);
+            }
+            match out.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => break,
+            }
+        }
+        configs.sort_by(|a, b| a.application.cmp(&b.application));
+        Ok(configs)
+    }
+
     async fn transact(
         &self,
         items: Vec<TransactWriteItem>,

@@ -2,3 +2,4 @@
 //! stack. Rendering itself lives in the `cfn` crate.
 
 pub mod estimate;
+pub mod report;

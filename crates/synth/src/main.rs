@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use synth::estimate;
+use synth::{estimate, report};
 
 // A large rendering allocates and frees hundreds of MB of JSON values and YAML text; glibc's
 // malloc spent over a third of a 10,000-application render in page faults and consolidation.
@@ -64,6 +64,22 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         queued_percent: u64,
         /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Report a deployed stack's usage, cost and limit utilization per application and cost
+    /// center, from its CloudWatch metrics and ledger (uses the standard AWS configuration).
+    Report {
+        /// The tokenfence stack (the platform stack of a split rendering).
+        #[arg(long)]
+        stack: String,
+        /// How far back to sum usage: `30m`, `12h`, `7d`.
+        #[arg(long, default_value = "7d")]
+        since: String,
+        /// The ledger table, when the stack has no `LedgerTableName` output.
+        #[arg(long)]
+        table: Option<String>,
+        /// Print JSON instead of tables.
         #[arg(long)]
         json: bool,
     },
@@ -138,6 +154,47 @@ fn run(cli: Cli) -> miette::Result<ExitCode> {
                 );
             } else {
                 print!("{}", estimate::table(&e));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Report {
+            stack,
+            since,
+            table,
+            json,
+        } => {
+            let secs = report::parse_since(&since).map_err(|e| miette::miette!("{e}"))?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_err(|e| miette::miette!("the clock is before 1970: {e}"))?
+                .as_secs() as i64;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| miette::miette!("cannot start the async runtime: {e}"))?;
+            let r = runtime
+                .block_on(async {
+                    let config =
+                        aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+                    report::gather(
+                        &aws_sdk_cloudformation::Client::new(&config),
+                        aws_sdk_dynamodb::Client::new(&config),
+                        &aws_sdk_cloudwatch::Client::new(&config),
+                        &stack,
+                        table,
+                        now,
+                        secs,
+                    )
+                    .await
+                })
+                .map_err(|e| miette::miette!("{e}"))?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&r).expect("a report serializes")
+                );
+            } else {
+                print!("{}", report::table(&r, &since));
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -62,4 +62,5 @@ pub fn large_spec(name: &str, apps: usize) -> String {
     s
 }
 
+#[allow(unused_imports)]
 pub use harness::cfn_lint;
