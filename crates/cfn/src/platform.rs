@@ -593,21 +593,36 @@ fn add_alerts(t: &mut Template, spec: &Spec) {
 }
 
 fn add_dashboard(t: &mut Template, spec: &Spec) {
-    let search = |metric: &str, stat: &str| json!([{ "expression": format!("SEARCH('{{TokenFence,Application}} MetricName=\"{metric}\"', '{stat}', 60)"), "id": "e1" }]);
-    let widget = |x: u32, y: u32, title: &str, metric: &str, stat: &str| {
-        json!({
-            "type": "metric", "x": x, "y": y, "width": 12, "height": 6,
-            "properties": { "title": title, "region": "${AWS::Region}", "view": "timeSeries", "stacked": false, "metrics": search(metric, stat) }
-        })
+    // SEARCH expressions rather than one line per application: the body stays the same size for
+    // 10 or 10,000 applications and picks up applications added later without a redeploy.
+    let search = |dims: &str, metric: &str, stat: &str, id: &str| json!({ "expression": format!("SEARCH('{{TokenFence,{dims}}} MetricName=\"{metric}\"', '{stat}', 60)"), "id": id });
+    let widget = |x: u32, y: u32, title: &str, metrics: Vec<Value>, extra: Value| {
+        let mut properties = json!({ "title": title, "region": "${AWS::Region}", "view": "timeSeries", "stacked": false, "metrics": metrics });
+        if let (Value::Object(p), Value::Object(e)) = (&mut properties, extra) {
+            p.extend(e);
+        }
+        json!({ "type": "metric", "x": x, "y": y, "width": 12, "height": 6, "properties": properties })
     };
+    let one = |metric: &str, stat: &str| vec![json!([search("Application", metric, stat, "e1")])];
+    let limit_lines = json!({
+        "yAxis": { "left": { "min": 0 } },
+        "annotations": { "horizontal": [
+            { "label": "limit", "value": 100, "color": "#d62728" },
+            { "label": "warning", "value": 80, "color": "#ff7f0e" }
+        ] }
+    });
     let body = json!({
         "widgets": [
-            widget(0, 0, "Cost per application (USD per minute)", "CostUsd", "Sum"),
-            widget(12, 0, "Tokens per application (per minute)", "TotalTokens", "Sum"),
-            widget(0, 6, "Budget utilization per window (%)", "WindowUtilization", "Maximum"),
-            widget(12, 6, "Projected utilization at window end (%)", "ProjectedUtilization", "Maximum"),
-            widget(0, 12, "Requests denied by budget", "RateLimitDenied", "Sum"),
-            widget(12, 12, "Invocations failed", "InvocationFailed", "Sum")
+            { "type": "text", "x": 0, "y": 0, "width": 24, "height": 2, "properties": { "markdown": format!(
+                "## tokenfence `{}`\nUsage against each limit is `WindowUtilization` (percent of the limit in the current calendar window, per application, window and tokens/usd); `ProjectedUtilization` is where the burn rate ends the window. Per-request figures are sums per minute.", spec.name) } },
+            widget(0, 2, "Usage against each limit (% of limit, current window)", one("WindowUtilization", "Maximum"), limit_lines.clone()),
+            widget(12, 2, "Burn-rate projection at window end (% of limit)", one("ProjectedUtilization", "Maximum"), limit_lines),
+            widget(0, 8, "Cost per application (USD per minute)", one("CostUsd", "Sum"), json!({})),
+            widget(12, 8, "Tokens per application (per minute)", one("TotalTokens", "Sum"), json!({})),
+            widget(0, 14, "Requests denied by budget", one("RateLimitDenied", "Sum"), json!({})),
+            widget(12, 14, "Invocations failed", one("InvocationFailed", "Sum"), json!({})),
+            widget(0, 20, "Requests approved", one("RateLimitApproved", "Sum"), json!({})),
+            widget(12, 20, "Cost per cost center (USD per minute)", vec![json!([search("CostCenter", "CostUsd", "Sum", "e1")])], json!({}))
         ]
     });
     t.add(

@@ -338,3 +338,73 @@ fn a_missing_spec_file_is_a_clear_error() {
             .contains("cannot read `examples/nope.yaml`")
     );
 }
+
+/// The stack's dashboard shows every application's use of each limit (with the limit line), the
+/// burn-rate projection, cost, tokens, denials and failures, and the same body serves any number
+/// of applications.
+#[test]
+fn dashboard_covers_limits_projection_denials_and_failures() {
+    let source = std::fs::read_to_string(repo().join("examples/multi-team.yaml")).unwrap();
+    let rendering = render_in_process("multi-team.yaml", &source);
+    let stack = &rendering.stacks[0];
+    let dashboard = &stack.template.resources["Dashboard"];
+    assert_eq!(dashboard.kind, "AWS::CloudWatch::Dashboard");
+    let props = serde_json::to_value(&dashboard.properties).unwrap();
+    let body = props["DashboardBody"]["Fn::Sub"]
+        .as_str()
+        .expect("a Fn::Sub body");
+    // The body is JSON once `${AWS::Region}` is substituted.
+    let body: serde_json::Value =
+        serde_json::from_str(&body.replace("${AWS::Region}", "us-east-1")).unwrap();
+    let widgets = body["widgets"].as_array().unwrap();
+    let metric_of = |w: &serde_json::Value| {
+        w["properties"]["metrics"][0][0]["expression"]
+            .as_str()
+            .map(String::from)
+    };
+    let expressions: Vec<String> = widgets.iter().filter_map(metric_of).collect();
+    for metric in [
+        "WindowUtilization",
+        "ProjectedUtilization",
+        "CostUsd",
+        "TotalTokens",
+        "RateLimitDenied",
+        "InvocationFailed",
+        "RateLimitApproved",
+    ] {
+        assert!(
+            expressions
+                .iter()
+                .any(|e| e.contains(&format!("MetricName=\"{metric}\""))),
+            "no widget for {metric}: {expressions:?}"
+        );
+    }
+    assert!(
+        expressions
+            .iter()
+            .any(|e| e.contains("{TokenFence,CostCenter}"))
+    );
+    let limits = widgets
+        .iter()
+        .find(|w| {
+            w["properties"]["title"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("Usage against each limit"))
+        })
+        .unwrap();
+    assert_eq!(
+        limits["properties"]["annotations"]["horizontal"][0]["value"],
+        100
+    );
+    // Same body for 3 applications or 300: SEARCH, not a line per application.
+    let large = render_in_process("large.yaml", &large_spec("big", 300));
+    let large_body =
+        serde_json::to_value(&large.stacks[0].template.resources["Dashboard"].properties).unwrap();
+    assert_eq!(
+        large_body["DashboardBody"]["Fn::Sub"]
+            .as_str()
+            .unwrap()
+            .len(),
+        props["DashboardBody"]["Fn::Sub"].as_str().unwrap().len() + "big".len() - "globex-ai".len()
+    );
+}
