@@ -24,7 +24,7 @@ pub enum Window {
 }
 
 /// One occurrence of a window: where it starts and ends, in seconds since the Unix epoch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct WindowInstance {
     /// Which window this is.
     pub window: Window,
@@ -205,7 +205,7 @@ mod tests {
             let inst = Window::ALL[w].instance_at(secs).unwrap();
             prop_assert!(inst.start <= secs && secs < inst.end);
             prop_assert!(inst.len_seconds() <= Window::ALL[w].max_seconds());
-            prop_assert_eq!(Window::ALL[w].instance_at(inst.start).unwrap(), inst.clone());
+            prop_assert_eq!(Window::ALL[w].instance_at(inst.start).unwrap(), inst);
             prop_assert_eq!(Window::ALL[w].instance_at(inst.end - 1).unwrap(), inst);
         }
 

@@ -14,7 +14,7 @@ use ledger::{
 };
 use serde_json::{Value, json};
 
-use crate::bedrock::{Bedrock, BedrockError};
+use crate::bedrock::{Bedrock, BedrockError, ConverseOutput};
 use crate::metrics::{MetricsSink, RequestMetrics, request_record, window_record};
 
 /// What to do when the ledger cannot be reached.
@@ -182,11 +182,48 @@ impl<L: Ledger> Drop for RefundGuard<L> {
 }
 
 /// A plan for one model: where to call it, its price, and the worst case.
-struct Plan {
-    model: String,
-    target: String,
-    price: Option<budget::Price>,
-    charge: Charge,
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Plan {
+    /// The model asked for (or the fallback), as the application names it.
+    pub model: String,
+    /// What Bedrock is called with: the model, or its inference profile.
+    pub target: String,
+    /// Its price, if known.
+    pub price: Option<budget::Price>,
+    /// The worst case reserved.
+    pub charge: Charge,
+}
+
+/// A request admitted against its budgets: everything needed to settle it once Bedrock has
+/// answered. Serializable, so the Step Functions engine carries it between its states.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Ticket {
+    /// The application's configuration it was admitted under.
+    pub config: BudgetConfig,
+    /// The model plan.
+    pub plan: Plan,
+    /// The reservation to settle.
+    pub reservation: Reservation,
+    /// Served by the fallback model.
+    pub fallback_used: bool,
+    /// Shadow mode: the limit it would have been refused by.
+    pub shadow_note: Option<String>,
+}
+
+/// What [`Gateway::admit`] decided.
+// One per request, moved and never copied: boxing the ticket would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+pub enum Admission<P> {
+    /// Reserved: call Bedrock with `prepared` for `ticket.plan.target`, then [`Gateway::complete`].
+    Admitted {
+        /// What to settle.
+        ticket: Ticket,
+        /// The prepared request.
+        prepared: P,
+    },
+    /// Answered without Bedrock (refused, denied, requeued, duplicate, or served unreserved
+    /// because the ledger is down and policy allows it).
+    Done(Outcome),
 }
 
 impl<L: Ledger, B: Bedrock> Gateway<L, B> {
@@ -316,14 +353,34 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
         }
     }
 
-    async fn converse_inner(
+    /// Admits a Converse request of `application` for `model_param` against its budgets:
+    /// validates it, plans the model and reserves the worst case (with fallback, shadow and
+    /// queue handling). The caller calls Bedrock and then [`Gateway::complete`].
+    pub async fn admit(
         &self,
         application: &str,
         model_param: &str,
         body: &[u8],
         front: Front,
         request_id: &str,
-    ) -> Result<Outcome, Reply> {
+    ) -> Admission<B::Prepared> {
+        match self
+            .admit_inner(application, model_param, body, front, request_id)
+            .await
+        {
+            Ok(admission) => admission,
+            Err(reply) => Admission::Done(Outcome::Reply(reply)),
+        }
+    }
+
+    async fn admit_inner(
+        &self,
+        application: &str,
+        model_param: &str,
+        body: &[u8],
+        front: Front,
+        request_id: &str,
+    ) -> Result<Admission<B::Prepared>, Reply> {
         let (request, max_tokens) = parse_body(
             body,
             self.settings.max_body_bytes,
@@ -354,7 +411,8 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
             Err(e) => {
                 return self
                     .ledger_down(application, None, &model, prepared, e)
-                    .await;
+                    .await
+                    .map(Admission::Done);
             }
         };
         if !config.allows(&model) {
@@ -376,7 +434,8 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
             Err(e) => {
                 return self
                     .ledger_down(application, Some(&config), &model, prepared, e)
-                    .await;
+                    .await
+                    .map(Admission::Done);
             }
             Ok(ReserveOutcome::Reserved(r)) => r,
             Ok(ReserveOutcome::Duplicate { .. }) if front == Front::Sync => {
@@ -384,11 +443,11 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
             }
             Ok(ReserveOutcome::Duplicate {
                 in_flight: true, ..
-            }) => return Ok(Outcome::Requeue { delay_seconds: 30 }),
+            }) => return Ok(Admission::Done(Outcome::Requeue { delay_seconds: 30 })),
             Ok(ReserveOutcome::Duplicate {
                 in_flight: false,
                 result,
-            }) => return Ok(Outcome::Duplicate { result }),
+            }) => return Ok(Admission::Done(Outcome::Duplicate { result })),
             Ok(ReserveOutcome::Exceeded {
                 exceeded,
                 retry_after,
@@ -416,7 +475,8 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
                         Err(e) => {
                             return self
                                 .ledger_down(application, Some(&config), &model, prepared, e)
-                                .await;
+                                .await
+                                .map(Admission::Done);
                         }
                     }
                 } else {
@@ -456,7 +516,8 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
                                             prepared,
                                             e,
                                         )
-                                        .await;
+                                        .await
+                                        .map(Admission::Done);
                                 }
                             }
                         }
@@ -471,9 +532,9 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
                                 &Usage::default(),
                                 0,
                             );
-                            return Ok(Outcome::Requeue {
+                            return Ok(Admission::Done(Outcome::Requeue {
                                 delay_seconds: retry_after,
-                            });
+                            }));
                         }
                         _ => return Err(self.denied(&config, &plan.model, &exceeded, retry_after)),
                     }
@@ -481,12 +542,82 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
             }
         };
 
+        Ok(Admission::Admitted {
+            ticket: Ticket {
+                config,
+                plan,
+                reservation,
+                fallback_used,
+                shadow_note,
+            },
+            prepared,
+        })
+    }
+
+    async fn converse_inner(
+        &self,
+        application: &str,
+        model_param: &str,
+        body: &[u8],
+        front: Front,
+        request_id: &str,
+    ) -> Result<Outcome, Reply> {
+        let (ticket, prepared) = match self
+            .admit_inner(application, model_param, body, front, request_id)
+            .await?
+        {
+            Admission::Admitted { ticket, prepared } => (ticket, prepared),
+            Admission::Done(outcome) => return Ok(outcome),
+        };
+        let called = self.call_admitted(&ticket, prepared).await;
+        self.complete_inner(ticket, called, front, request_id).await
+    }
+
+    /// Calls Bedrock for an admitted request, refunding its reservation if this future is
+    /// dropped before Bedrock answers (a disconnecting client, a timeout).
+    pub async fn call_admitted(
+        &self,
+        ticket: &Ticket,
+        prepared: B::Prepared,
+    ) -> Result<ConverseOutput, BedrockError> {
         let mut guard = RefundGuard {
             ledger: Arc::clone(&self.ledger),
-            reservation: Some(reservation),
+            reservation: Some(ticket.reservation.clone()),
         };
-        let called = self.bedrock.converse(&plan.target, prepared).await;
-        let reservation = guard.disarm().expect("armed until now");
+        let called = self.bedrock.converse(&ticket.plan.target, prepared).await;
+        guard.disarm();
+        called
+    }
+
+    /// Settles an admitted request with what Bedrock answered (refunding it on an error), emits
+    /// its metrics and builds the reply.
+    pub async fn complete(
+        &self,
+        ticket: Ticket,
+        called: Result<ConverseOutput, BedrockError>,
+        front: Front,
+        request_id: &str,
+    ) -> Outcome {
+        match self.complete_inner(ticket, called, front, request_id).await {
+            Ok(outcome) => outcome,
+            Err(reply) => Outcome::Reply(reply),
+        }
+    }
+
+    async fn complete_inner(
+        &self,
+        ticket: Ticket,
+        called: Result<ConverseOutput, BedrockError>,
+        front: Front,
+        request_id: &str,
+    ) -> Result<Outcome, Reply> {
+        let Ticket {
+            config,
+            plan,
+            reservation,
+            fallback_used,
+            shadow_note,
+        } = ticket;
         match called {
             Ok(output) => {
                 let actual = config::actual(plan.price, &output.usage);

@@ -13,7 +13,7 @@ use ledger::{Identity, Ledger};
 use serde_json::Value;
 
 use crate::bedrock::Bedrock;
-use crate::gateway::{Front, Gateway, Outcome, Reply, result_message};
+use crate::gateway::{Admission, Front, Gateway, Outcome, Reply, result_message};
 
 /// The longest SQS `DelaySeconds`: a deferred request is re-sent with at most this delay and
 /// re-checked, until its window resets.
@@ -270,6 +270,62 @@ async fn handle_message<L: Ledger, B: Bedrock, Q: Queues>(
         .event_source_arn
         .clone()
         .ok_or("the message has no eventSourceARN")?;
+    let body = message.body.clone().unwrap_or_default();
+    let message_id = message.message_id.clone().unwrap_or_default();
+    match queued_admit(gateway, queues, &arn, &message_id, &body).await? {
+        QueuedAdmission::Handled => Ok(()),
+        QueuedAdmission::Admitted {
+            ticket,
+            prepared,
+            context,
+        } => {
+            let called = gateway.call_admitted(&ticket, prepared).await;
+            let outcome = gateway
+                .complete(ticket, called, Front::Queue, &context.request_id)
+                .await;
+            queued_finish(queues, &context, outcome).await
+        }
+    }
+}
+
+/// Where a queued request's answer goes once Bedrock has answered.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueContext {
+    /// The request ID results are delivered under.
+    pub request_id: String,
+    /// The application's results queue.
+    pub results_queue_url: String,
+}
+
+/// What [`queued_admit`] decided for a message.
+// One per message, moved and never copied (as `Admission`).
+#[allow(clippy::large_enum_variant)]
+pub enum QueuedAdmission<P> {
+    /// Answered, requeued or recognised as a duplicate already; nothing more to do.
+    Handled,
+    /// Reserved: call Bedrock, [`Gateway::complete`], then [`queued_finish`].
+    Admitted {
+        /// What to settle.
+        ticket: crate::gateway::Ticket,
+        /// The prepared request.
+        prepared: P,
+        /// Where the answer goes.
+        context: QueueContext,
+    },
+}
+
+/// The first half of a queued request: identify the application by the queue (`queue_arn`),
+/// parse the message and admit it. Malformed messages are answered on the results queue;
+/// requests over a `queue` budget are re-sent with a delay. An `Err` means: retry the message.
+pub async fn queued_admit<L: Ledger, B: Bedrock, Q: Queues>(
+    gateway: &Gateway<L, B>,
+    queues: &Q,
+    queue_arn: &str,
+    message_id: &str,
+    body: &str,
+) -> Result<QueuedAdmission<B::Prepared>, String> {
+    let arn = queue_arn.to_string();
     let application = gateway
         .ledger()
         .application_for(&Identity::QueueArn(arn.clone()))
@@ -286,9 +342,8 @@ async fn handle_message<L: Ledger, B: Bedrock, Q: Queues>(
         .results_queue_url
         .clone()
         .ok_or_else(|| format!("application `{application}` has no results queue"))?;
-    let body = message.body.clone().unwrap_or_default();
-    let fallback_id = message.message_id.clone().unwrap_or_default();
-    let queued: QueuedRequest = match serde_json::from_str(&body) {
+    let fallback_id = message_id.to_string();
+    let queued: QueuedRequest = match serde_json::from_str(body) {
         Ok(q) => q,
         Err(e) => {
             // A malformed message never becomes valid: answer it instead of retrying it forever,
@@ -298,7 +353,7 @@ async fn handle_message<L: Ledger, B: Bedrock, Q: Queues>(
                 "ValidationError",
                 format!("the message is not `{{\"requestId\", \"modelId\", \"request\"}}`: {e}"),
             );
-            let id = serde_json::from_str::<serde_json::Value>(&body)
+            let id = serde_json::from_str::<serde_json::Value>(body)
                 .ok()
                 .and_then(|v| {
                     v.get("requestId")
@@ -306,15 +361,20 @@ async fn handle_message<L: Ledger, B: Bedrock, Q: Queues>(
                         .map(String::from)
                 })
                 .unwrap_or(fallback_id);
-            return queues
+            queues
                 .send(&results, result_message(&id, &reply).to_string(), 0)
-                .await;
+                .await?;
+            return Ok(QueuedAdmission::Handled);
         }
     };
     let request_id = queued.request_id.clone().unwrap_or(fallback_id);
     let request_bytes = serde_json::to_vec(&queued.request).map_err(|e| e.to_string())?;
+    let context = QueueContext {
+        request_id: request_id.clone(),
+        results_queue_url: results,
+    };
     match gateway
-        .converse(
+        .admit(
             &application,
             &queued.model_id,
             &request_bytes,
@@ -323,20 +383,12 @@ async fn handle_message<L: Ledger, B: Bedrock, Q: Queues>(
         )
         .await
     {
-        Outcome::Reply(reply) => {
-            // Bedrock throttling is transient: retry the message rather than answer 429.
-            if reply.status == 429 && reply.body["error"] == "ThrottlingException" {
-                return Err("Bedrock throttled the request".into());
-            }
-            queues
-                .send(&results, result_message(&request_id, &reply).to_string(), 0)
-                .await
-        }
-        Outcome::Duplicate {
-            result: Some(result),
-        } => queues.send(&results, result, 0).await,
-        Outcome::Duplicate { result: None } => Ok(()),
-        Outcome::Requeue { delay_seconds } => {
+        Admission::Admitted { ticket, prepared } => Ok(QueuedAdmission::Admitted {
+            ticket,
+            prepared,
+            context,
+        }),
+        Admission::Done(Outcome::Requeue { delay_seconds }) => {
             let url = queues.url_of(&arn).await?;
             let deferred = serde_json::json!({
                 "requestId": request_id,
@@ -350,7 +402,43 @@ async fn handle_message<L: Ledger, B: Bedrock, Q: Queues>(
                     deferred.to_string(),
                     delay_seconds.clamp(1, MAX_DELAY_SECONDS) as i32,
                 )
+                .await?;
+            Ok(QueuedAdmission::Handled)
+        }
+        Admission::Done(outcome) => {
+            queued_finish(queues, &context, outcome).await?;
+            Ok(QueuedAdmission::Handled)
+        }
+    }
+}
+
+/// The second half: deliver the outcome of a queued request to its results queue. An `Err`
+/// means: retry the message (Bedrock throttled it, or the results queue is unreachable).
+pub async fn queued_finish<Q: Queues>(
+    queues: &Q,
+    context: &QueueContext,
+    outcome: Outcome,
+) -> Result<(), String> {
+    let results = &context.results_queue_url;
+    match outcome {
+        Outcome::Reply(reply) => {
+            // Bedrock throttling is transient: retry the message rather than answer 429.
+            if reply.status == 429 && reply.body["error"] == "ThrottlingException" {
+                return Err("Bedrock throttled the request".into());
+            }
+            queues
+                .send(
+                    results,
+                    result_message(&context.request_id, &reply).to_string(),
+                    0,
+                )
                 .await
         }
+        Outcome::Duplicate {
+            result: Some(result),
+        } => queues.send(results, result, 0).await,
+        Outcome::Duplicate { result: None } => Ok(()),
+        // Only admission requeues; it re-sends the message itself.
+        Outcome::Requeue { .. } => Err("unexpected requeue after Bedrock answered".into()),
     }
 }

@@ -82,15 +82,43 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run_lambda() -> Result<(), String> {
-    let (settings, table) = invoke::settings::from_env(|k| std::env::var(k).ok())?;
+    let (mut settings, table) = invoke::settings::from_env(|k| std::env::var(k).ok())?;
     let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let ledger = Arc::new(DynamoLedger::new(
         aws_sdk_dynamodb::Client::new(&aws),
         table,
     ));
     let bedrock = SdkBedrock::new(aws_sdk_bedrockruntime::Client::new(&aws));
-    let gateway = Arc::new(Gateway::new(ledger, bedrock, settings, MetricsSink::Stdout));
     let queues = Arc::new(SdkQueues::new(aws_sdk_sqs::Client::new(&aws)));
+    if std::env::var("TOKENFENCE_ENGINE").as_deref() == Ok("step-functions-express") {
+        // The steps of the Express workflow; API Gateway still proxies `GET /usage` here.
+        settings.max_body_bytes = invoke::step::MAX_BODY_BYTES;
+        let gateway = Arc::new(Gateway::new(
+            ledger,
+            invoke::step::StepBedrock(bedrock),
+            settings,
+            MetricsSink::Stdout,
+        ));
+        return lambda_runtime::run(lambda_runtime::service_fn(
+            move |event: lambda_runtime::LambdaEvent<serde_json::Value>| {
+                let gateway = Arc::clone(&gateway);
+                let queues = Arc::clone(&queues);
+                async move {
+                    if event.payload.get("action").is_some() {
+                        let step: invoke::step::StepEvent =
+                            serde_json::from_value(event.payload)
+                                .map_err(|e| format!("not a step event: {e}"))?;
+                        invoke::step::handle(&gateway, queues.as_ref(), step).await
+                    } else {
+                        invoke::lambda::handle(&gateway, queues.as_ref(), event.payload).await
+                    }
+                }
+            },
+        ))
+        .await
+        .map_err(|e| e.to_string());
+    }
+    let gateway = Arc::new(Gateway::new(ledger, bedrock, settings, MetricsSink::Stdout));
     lambda_runtime::run(lambda_runtime::service_fn(
         move |event: lambda_runtime::LambdaEvent<serde_json::Value>| {
             let gateway = Arc::clone(&gateway);

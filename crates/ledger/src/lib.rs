@@ -98,7 +98,7 @@ pub fn new_attempt() -> String {
 }
 
 /// One window a reservation counts in.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Slot {
     /// The limit.
     pub limit: Limit,
@@ -106,8 +106,9 @@ pub struct Slot {
     pub instance: WindowInstance,
 }
 
-/// A held reservation, to be settled or refunded exactly once.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A held reservation, to be settled or refunded exactly once. It serializes, so that a workflow
+/// can carry it from the state that reserves to the state that settles.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Reservation {
     /// Its ID.
     pub id: String,
