@@ -44,6 +44,16 @@ It is moto (pinned in requirements.txt) with the gaps that matter here handled a
   (or removing the resource) sends Delete events, dependents first, before moto deletes the
   function that serves them. A FAILED answer fails the operation: CREATE_FAILED with the reason
   for a create, an error from UpdateStack / DeleteStack naming the resource and reason otherwise.
+- Step Functions: moto executes state machines only with its "parser" backend
+  (`execute_state_machine`), which this launcher turns on; its CloudFormation creates state
+  machines in the other backend, so the launcher creates them in the executing one. moto evaluates
+  JSONata through a Java bridge it leaves unset; the launcher evaluates it with `jsonata-python`
+  (pinned in requirements.txt). moto's `aws-sdk` tasks call boto3 with the integration's service
+  name, which for Bedrock (`bedrockruntime`) boto3 spells `bedrock-runtime`, and send every call to
+  moto, which has no Converse: the launcher maps the name and sends Bedrock runtime calls where
+  `--lambda-env AWS_ENDPOINT_URL_BEDROCK_RUNTIME` says Bedrock is (the stub), as Lambdas are told.
+  Step Functions passes SDK parameters and results in PascalCase whatever the API's casing; moto's
+  aws-sdk task does not convert them, so the launcher does, with the operation's botocore shapes.
 """
 import hashlib
 import io
@@ -462,6 +472,85 @@ def _invoke_lambda(self, event=None):
     self.save_logs(logs or "(no output)")
     return invocation.result, invocation.errored, logs
 
+
+def _install_step_functions():
+    """Executing state machines, with JSONata and Bedrock runtime calls (see the docstring)."""
+    from moto.core.config import default_user_config
+    default_user_config["stepfunctions"] = {"execute_state_machine": True}
+
+    import jsonata
+    import moto.stepfunctions.parser.asl.jsonata.jsonata as jsonata_module
+    import moto.stepfunctions.parser.asl.component.common.string.string_expression as string_expression
+    import moto.stepfunctions.parser.asl.jsonata.validations as validations
+
+    def eval_jsonata(expression):
+        try:
+            return jsonata.Jsonata(expression).evaluate(None)
+        except Exception as ex:  # moto turns this into States.QueryEvaluationError
+            raise jsonata_module.JSONataException("UNKNOWN", str(ex))
+
+    for module in (jsonata_module, string_expression, validations):
+        module.eval_jsonata_expression = eval_jsonata
+
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service import StateTaskService
+    StateTaskService._SERVICE_NAME_SFN_TO_BOTO_OVERRIDES["bedrockruntime"] = "bedrock-runtime"
+    import moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_aws_sdk as aws_sdk
+    original_client = aws_sdk.boto_client_for
+
+    def boto_client_for(region, service, state_credentials=None):
+        endpoint = LAMBDA_ENV.get("AWS_ENDPOINT_URL_BEDROCK_RUNTIME")
+        if service == "bedrock-runtime" and endpoint:
+            import boto3
+            from botocore.config import Config
+            return boto3.client(
+                service, region_name=region, endpoint_url=endpoint,
+                aws_access_key_id="test", aws_secret_access_key="test",
+                config=Config(retries={"max_attempts": 0, "total_max_attempts": 1}, read_timeout=130),
+            )
+        return original_client(region=region, service=service, state_credentials=state_credentials)
+
+    aws_sdk.boto_client_for = boto_client_for
+
+    # Step Functions names SDK parameters and results in PascalCase (`ModelId`, `Usage.InputTokens`)
+    # whatever the API's own casing; moto's aws-sdk task passes them to boto3 as they are and
+    # returns boto3's casing. Convert both ways with the operation's shapes, as Step Functions does.
+    import botocore.session
+    original_eval = aws_sdk.StateTaskServiceAwsSdk._eval_service_task
+    session = botocore.session.get_session()
+
+    def eval_service_task(self, env, resource_runtime_part, normalised_parameters, state_credentials):
+        action = self.resource.api_action
+        operation = session.get_service_model(self._get_boto_service_name()).operation_model(action[0].upper() + action[1:])
+        self._to_boto_request(normalised_parameters, operation.input_shape)
+        original_eval(self, env, resource_runtime_part, normalised_parameters, state_credentials)
+        if operation.output_shape is not None and isinstance(env.stack[-1], dict):
+            self._from_boto_response(env.stack[-1], operation.output_shape)
+
+    aws_sdk.StateTaskServiceAwsSdk._eval_service_task = eval_service_task
+
+    # CloudFormation creates state machines in the backend that does not execute them.
+    from moto.stepfunctions.models import StateMachine
+    from moto.stepfunctions.parser.models import stepfunctions_parser_backends
+    from moto.stepfunctions.utils import cfn_to_api_tags
+
+    @classmethod
+    def create_from_cloudformation_json(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs):
+        properties = cloudformation_json["Properties"]
+        backend = stepfunctions_parser_backends[account_id][region_name]
+        return backend.create_state_machine(
+            properties.get("StateMachineName", resource_name),
+            properties.get("DefinitionString", ""),
+            properties.get("RoleArn", ""),
+            tags=cfn_to_api_tags(properties.get("Tags", [])),
+        )
+
+    @classmethod
+    def delete_from_cloudformation_json(cls, resource_name, cloudformation_json, account_id, region_name):
+        stepfunctions_parser_backends[account_id][region_name].delete_state_machine(resource_name)
+
+    StateMachine.create_from_cloudformation_json = create_from_cloudformation_json
+    StateMachine.delete_from_cloudformation_json = delete_from_cloudformation_json
+
 if __name__ == "__main__":
     host, port = sys.argv[1], int(sys.argv[2])
     serial = "--serial" in sys.argv[3:]
@@ -508,5 +597,6 @@ if __name__ == "__main__":
     Stack.create_resources, Stack.update, Stack.verify_readiness = create_resources, update, verify_readiness
     _install_custom_resource_lifecycle()
     LambdaFunction._invoke_lambda = _invoke_lambda
+    _install_step_functions()
     app = DomainDispatcherApplication(create_backend_app)
     run_simple(host, port, app, threaded=not serial, use_reloader=False)

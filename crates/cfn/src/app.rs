@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 use spec::names::{self, Names, logical_id_part};
-use spec::{AlarmKind, Application, OnExceed, Spec};
+use spec::{AlarmKind, Application, Engine, OnExceed, Spec};
 
 use crate::platform::{QUEUE_VISIBILITY_SECONDS, exports, ids, model_source_arn};
 use crate::template::{Output, Resource, get_att, import, r};
@@ -46,6 +46,12 @@ impl Link<'_> {
             get_att(ids::INVOKE_FUNCTION, "Arn"),
             exports::INVOKE_FUNCTION_ARN,
         )
+    }
+    fn workflow(&self) -> Value {
+        self.value(r(ids::WORKFLOW), exports::WORKFLOW_ARN)
+    }
+    fn pipe_role(&self) -> Value {
+        self.value(get_att(ids::PIPE_ROLE, "Arn"), exports::PIPE_ROLE_ARN)
     }
     fn dead_letter_queue(&self) -> Value {
         self.value(
@@ -276,20 +282,45 @@ pub fn render_app(spec: &Spec, app: &str, application: &Application, link: Link)
                 json!({ "QueueName": names.results_queue(app), "SqsManagedSseEnabled": true, "Tags": tags(app, application) }),
             ),
         ));
+        let consumer = match spec.engine {
+            Engine::Lambda => (
+                format!("{id}RequestsMapping"),
+                Resource::new(
+                    "AWS::Lambda::EventSourceMapping",
+                    json!({
+                        "EventSourceArn": get_att(&requests_id, "Arn"),
+                        "FunctionName": link.invoke_function(),
+                        "BatchSize": 10,
+                        "FunctionResponseTypes": ["ReportBatchItemFailures"],
+                        "Enabled": true
+                    }),
+                ),
+            ),
+            // One message per execution; a failed execution leaves the message to SQS's retries
+            // and, after five receives, the dead-letter queue.
+            Engine::StepFunctionsExpress => (
+                format!("{id}RequestsPipe"),
+                Resource::new(
+                    "AWS::Pipes::Pipe",
+                    json!({
+                        "Description": format!("tokenfence: {app}'s queued requests to the budget workflow"),
+                        "RoleArn": link.pipe_role(),
+                        "Source": get_att(&requests_id, "Arn"),
+                        "SourceParameters": { "SqsQueueParameters": { "BatchSize": 1 } },
+                        "Target": link.workflow(),
+                        "TargetParameters": {
+                            "StepFunctionStateMachineParameters": { "InvocationType": "REQUEST_RESPONSE" },
+                            "InputTemplate": "{\"action\": \"reserve\", \"records\": [<aws.pipes.event.json>]}"
+                        },
+                        "Tags": { "tokenfence:application": app }
+                    }),
+                ),
+            ),
+        };
         resources.push((
-            format!("{id}RequestsMapping"),
-            Resource::new(
-                "AWS::Lambda::EventSourceMapping",
-                json!({
-                    "EventSourceArn": get_att(&requests_id, "Arn"),
-                    "FunctionName": link.invoke_function(),
-                    "BatchSize": 10,
-                    "FunctionResponseTypes": ["ReportBatchItemFailures"],
-                    "Enabled": true
-                }),
-            )
+            consumer.0,
             // The budget must be in the ledger before the first message can be charged against it.
-            .depends_on([budget_id.clone()]),
+            consumer.1.depends_on([budget_id.clone()]),
         ));
         budget.insert(
             "RequestQueueArns".into(),

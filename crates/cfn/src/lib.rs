@@ -8,6 +8,7 @@
 mod app;
 pub mod platform;
 pub mod template;
+pub mod workflow;
 
 use spec::Spec;
 use spec::names::Names;

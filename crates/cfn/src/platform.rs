@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 use spec::names::Names;
-use spec::{OnLedgerError, Spec};
+use spec::{Engine, OnLedgerError, Spec};
 
 use crate::RenderOptions;
 use crate::template::{Resource, Template, get_att, r, stable_hash, sub};
@@ -26,6 +26,10 @@ pub mod exports {
     pub const ALERT_TOPIC_ARN: &str = "AlertTopicArn";
     /// The dead-letter queue's ARN.
     pub const DEAD_LETTER_QUEUE_ARN: &str = "DeadLetterQueueArn";
+    /// The Step Functions engine's state machine ARN.
+    pub const WORKFLOW_ARN: &str = "WorkflowArn";
+    /// The role EventBridge Pipes use to start the workflow from the request queues.
+    pub const PIPE_ROLE_ARN: &str = "PipeRoleArn";
 
     /// The export name of `what` for the spec called `prefix`.
     pub fn name(prefix: &str, what: &str) -> String {
@@ -49,6 +53,10 @@ pub mod ids {
     pub const DEAD_LETTER_QUEUE: &str = "DeadLetterQueue";
     /// The ledger table.
     pub const LEDGER_TABLE: &str = "LedgerTable";
+    /// The Step Functions engine's state machine.
+    pub const WORKFLOW: &str = "Workflow";
+    /// The role of the request queues' pipes (Step Functions engine).
+    pub const PIPE_ROLE: &str = "PipeRole";
 }
 
 /// The REST API's stage.
@@ -60,6 +68,8 @@ pub const INVOKE_TIMEOUT_SECONDS: u32 = 120;
 pub const INVOKE_MEMORY_MB: u32 = 256;
 /// Memory of the Step Functions engine's Lambda steps, in MB.
 pub const STEP_MEMORY_MB: u32 = 128;
+/// Timeout of the Step Functions engine's Lambda steps (each is a few ledger round trips).
+pub const STEP_TIMEOUT_SECONDS: u32 = 30;
 /// SQS visibility timeout of the request queues: six times the function timeout, as AWS advises
 /// for Lambda event sources.
 pub const QUEUE_VISIBILITY_SECONDS: u32 = 6 * INVOKE_TIMEOUT_SECONDS;
@@ -222,14 +232,27 @@ pub fn add_platform(t: &mut Template, spec: &Spec, opts: &RenderOptions) {
         json!({
             "Effect": "Allow",
             "Action": ["bedrock:InvokeModel", "bedrock:InvokeModelWithResponseStream", "bedrock:CountTokens"],
-            "Resource": model_arns
+            "Resource": model_arns.clone()
         }),
     ];
     if spec.access.queue {
+        // The Lambda engine consumes the request queues; on the Step Functions engine the pipes do.
+        let actions: &[&str] = if spec.engine == Engine::Lambda {
+            &[
+                "sqs:ReceiveMessage",
+                "sqs:DeleteMessage",
+                "sqs:ChangeMessageVisibility",
+                "sqs:GetQueueAttributes",
+                "sqs:SendMessage",
+                "sqs:GetQueueUrl",
+            ]
+        } else {
+            &["sqs:SendMessage", "sqs:GetQueueUrl"]
+        };
         invoke_statements.push(json!({
             "Effect": "Allow",
             // SendMessage and GetQueueUrl: requests over budget with `queue` are re-sent with a delay.
-            "Action": ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueAttributes", "sqs:SendMessage", "sqs:GetQueueUrl"],
+            "Action": actions,
             "Resource": [sub(&format!("arn:${{AWS::Partition}}:sqs:${{AWS::Region}}:${{AWS::AccountId}}:{prefix}-*-requests"))]
         }));
         invoke_statements.push(json!({
@@ -257,25 +280,44 @@ pub fn add_platform(t: &mut Template, spec: &Spec, opts: &RenderOptions) {
         .iter()
         .map(|(alias, def)| (alias.clone(), Value::String(def.id.clone())))
         .collect();
+    let mut env = json!({
+        "TOKENFENCE_TABLE": r(ids::LEDGER_TABLE),
+        "TOKENFENCE_NAME": prefix,
+        "TOKENFENCE_MODELS": Value::Object(aliases).to_string(),
+        "TOKENFENCE_DEFAULT_MAX_TOKENS": spec.defaults.max_tokens.to_string(),
+        "TOKENFENCE_ON_LEDGER_ERROR": match spec.defaults.on_ledger_error { OnLedgerError::Deny => "deny", OnLedgerError::Allow => "allow" },
+    });
+    let express = spec.engine == Engine::StepFunctionsExpress;
+    let (description, memory, timeout) = if express {
+        env["TOKENFENCE_ENGINE"] = json!("step-functions-express");
+        (
+            "tokenfence invoke: the reserve and settle steps of the budget workflow, and GET /usage",
+            STEP_MEMORY_MB,
+            STEP_TIMEOUT_SECONDS,
+        )
+    } else {
+        (
+            "tokenfence invoke: enforces token and USD budgets before calling Bedrock",
+            INVOKE_MEMORY_MB,
+            INVOKE_TIMEOUT_SECONDS,
+        )
+    };
     t.add(
         ids::INVOKE_FUNCTION,
         lambda(
             &names.function("invoke"),
-            "tokenfence invoke: enforces token and USD budgets before calling Bedrock",
+            description,
             &format!("{}/invoke", opts.code_dir),
             "InvokeRole",
             "InvokeLogGroup",
-            INVOKE_MEMORY_MB,
-            INVOKE_TIMEOUT_SECONDS,
-            json!({
-                "TOKENFENCE_TABLE": r(ids::LEDGER_TABLE),
-                "TOKENFENCE_NAME": prefix,
-                "TOKENFENCE_MODELS": Value::Object(aliases).to_string(),
-                "TOKENFENCE_DEFAULT_MAX_TOKENS": spec.defaults.max_tokens.to_string(),
-                "TOKENFENCE_ON_LEDGER_ERROR": match spec.defaults.on_ledger_error { OnLedgerError::Deny => "deny", OnLedgerError::Allow => "allow" },
-            }),
+            memory,
+            timeout,
+            env,
         ),
     );
+    if express {
+        crate::workflow::add_workflow(t, spec, model_arns);
+    }
 
     if spec.access.rest {
         add_rest_api(t, spec);
@@ -464,6 +506,9 @@ fn add_rest_api(t: &mut Template, spec: &Spec) {
             }),
         ),
     );
+    if spec.engine == Engine::StepFunctionsExpress {
+        crate::workflow::route_converse_to_workflow(t);
+    }
     t.add(
         "ApiUsageMethod",
         Resource::new(

@@ -557,18 +557,7 @@ fn decode_engine(d: &mut Decoder, node: &Node) -> Option<Engine> {
         ],
     )? {
         Raw::Lambda => Some(Engine::Lambda),
-        Raw::Express => {
-            d.error_help(
-                node.span,
-                "engine",
-                "engine `step-functions-express` is not available yet",
-                Some(
-                    "use `engine: lambda` until the Step Functions Express engine is released"
-                        .into(),
-                ),
-            );
-            None
-        }
+        Raw::Express => Some(Engine::StepFunctionsExpress),
     }
 }
 

@@ -91,8 +91,9 @@ enum AccessSchema {
 #[derive(JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 enum EngineSchema {
+    /// The invoke Lambda enforces and calls Bedrock (default).
     Lambda,
-    /// Not available yet: rejected with a clear error.
+    /// A Step Functions Express workflow: reserve and settle steps, Bedrock called by the workflow.
     StepFunctionsExpress,
 }
 

@@ -68,7 +68,7 @@ applications:
 fn names_engine_and_cross_references() {
     check(
         "name: Acme_GenAI
-engine: step-functions-express
+engine: step-functions-standard
 models:
   nova-micro: amazon.nova-micro-v1:0
   nova-pro: amazon.nova-pro-v1:0
@@ -91,7 +91,7 @@ applications:
         &[
             "spec.yaml:1:1: missing required key `version`",
             "spec.yaml:1:7: name: `Acme_GenAI` is not a valid name (use letters, digits and single hyphens, starting with a letter, e.g. `acme-genai`)",
-            "spec.yaml:2:9: engine: engine `step-functions-express` is not available yet (use `engine: lambda` until the Step Functions Express engine is released)",
+            "spec.yaml:2:9: engine: unknown value `step-functions-standard` (did you mean `step-functions-express`?)",
             "spec.yaml:6:3: models.nova_pro: model aliases `nova-pro` and `nova_pro` differ only in separators or case, so they would share CloudFormation logical IDs",
             "spec.yaml:8:3: applications.a-very-long-application-name-that-goes-on-and-on-for-ever-and-ever-x: `a-very-long-application-name-that-goes-on-and-on-for-ever-and-ever-x` is not a valid application name (use 1 to 64 letters, digits, `-` and `_`)",
             "spec.yaml:13:35: applications.team.limits[0].tokens: the `minute` limit of `900000` tokens is larger than the `day` limit of `800000`, so it can never bind",

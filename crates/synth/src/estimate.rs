@@ -290,7 +290,7 @@ impl Default for Assumptions {
             step_duration_ms: 5,
             steps_per_execution: 2,
             workflow_overhead_ms: 120,
-            transitions_per_execution: 7,
+            transitions_per_execution: cfn::workflow::HAPPY_PATH_STATES,
             definition_bytes: 12_000,
             bytes_per_token: 4,
             log_bytes_per_request: 2_500,
@@ -992,8 +992,8 @@ mod tests {
             .iter()
             .find(|l| l.item == "Step Functions Standard transitions")
             .unwrap();
-        // 7M transitions x $0.000025.
-        assert_eq!(t.usd_micros, 175_000_000);
+        // 6M transitions x $0.000025.
+        assert_eq!(t.usd_micros, 150_000_000);
     }
 
     #[test]

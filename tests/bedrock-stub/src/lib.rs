@@ -136,6 +136,15 @@ async fn billed(State((shared, _)): State<AppState>) -> Response {
     axum::Json(Value::Object(body)).into_response()
 }
 
+/// A fresh request ID, as Bedrock sends in `x-amzn-RequestId`.
+fn request_id() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    format!(
+        "stub-{:016x}",
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
 fn error(status: StatusCode, kind: &str, message: &str) -> Response {
     let mut headers = HeaderMap::new();
     headers.insert(
@@ -143,6 +152,11 @@ fn error(status: StatusCode, kind: &str, message: &str) -> Response {
         HeaderValue::from_str(kind).expect("ascii"),
     );
     headers.insert("content-type", HeaderValue::from_static("application/json"));
+    // Bedrock answers every call with a request ID; clients (boto3's error path) read it.
+    headers.insert(
+        "x-amzn-requestid",
+        HeaderValue::from_str(&request_id()).expect("ascii"),
+    );
     (status, headers, json!({ "message": message }).to_string()).into_response()
 }
 
@@ -279,5 +293,12 @@ async fn converse(
         "usage": usage,
         "metrics": { "latencyMs": latency.as_millis() as u64 }
     });
-    ([("content-type", "application/json")], body.to_string()).into_response()
+    (
+        [
+            ("content-type", "application/json".to_string()),
+            ("x-amzn-requestid", request_id()),
+        ],
+        body.to_string(),
+    )
+        .into_response()
 }
