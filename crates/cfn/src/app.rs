@@ -73,19 +73,56 @@ pub struct AppUnit {
 }
 
 impl AppUnit {
-    /// A rough size of the rendered unit, for packing stacks under the template size quota.
+    /// A rough size of the rendered unit, for packing stacks under the template size quota: its
+    /// values' length as compact JSON, computed without writing them out.
     pub fn approx_bytes(&self) -> usize {
         let resources: usize = self
             .resources
             .iter()
-            .map(|(id, r)| id.len() + r.properties.to_string().len() + 64)
+            .map(|(id, r)| id.len() + json_len(&r.properties) + 64)
             .sum();
         let outputs: usize = self
             .outputs
             .iter()
-            .map(|(id, o)| id.len() + o.value.to_string().len() + o.description.len() + 48)
+            .map(|(id, o)| id.len() + json_len(&o.value) + o.description.len() + 48)
             .sum();
         resources + outputs
+    }
+}
+
+/// The length of `value.to_string()` (compact JSON), without allocating it.
+pub fn json_len(value: &Value) -> usize {
+    fn str_len(s: &str) -> usize {
+        2 + s
+            .chars()
+            .map(|c| match c {
+                '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+                c if (c as u32) < 0x20 => 6,
+                c => c.len_utf8(),
+            })
+            .sum::<usize>()
+    }
+    match value {
+        Value::Null => 4,
+        Value::Bool(b) => {
+            if *b {
+                4
+            } else {
+                5
+            }
+        }
+        Value::Number(n) => n.to_string().len(),
+        Value::String(s) => str_len(s),
+        Value::Array(items) => {
+            2 + items.iter().map(json_len).sum::<usize>() + items.len().saturating_sub(1)
+        }
+        Value::Object(map) => {
+            2 + map
+                .iter()
+                .map(|(k, v)| str_len(k) + 1 + json_len(v))
+                .sum::<usize>()
+                + map.len().saturating_sub(1)
+        }
     }
 }
 
@@ -373,5 +410,23 @@ pub fn render_app(spec: &Spec, app: &str, application: &Application, link: Link)
         app: app.to_string(),
         resources,
         outputs,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_len_is_the_compact_length() {
+        for v in [
+            json!(null),
+            json!({ "a": [1, -2.5, true, false, null], "b\"q": "line\nbreak\u{1}\t\\ ü" }),
+            json!([]),
+            json!({}),
+            json!([{ "Fn::Sub": "arn:${AWS::Partition}:x" }, [1e20, 0]]),
+        ] {
+            assert_eq!(json_len(&v), v.to_string().len(), "{v}");
+        }
     }
 }

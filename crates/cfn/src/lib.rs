@@ -9,6 +9,7 @@ mod app;
 pub mod platform;
 pub mod template;
 pub mod workflow;
+pub mod yaml;
 
 use spec::Spec;
 use spec::names::Names;
@@ -145,9 +146,8 @@ pub fn render(spec: &Spec, opts: &RenderOptions) -> Result<Rendering, RenderErro
 
     let link = Link::Imported { prefix: &spec.name };
     let mut current: Option<(Template, Vec<String>, usize)> = None;
-    for (app, application) in &spec.applications {
-        let unit = render_app(spec, app, application, link);
-        let bytes = unit.approx_bytes();
+    for (unit, bytes) in render_apps(spec, link) {
+        let app = &unit.app.clone();
         let full = current.as_ref().is_some_and(|(t, _, size)| {
             t.resources.len() + unit.resources.len() > quotas::MAX_RESOURCES
                 || t.outputs.len() + unit.outputs.len() > quotas::MAX_OUTPUTS
@@ -170,6 +170,34 @@ pub fn render(spec: &Spec, opts: &RenderOptions) -> Result<Rendering, RenderErro
     }
     Ok(Rendering {
         stacks: finish_all(stacks)?,
+    })
+}
+
+/// Renders every application (with its size) on every core, in declaration order: packing needs
+/// them in order, rendering them does not.
+fn render_apps(spec: &Spec, link: Link<'_>) -> Vec<(AppUnit, usize)> {
+    let apps: Vec<(&String, &spec::Application)> = spec.applications.iter().collect();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = apps.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = apps
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|(app, application)| {
+                            let unit = render_app(spec, app, application, link);
+                            let bytes = unit.approx_bytes();
+                            (unit, bytes)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("rendering an application does not panic"))
+            .collect()
     })
 }
 

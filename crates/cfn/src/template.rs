@@ -130,9 +130,41 @@ impl Template {
         );
     }
 
-    /// The template as YAML.
+    /// The template as YAML, keys in the order CloudFormation documents them (see
+    /// [`crate::yaml`] for why not serde_yaml_ng).
     pub fn to_yaml(&self) -> String {
-        serde_yaml_ng::to_string(self).expect("a template of JSON values serializes")
+        use crate::yaml::{entry, key, str_entry};
+        let mut out = String::with_capacity(1024 + self.resources.len() * 768);
+        str_entry(&mut out, "AWSTemplateFormatVersion", self.format_version, 0);
+        str_entry(&mut out, "Description", &self.description, 0);
+        key(&mut out, "Resources", 0);
+        for (id, resource) in &self.resources {
+            key(&mut out, id, 2);
+            str_entry(&mut out, "Type", &resource.kind, 4);
+            if !resource.depends_on.is_empty() {
+                let ids: Vec<Value> = resource.depends_on.iter().map(|d| json!(d)).collect();
+                entry(&mut out, "DependsOn", &Value::Array(ids), 4);
+            }
+            if let Some(policy) = resource.deletion_policy {
+                str_entry(&mut out, "DeletionPolicy", policy, 4);
+            }
+            if let Some(policy) = resource.update_replace_policy {
+                str_entry(&mut out, "UpdateReplacePolicy", policy, 4);
+            }
+            entry(&mut out, "Properties", &resource.properties, 4);
+        }
+        if !self.outputs.is_empty() {
+            key(&mut out, "Outputs", 0);
+            for (id, output) in &self.outputs {
+                key(&mut out, id, 2);
+                str_entry(&mut out, "Description", &output.description, 4);
+                entry(&mut out, "Value", &output.value, 4);
+                if let Some(export) = &output.export {
+                    entry(&mut out, "Export", export, 4);
+                }
+            }
+        }
+        out
     }
 }
 

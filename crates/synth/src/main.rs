@@ -224,6 +224,10 @@ fn run(cli: Cli) -> miette::Result<ExitCode> {
                 .map_err(|e| miette::miette!("{e}"))?;
             write(&spec, &rendering, &out)?;
             print_summary(&spec, &rendering, &out, &path);
+            // The process ends here: freeing hundreds of MB of templates one allocation at a time
+            // took a third of a 10,000-application render; the OS reclaims it at once.
+            std::mem::forget(rendering);
+            std::mem::forget(spec);
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -408,3 +408,24 @@ fn dashboard_covers_limits_projection_denials_and_failures() {
         props["DashboardBody"]["Fn::Sub"].as_str().unwrap().len() + "big".len() - "globex-ai".len()
     );
 }
+
+/// The YAML written is exactly the template: read back with a YAML parser, every example (and a
+/// split rendering) equals the template model serialized directly.
+#[test]
+fn written_yaml_reads_back_as_the_template() {
+    let mut renderings = Vec::new();
+    for example in ["quickstart", "multi-team", "express"] {
+        let source =
+            std::fs::read_to_string(repo().join(format!("examples/{example}.yaml"))).unwrap();
+        renderings.push(render_in_process(&format!("{example}.yaml"), &source));
+    }
+    renderings.push(render_in_process("large.yaml", &large_spec("big", 120)));
+    for rendering in renderings {
+        for stack in &rendering.stacks {
+            let read: serde_json::Value = serde_yaml_ng::from_str(&stack.yaml)
+                .unwrap_or_else(|e| panic!("{}: {e}", stack.file_name));
+            let model = serde_json::to_value(&stack.template).unwrap();
+            assert_eq!(read, model, "{}", stack.file_name);
+        }
+    }
+}
