@@ -281,6 +281,37 @@ async fn the_express_workflow_enforces_budgets_as_the_lambda_engine_does() {
     );
     assert!(used(&ledger, "capped").await <= 600);
 
+    // Fallback: `frugal` may spend $0.00008 a day. The second nova-lite request would pass it; the
+    // same request on nova-micro fits, and is served by it.
+    let frugal = local.api_key("initech-ai-frugal");
+    let ask = |i: u32| {
+        sync_input(
+            &frugal.0,
+            "nova-lite",
+            &converse(&format!("fb {i} [[stub:output=200]]"), 200),
+        )
+    };
+    let (status, headers, _) = call(&local, &workflow, &ask(1));
+    assert_eq!(
+        (status, headers["x-tokenfence-fallback"].is_null()),
+        (200, true),
+        "{headers}"
+    );
+    let (status, headers, body) = call(&local, &workflow, &ask(2));
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        headers["x-tokenfence-fallback"]
+            .as_str()
+            .is_some_and(|m| m.contains("nova-micro")),
+        "{headers}"
+    );
+    assert!(
+        headers["x-tokenfence-model"]
+            .as_str()
+            .unwrap()
+            .contains("nova-micro")
+    );
+
     // Shadow mode: over its limit, still served, and says what would have happened.
     let shadowed = local.api_key("initech-ai-shadowed");
     let mut shadow_headers = Vec::new();
