@@ -96,6 +96,38 @@ impl Queues for SdkQueues {
     }
 }
 
+/// The application of the API key API Gateway authenticated (its ID), or the answer to give:
+/// 401 without a key, 403 for a key of no application, 503 when the ledger cannot say.
+pub async fn application_of_key<L: Ledger, B: Bedrock>(
+    gateway: &Gateway<L, B>,
+    api_key_id: Option<String>,
+) -> Result<String, Reply> {
+    let Some(key_id) = api_key_id.filter(|k| !k.is_empty()) else {
+        return Err(Reply::error(
+            401,
+            "MissingApiKey",
+            "the request carried no API key",
+        ));
+    };
+    match gateway
+        .ledger()
+        .application_for(&Identity::ApiKeyId(key_id))
+        .await
+    {
+        Ok(Some(app)) => Ok(app),
+        Ok(None) => Err(Reply::error(
+            403,
+            "InvalidApiKey",
+            "the API key belongs to no application",
+        )),
+        Err(_) => Err(Reply::error(
+            503,
+            "LedgerUnavailable",
+            "the budget ledger is unavailable",
+        )),
+    }
+}
+
 /// Handles one Lambda event: an API Gateway proxy request or an SQS batch.
 pub async fn handle<L: Ledger, B: Bedrock, Q: Queues>(
     gateway: &Gateway<L, B>,
@@ -141,39 +173,14 @@ pub async fn handle_api<L: Ledger, B: Bedrock>(
     gateway: &Gateway<L, B>,
     request: ApiGatewayProxyRequest,
 ) -> ApiGatewayProxyResponse {
-    let Some(key_id) = request
-        .request_context
-        .identity
-        .api_key_id
-        .clone()
-        .filter(|k| !k.is_empty())
-    else {
-        return api_response(Reply::error(
-            401,
-            "MissingApiKey",
-            "the request carried no API key",
-        ));
-    };
-    let application = match gateway
-        .ledger()
-        .application_for(&Identity::ApiKeyId(key_id))
-        .await
+    let application = match application_of_key(
+        gateway,
+        request.request_context.identity.api_key_id.clone(),
+    )
+    .await
     {
-        Ok(Some(app)) => app,
-        Ok(None) => {
-            return api_response(Reply::error(
-                403,
-                "InvalidApiKey",
-                "the API key belongs to no application",
-            ));
-        }
-        Err(_) => {
-            return api_response(Reply::error(
-                503,
-                "LedgerUnavailable",
-                "the budget ledger is unavailable",
-            ));
-        }
+        Ok(app) => app,
+        Err(reply) => return api_response(reply),
     };
     let method = request.http_method.as_str();
     let path = request.path.clone().unwrap_or_default();

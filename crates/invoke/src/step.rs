@@ -17,7 +17,7 @@
 
 use aws_lambda_events::sqs::SqsMessage;
 use budget::Usage;
-use ledger::{Identity, Ledger};
+use ledger::Ledger;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -25,7 +25,9 @@ use crate::bedrock::{
     Bedrock, BedrockError, ConverseInput, ConverseOutput, FieldError, SdkBedrock,
 };
 use crate::gateway::{Admission, Front, Gateway, Outcome, Reply, Ticket};
-use crate::lambda::{QueueContext, QueuedAdmission, Queues, queued_admit, queued_finish};
+use crate::lambda::{
+    QueueContext, QueuedAdmission, Queues, application_of_key, queued_admit, queued_finish,
+};
 
 /// Step Functions keeps at most 256 KB of state; the prompt travels in it twice (the request
 /// and the Converse parameters), so the engine takes bodies up to 96 KB.
@@ -241,33 +243,9 @@ pub async fn handle<L: Ledger, Q: Queues>(
 }
 
 async fn reserve_sync<L: Ledger>(gateway: &Gateway<L, StepBedrock>, e: ReserveEvent) -> Value {
-    let Some(key_id) = e.api_key_id.filter(|k| !k.is_empty()) else {
-        return api_reply(&Reply::error(
-            401,
-            "MissingApiKey",
-            "the request carried no API key",
-        ));
-    };
-    let application = match gateway
-        .ledger()
-        .application_for(&Identity::ApiKeyId(key_id))
-        .await
-    {
-        Ok(Some(app)) => app,
-        Ok(None) => {
-            return api_reply(&Reply::error(
-                403,
-                "InvalidApiKey",
-                "the API key belongs to no application",
-            ));
-        }
-        Err(_) => {
-            return api_reply(&Reply::error(
-                503,
-                "LedgerUnavailable",
-                "the budget ledger is unavailable",
-            ));
-        }
+    let application = match application_of_key(gateway, e.api_key_id).await {
+        Ok(app) => app,
+        Err(reply) => return api_reply(&reply),
     };
     let model = match decode_text("modelBase64", e.model_base64.as_deref()) {
         Ok(m) => String::from_utf8_lossy(&m).into_owned(),

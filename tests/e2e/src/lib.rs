@@ -301,3 +301,21 @@ pub fn converse(text: &str, max_tokens: u64) -> Value {
 fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
+
+/// The most tokens `app` has used in any of its current windows, as the ledger in moto holds them.
+pub async fn used_tokens(ledger: &ledger::DynamoLedger, app: &str) -> u64 {
+    use ledger::Ledger;
+    let config = ledger.budget(app).await.unwrap().expect("budget");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    ledger
+        .usage(app, &config.limits, now)
+        .await
+        .unwrap()
+        .iter()
+        .map(|u| u.used.tokens)
+        .max()
+        .unwrap_or(0)
+}

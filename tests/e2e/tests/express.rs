@@ -13,8 +13,8 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_smithy_types::base64;
-use e2e::{LocalAws, converse};
-use ledger::{DynamoLedger, Ledger};
+use e2e::{LocalAws, converse, used_tokens};
+use ledger::DynamoLedger;
 use serde_json::{Value, json};
 
 fn sync_input(key_id: &str, model: &str, body: &Value) -> Value {
@@ -77,22 +77,6 @@ fn call(local: &LocalAws, workflow: &str, input: &Value) -> (u64, Value, Value) 
         reply["headers"].clone(),
         body,
     )
-}
-
-async fn used(ledger: &DynamoLedger, app: &str) -> u64 {
-    let config = ledger.budget(app).await.unwrap().expect("budget");
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    ledger
-        .usage(app, &config.limits, now)
-        .await
-        .unwrap()
-        .iter()
-        .map(|u| u.used.tokens)
-        .max()
-        .unwrap_or(0)
 }
 
 async fn queue_attribute(sqs: &aws_sdk_sqs::Client, url: &str, name: &str) -> String {
@@ -197,13 +181,13 @@ async fn the_express_workflow_enforces_budgets_as_the_lambda_engine_does() {
         .map(|b| b.input_tokens + b.output_tokens)
         .sum::<u64>();
     assert_eq!(
-        used(&ledger, "assistant").await,
+        used_tokens(&ledger, "assistant").await,
         lite,
         "settled to what Bedrock billed"
     );
 
     // Bedrock's errors are answered as the Lambda engine answers them, and refunded.
-    let before = used(&ledger, "assistant").await;
+    let before = used_tokens(&ledger, "assistant").await;
     let (status, _, body) = call(
         &local,
         &workflow,
@@ -229,7 +213,7 @@ async fn the_express_workflow_enforces_budgets_as_the_lambda_engine_does() {
         "{body}"
     );
     assert_eq!(
-        used(&ledger, "assistant").await,
+        used_tokens(&ledger, "assistant").await,
         before,
         "failed calls were refunded"
     );
@@ -279,7 +263,7 @@ async fn the_express_workflow_enforces_budgets_as_the_lambda_engine_does() {
         2,
         "the refused request never reached Bedrock"
     );
-    assert!(used(&ledger, "capped").await <= 600);
+    assert!(used_tokens(&ledger, "capped").await <= 600);
 
     // Fallback: `frugal` may spend $0.00008 a day. The second nova-lite request would pass it; the
     // same request on nova-micro fits, and is served by it.

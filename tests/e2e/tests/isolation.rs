@@ -2,31 +2,13 @@
 //! REST (API Gateway proxy events carrying the caller's API key ID) and SQS (the queue a message
 //! arrived on). `invoke serve` is covered by `crates/invoke/tests/serve.rs`.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use e2e::{LocalAws, api_event, converse};
-use ledger::{DynamoLedger, Ledger};
+use e2e::{LocalAws, api_event, converse, used_tokens};
+use ledger::DynamoLedger;
 use serde_json::{Value, json};
 
 const SEARCH: &str = "search-summaries";
 const LEGAL: &str = "legal-review";
 const BATCH: &str = "batch-translation";
-
-async fn used_tokens(ledger: &DynamoLedger, app: &str) -> u64 {
-    let config = ledger.budget(app).await.unwrap().expect("budget");
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    ledger
-        .usage(app, &config.limits, now)
-        .await
-        .unwrap()
-        .iter()
-        .map(|u| u.used.tokens)
-        .max()
-        .unwrap_or(0)
-}
 
 fn usage_event(key: &(String, String)) -> Value {
     let mut event = api_event(key, "unused", &json!({}));
