@@ -773,7 +773,7 @@ pub fn table(e: &Estimate) -> String {
     );
     let _ = writeln!(
         out,
-        "prices: {} list prices of {} (no free tier), from {}",
+        "prices: {} list prices compiled {} (no free tier; verify before relying on them), from {}",
         e.prices_region,
         e.prices_date,
         e.prices_sources.join(", ")
