@@ -429,3 +429,60 @@ fn written_yaml_reads_back_as_the_template() {
         }
     }
 }
+
+/// A split rendering of the Express engine: every budget stack's pipes import the workflow and the
+/// pipes' role from the platform, every import has its export, and every stack passes cfn-lint.
+#[test]
+fn split_express_rendering_links_its_pipes_to_the_platform() {
+    let mut source = String::from(
+        "version: 1\nname: bigflow\nmodels:\n  lite: amazon.nova-lite-v1:0\ndefaults: { max_tokens: 200 }\naccess: [rest, queue]\nengine: step-functions-express\napplications:\n",
+    );
+    for i in 0..130 {
+        source.push_str(&format!(
+            "  team-{i:03}:\n    limits: [{{ window: day, tokens: 100000 }}]\n    on_exceed: {{ action: queue }}\n"
+        ));
+    }
+    let rendering = render_in_process("bigflow.yaml", &source);
+    assert!(rendering.is_split());
+    let platform = &rendering.stacks[0];
+    let exports: HashSet<String> = platform
+        .template
+        .outputs
+        .values()
+        .filter_map(|o| {
+            o.export
+                .as_ref()
+                .map(|e| e["Name"].as_str().unwrap().to_string())
+        })
+        .collect();
+    assert!(exports.contains("bigflow-WorkflowArn") && exports.contains("bigflow-PipeRoleArn"));
+    for stack in &rendering.stacks[1..] {
+        let pipes = stack
+            .template
+            .resources
+            .values()
+            .filter(|r| r.kind == "AWS::Pipes::Pipe")
+            .count();
+        assert_eq!(pipes, stack.applications.len(), "{}", stack.file_name);
+        for line in stack.yaml.lines() {
+            if let Some(name) = line.trim().strip_prefix("Fn::ImportValue: ") {
+                assert!(
+                    exports.contains(name),
+                    "{} imports `{name}`, which nothing exports",
+                    stack.file_name
+                );
+            }
+        }
+    }
+    let dir = scratch("split-express");
+    let files: Vec<PathBuf> = rendering
+        .stacks
+        .iter()
+        .map(|s| {
+            let path = dir.join(&s.file_name);
+            std::fs::write(&path, &s.yaml).unwrap();
+            path
+        })
+        .collect();
+    cfn_lint(&files);
+}
