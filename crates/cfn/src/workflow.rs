@@ -95,6 +95,15 @@ pub fn definition(spec: &Spec) -> Value {
 /// Reserve, Admitted, Converse, Settle, Answer, Reply.
 pub const HAPPY_PATH_STATES: u64 = 6;
 
+/// A role trust policy for an AWS service acting for this account only (confused-deputy guard).
+fn service_trust(service: &str) -> Value {
+    json!({
+        "Version": "2012-10-17",
+        "Statement": [{ "Effect": "Allow", "Principal": { "Service": service }, "Action": "sts:AssumeRole",
+            "Condition": { "StringEquals": { "aws:SourceAccount": r("AWS::AccountId") } } }]
+    })
+}
+
 /// Adds the state machine, its role and log group (and the pipes' role with the queue front).
 pub fn add_workflow(t: &mut Template, spec: &Spec, model_arns: Vec<Value>) {
     let names = Names::new(&spec.name);
@@ -113,11 +122,7 @@ pub fn add_workflow(t: &mut Template, spec: &Spec, model_arns: Vec<Value>) {
         Resource::new(
             "AWS::IAM::Role",
             json!({
-                "AssumeRolePolicyDocument": {
-                    "Version": "2012-10-17",
-                    "Statement": [{ "Effect": "Allow", "Principal": { "Service": "states.amazonaws.com" }, "Action": "sts:AssumeRole",
-                        "Condition": { "StringEquals": { "aws:SourceAccount": r("AWS::AccountId") } } }]
-                },
+                "AssumeRolePolicyDocument": service_trust("states.amazonaws.com"),
                 "Policies": [{
                     "PolicyName": "tokenfence-workflow",
                     "PolicyDocument": {
@@ -173,11 +178,7 @@ pub fn add_workflow(t: &mut Template, spec: &Spec, model_arns: Vec<Value>) {
             Resource::new(
                 "AWS::IAM::Role",
                 json!({
-                    "AssumeRolePolicyDocument": {
-                        "Version": "2012-10-17",
-                        "Statement": [{ "Effect": "Allow", "Principal": { "Service": "pipes.amazonaws.com" }, "Action": "sts:AssumeRole",
-                            "Condition": { "StringEquals": { "aws:SourceAccount": r("AWS::AccountId") } } }]
-                    },
+                    "AssumeRolePolicyDocument": service_trust("pipes.amazonaws.com"),
                     "Policies": [{
                         "PolicyName": "tokenfence-pipes",
                         "PolicyDocument": {
@@ -232,11 +233,7 @@ pub fn route_converse_to_workflow(t: &mut Template) {
         Resource::new(
             "AWS::IAM::Role",
             json!({
-                "AssumeRolePolicyDocument": {
-                    "Version": "2012-10-17",
-                    "Statement": [{ "Effect": "Allow", "Principal": { "Service": "apigateway.amazonaws.com" }, "Action": "sts:AssumeRole",
-                        "Condition": { "StringEquals": { "aws:SourceAccount": r("AWS::AccountId") } } }]
-                },
+                "AssumeRolePolicyDocument": service_trust("apigateway.amazonaws.com"),
                 "Policies": [{
                     "PolicyName": "tokenfence-api-workflow",
                     "PolicyDocument": {

@@ -143,22 +143,23 @@ fn now_millis() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Refunds a reservation that was not settled explicitly: on an early return, a panic, or a
-/// request future dropped by a disconnecting client.
+/// Refunds an admitted request's reservation that was not settled explicitly: on an early
+/// return, a panic, or a request future dropped by a disconnecting client. It holds the ticket
+/// itself (moved in, handed back by `disarm`), so arming it copies nothing.
 struct RefundGuard<L: Ledger> {
     ledger: Arc<L>,
-    reservation: Option<Reservation>,
+    ticket: Option<Ticket>,
 }
 
 impl<L: Ledger> RefundGuard<L> {
-    fn disarm(&mut self) -> Option<Reservation> {
-        self.reservation.take()
+    fn disarm(&mut self) -> Option<Ticket> {
+        self.ticket.take()
     }
 }
 
 impl<L: Ledger> Drop for RefundGuard<L> {
     fn drop(&mut self) {
-        if let Some(reservation) = self.reservation.take() {
+        if let Some(Ticket { reservation, .. }) = self.ticket.take() {
             let ledger = Arc::clone(&self.ledger);
             let refund = Settlement {
                 actual: Charge::ZERO,
@@ -569,24 +570,26 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
             Admission::Admitted { ticket, prepared } => (ticket, prepared),
             Admission::Done(outcome) => return Ok(outcome),
         };
-        let called = self.call_admitted(&ticket, prepared).await;
+        let (ticket, called) = self.call_admitted(ticket, prepared).await;
         self.complete_inner(ticket, called, front, request_id).await
     }
 
     /// Calls Bedrock for an admitted request, refunding its reservation if this future is
-    /// dropped before Bedrock answers (a disconnecting client, a timeout).
+    /// dropped before Bedrock answers (a disconnecting client, a timeout). The ticket comes back
+    /// with the answer, for [`Gateway::complete`].
     pub async fn call_admitted(
         &self,
-        ticket: &Ticket,
+        ticket: Ticket,
         prepared: B::Prepared,
-    ) -> Result<ConverseOutput, BedrockError> {
+    ) -> (Ticket, Result<ConverseOutput, BedrockError>) {
         let mut guard = RefundGuard {
             ledger: Arc::clone(&self.ledger),
-            reservation: Some(ticket.reservation.clone()),
+            ticket: Some(ticket),
         };
-        let called = self.bedrock.converse(&ticket.plan.target, prepared).await;
-        guard.disarm();
-        called
+        let target = &guard.ticket.as_ref().expect("armed").plan.target;
+        let called = self.bedrock.converse(target, prepared).await;
+        let ticket = guard.disarm().expect("armed until Bedrock answered");
+        (ticket, called)
     }
 
     /// Settles an admitted request with what Bedrock answered (refunding it on an error), emits

@@ -286,7 +286,7 @@ async fn handle_message<L: Ledger, B: Bedrock, Q: Queues>(
             prepared,
             context,
         } => {
-            let called = gateway.call_admitted(&ticket, prepared).await;
+            let (ticket, called) = gateway.call_admitted(ticket, prepared).await;
             let outcome = gateway
                 .complete(ticket, called, Front::Queue, &context.request_id)
                 .await;

@@ -878,6 +878,15 @@ pub fn table(e: &Estimate) -> String {
 mod tests {
     use super::*;
 
+    /// The monthly cost of `item` on `engine`, in micro-USD.
+    fn cost(engine: &EngineCost, item: &str) -> Option<u64> {
+        engine
+            .lines
+            .iter()
+            .find(|l| l.item == item)
+            .map(|l| l.usd_micros)
+    }
+
     fn spec(yaml: &str) -> Spec {
         spec::parse("test.yaml", yaml).expect("valid spec")
     }
@@ -933,14 +942,7 @@ mod tests {
         let a = Assumptions::default();
         let e = estimate(&s, &p, &w, &a).unwrap();
         let lambda = &e.engines[0];
-        let get = |item: &str| {
-            lambda
-                .lines
-                .iter()
-                .find(|l| l.item == item)
-                .unwrap()
-                .usd_micros
-        };
+        let get = |item: &str| cost(lambda, item).unwrap();
         // 1M x $3.50 per million.
         assert_eq!(get("API Gateway REST requests"), 3_500_000);
         // 1M x $0.20 per million.
@@ -971,14 +973,7 @@ mod tests {
         };
         let e = estimate(&s, &p, &w, &Assumptions::default()).unwrap();
         let express = &e.engines[1];
-        let get = |item: &str| {
-            express
-                .lines
-                .iter()
-                .find(|l| l.item == item)
-                .unwrap()
-                .usd_micros
-        };
+        let get = |item: &str| cost(express, item).unwrap();
         assert_eq!(get("Step Functions Express requests"), 1_000_000);
         // 1,930 + 120 ms -> 2,100 ms billed; 64 MB (50 MB + 18 KB); 1M x 2.1 s x 0.0625 GB =
         // 131,250 GB-s, within the first 3.6M GB-s tier: x $0.00001667 = $2.18793750.
@@ -987,13 +982,11 @@ mod tests {
         assert_eq!(get("Lambda step requests"), 400_000);
         assert_eq!(get("Lambda step duration"), 20_834);
         let standard = &e.engines[2];
-        let t = standard
-            .lines
-            .iter()
-            .find(|l| l.item == "Step Functions Standard transitions")
-            .unwrap();
         // 6M transitions x $0.000025.
-        assert_eq!(t.usd_micros, 150_000_000);
+        assert_eq!(
+            cost(standard, "Step Functions Standard transitions"),
+            Some(150_000_000)
+        );
     }
 
     #[test]
@@ -1094,13 +1087,7 @@ mod tests {
         };
         let e = estimate(&s, &Prices::builtin(), &w, &Assumptions::default()).unwrap();
         let lambda = &e.engines[0];
-        let get = |item: &str| {
-            lambda
-                .lines
-                .iter()
-                .find(|l| l.item == item)
-                .map(|l| l.usd_micros)
-        };
+        let get = |item: &str| cost(lambda, item);
         assert_eq!(get("API Gateway REST requests"), Some(1_750_000));
         // 500,000 messages x 3 requests x $0.40 per million.
         assert_eq!(get("SQS requests"), Some(600_000));

@@ -53,6 +53,19 @@ const TEMPLATE: &str = r#"{
   "Outputs": { "LedgerTableName": { "Value": { "Ref": "LedgerTable" } } }
 }"#;
 
+/// `synth ARGS` with the standard AWS configuration pointed at moto, as a user would run it.
+fn run_synth(moto: &harness::Moto, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_synth"))
+        .args(args)
+        .env("AWS_ENDPOINT_URL", moto.url())
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env_remove("AWS_PROFILE")
+        .output()
+        .expect("synth runs")
+}
+
 /// What CloudWatch does with an EMF line: one datum per metric and dimension set.
 fn extract(record: &Value) -> Vec<MetricDatum> {
     let aws = &record["_aws"];
@@ -123,14 +136,7 @@ async fn report_reads_back_what_the_gateway_emitted() {
     let stub = bedrock_stub::start("127.0.0.1:0".parse().unwrap(), StubConfig::default())
         .await
         .unwrap();
-    let bedrock_config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(stub.url())
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_bedrockruntime::config::Credentials::new(
-            "test", "test", None, None, "tests",
-        ))
-        .load()
-        .await;
+    let bedrock_config = harness::sdk_config_at(&stub.url()).await;
     let captured = Arc::new(Mutex::new(Vec::new()));
     let gateway = Arc::new(Gateway::new(
         Arc::clone(&ledger),
@@ -194,15 +200,10 @@ async fn report_reads_back_what_the_gateway_emitted() {
         }
     }
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_synth"))
-        .args(["report", "--stack", "rep", "--since", "1h", "--json"])
-        .env("AWS_ENDPOINT_URL", moto.url())
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1")
-        .env_remove("AWS_PROFILE")
-        .output()
-        .expect("synth runs");
+    let out = run_synth(
+        &moto,
+        &["report", "--stack", "rep", "--since", "1h", "--json"],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -255,14 +256,7 @@ async fn report_reads_back_what_the_gateway_emitted() {
     assert_eq!(cc["requests"], 9);
 
     // The table form names the same figures.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_synth"))
-        .args(["report", "--stack", "rep", "--since", "1h"])
-        .env("AWS_ENDPOINT_URL", moto.url())
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1")
-        .output()
-        .unwrap();
+    let out = run_synth(&moto, &["report", "--stack", "rep", "--since", "1h"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("per cost center") && text.contains("cc-a"),
@@ -274,14 +268,7 @@ async fn report_reads_back_what_the_gateway_emitted() {
     );
 
     // A stack without a ledger output is named, not guessed.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_synth"))
-        .args(["report", "--stack", "missing"])
-        .env("AWS_ENDPOINT_URL", moto.url())
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1")
-        .output()
-        .unwrap();
+    let out = run_synth(&moto, &["report", "--stack", "missing"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("stack `missing`"));
 }
