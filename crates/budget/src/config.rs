@@ -183,10 +183,17 @@ mod tests {
 
     #[test]
     fn worst_case_and_actual_charges() {
+        // Nova's cache writes cost no more than its input, so input is the dearest kind.
         let p = PriceBook::lookup("amazon.nova-micro-v1:0");
         assert_eq!(
             worst_case(p, 1_000_000, 1_000_000),
-            Charge::new(2_000_000, MicroUsd(43_750 + 140_000))
+            Charge::new(2_000_000, MicroUsd(35_000 + 140_000))
+        );
+        // Claude's cache writes are dearer (1.25 x input): every input token is priced at them.
+        let claude = PriceBook::lookup("anthropic.claude-3-haiku-20240307-v1:0");
+        assert_eq!(
+            worst_case(claude, 1_000_000, 1_000_000),
+            Charge::new(2_000_000, MicroUsd(312_500 + 1_250_000))
         );
         assert_eq!(
             actual(p, &Usage::new(1_000_000, 0)),

@@ -22,10 +22,10 @@ pub struct Price {
 }
 
 impl Price {
-    /// A price from USD-per-million-token decimals, deriving absent cache prices the way Bedrock
-    /// bills Anthropic models: writes at 1.25 x input, reads at 0.1 x input (rounded up, so a
-    /// derived price never undercharges).
+    /// A price of `model` from USD-per-million-token decimals, deriving absent cache prices by the
+    /// model's family ([`CacheRule::for_model`]), rounded up so a derived price never undercharges.
     pub fn from_usd_per_million(
+        model: &str,
         input: &str,
         output: &str,
         cache_read: Option<&str>,
@@ -33,13 +33,14 @@ impl Price {
     ) -> Result<Price, BudgetError> {
         let input = parse_decimal_micros(input)?;
         let output = parse_decimal_micros(output)?;
+        let rule = CacheRule::for_model(model);
         let cache_read = match cache_read {
             Some(v) => parse_decimal_micros(v)?,
-            None => input.div_ceil(10),
+            None => rule.read.of(input),
         };
         let cache_write = match cache_write {
             Some(v) => parse_decimal_micros(v)?,
-            None => input.saturating_mul(5).div_ceil(4),
+            None => rule.write.of(input),
         };
         Ok(Price {
             input,
@@ -92,6 +93,62 @@ impl Price {
     /// The cache-write price as a USD decimal per million tokens.
     pub fn cache_write_usd(&self) -> String {
         format_decimal_micros(self.cache_write)
+    }
+}
+
+/// A price as a fraction of the input price.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ratio {
+    /// Numerator.
+    pub num: u64,
+    /// Denominator.
+    pub den: u64,
+}
+
+impl Ratio {
+    /// `input × num / den`, rounded up.
+    pub fn of(self, input: u64) -> u64 {
+        input.saturating_mul(self.num).div_ceil(self.den.max(1))
+    }
+}
+
+/// How a model family prices prompt-cache tokens relative to its input tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheRule {
+    /// Cache reads.
+    pub read: Ratio,
+    /// Cache writes (5-minute TTL).
+    pub write: Ratio,
+}
+
+impl CacheRule {
+    /// The family's rule, from the model, profile ID or ARN:
+    /// - Anthropic Claude: writes 1.25 × input, reads 0.1 × input (Anthropic's and Bedrock's
+    ///   pricing pages);
+    /// - Amazon Nova: reads 0.25 × input ("75% less than on-demand input"), writes at the input
+    ///   price (Bedrock charges Nova no cache-write premium);
+    /// - any other family: both at the input price. Bedrock reports no cache tokens for models
+    ///   without prompt caching, and for a family whose rule is unknown the input price never
+    ///   undercharges a read; a spec can set both prices.
+    pub fn for_model(model: &str) -> CacheRule {
+        let id = model.rsplit_once('/').map_or(model, |(_, id)| id);
+        let r = |num, den| Ratio { num, den };
+        if id.contains("anthropic.") || id.contains("claude") {
+            CacheRule {
+                read: r(1, 10),
+                write: r(5, 4),
+            }
+        } else if id.contains("amazon.nova") {
+            CacheRule {
+                read: r(1, 4),
+                write: r(1, 1),
+            }
+        } else {
+            CacheRule {
+                read: r(1, 1),
+                write: r(1, 1),
+            }
+        }
     }
 }
 
@@ -190,8 +247,9 @@ impl PriceBook {
             None => (id.strip_prefix("global.").unwrap_or(id), false),
         };
         let entry = BUILT_IN.iter().find(|e| e.model == base)?;
-        let mut price = Price::from_usd_per_million(entry.input, entry.output, None, None)
-            .expect("built-in prices are valid decimals");
+        let mut price =
+            Price::from_usd_per_million(entry.model, entry.input, entry.output, None, None)
+                .expect("built-in prices are valid decimals");
         if regional && entry.regional_premium {
             for p in [
                 &mut price.input,
@@ -229,6 +287,25 @@ mod tests {
     }
 
     #[test]
+    fn cache_prices_follow_the_family() {
+        let nova = PriceBook::lookup("amazon.nova-pro-v1:0").unwrap();
+        assert_eq!(
+            (nova.input, nova.cache_read, nova.cache_write),
+            (800_000, 200_000, 800_000)
+        );
+        let llama = PriceBook::lookup("meta.llama3-70b-instruct-v1:0").unwrap();
+        assert_eq!(
+            (llama.cache_read, llama.cache_write),
+            (llama.input, llama.input)
+        );
+        let claude = PriceBook::lookup("anthropic.claude-3-haiku-20240307-v1:0").unwrap();
+        assert_eq!((claude.cache_read, claude.cache_write), (25_000, 312_500));
+        let spec = Price::from_usd_per_million("amazon.nova-micro-v1:0", "1", "2", None, Some("3"))
+            .unwrap();
+        assert_eq!((spec.cache_read, spec.cache_write), (250_000, 3_000_000));
+    }
+
+    #[test]
     fn costs_round_up_to_the_micro_dollar() {
         let nova_micro = PriceBook::lookup("amazon.nova-micro-v1:0").unwrap();
         // 1 input token at $0.035 per million is 0.035 micro-USD: charged as 1.
@@ -261,7 +338,8 @@ mod tests {
 
     #[test]
     fn spec_prices_parse_exactly() {
-        let p = Price::from_usd_per_million("3.00", "15.00", Some("0.30"), Some("3.75")).unwrap();
+        let p =
+            Price::from_usd_per_million("x", "3.00", "15.00", Some("0.30"), Some("3.75")).unwrap();
         assert_eq!(
             p,
             Price {
@@ -272,6 +350,6 @@ mod tests {
             }
         );
         assert_eq!(p.input_usd(), "3");
-        assert!(Price::from_usd_per_million("0.0000001", "1", None, None).is_err());
+        assert!(Price::from_usd_per_million("x", "0.0000001", "1", None, None).is_err());
     }
 }

@@ -356,6 +356,7 @@ pub fn parse_budget(value: &Value) -> Result<BudgetProps, PropError> {
             text("Output", true)?.unwrap_or_default(),
         );
         let price = Price::from_usd_per_million(
+            &model,
             &input,
             &output,
             text("CacheRead", false)?.as_deref(),

@@ -655,17 +655,7 @@ fn decode_models(d: &mut Decoder, node: &Node) -> (IndexMap<String, ModelDef>, b
                     ok = false;
                     continue;
                 };
-                let price = match m.get("price") {
-                    None => None,
-                    Some(p) => match decode_price(d, p, &join(&path, "price")) {
-                        Some(price) => Some(price),
-                        None => {
-                            ok = false;
-                            continue;
-                        }
-                    },
-                };
-                (id_node, price)
+                (id_node, m.get("price"))
             }
             _ => {
                 d.error(
@@ -698,6 +688,17 @@ fn decode_models(d: &mut Decoder, node: &Node) -> (IndexMap<String, ModelDef>, b
             ok = false;
             continue;
         }
+        // Cache prices the spec leaves out are derived by the model's family, so the ID comes first.
+        let price = match price {
+            None => None,
+            Some(p) => match decode_price(d, p, &join(&path, "price"), &id) {
+                Some(price) => Some(price),
+                None => {
+                    ok = false;
+                    continue;
+                }
+            },
+        };
         let price_from_spec = price.is_some();
         let price = price.or_else(|| PriceBook::lookup(&id));
         models.insert(
@@ -712,7 +713,7 @@ fn decode_models(d: &mut Decoder, node: &Node) -> (IndexMap<String, ModelDef>, b
     (models, ok)
 }
 
-fn decode_price(d: &mut Decoder, node: &Node, path: &str) -> Option<Price> {
+fn decode_price(d: &mut Decoder, node: &Node, path: &str, model: &str) -> Option<Price> {
     let f = d.mapping(node, path, PRICE_KEYS)?;
     let mut text = |key: &str, required: bool| -> Result<Option<String>, ()> {
         let Some(n) = (if required {
@@ -736,6 +737,7 @@ fn decode_price(d: &mut Decoder, node: &Node, path: &str) -> Option<Price> {
         return None;
     };
     let price = Price::from_usd_per_million(
+        model,
         &input,
         &output,
         cache_read.as_deref(),
