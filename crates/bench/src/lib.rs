@@ -94,6 +94,7 @@ pub fn decide_parsed(
             completion: Some(Completion {
                 remember_seconds: 900,
                 result: None,
+                worst_case: None,
             }),
             now,
         },

@@ -9,7 +9,6 @@ use std::future::Future;
 
 use aws_sdk_bedrockruntime::Client;
 use aws_sdk_bedrockruntime::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_bedrockruntime::operation::converse::ConverseError;
 use aws_sdk_bedrockruntime::types as t;
 use aws_smithy_types::{Blob, Document, Number};
 use budget::Usage;
@@ -36,23 +35,53 @@ fn field_err(field: impl Into<String>, message: impl Into<String>) -> FieldError
 pub struct ConverseOutput {
     /// Bedrock's response as Converse JSON.
     pub body: Value,
-    /// The usage Bedrock reported.
-    pub usage: Usage,
+    /// The usage Bedrock reported; `None` when the response carried none (it is then settled at
+    /// the worst case, never at zero).
+    pub usage: Option<Usage>,
 }
 
 /// Why a Converse call failed.
+///
+/// Bedrock bills every generation it starts, whether or not the caller receives the answer. Only
+/// the errors it returns when it *refused* the request (Bedrock API reference, Converse, Errors;
+/// "Troubleshooting Amazon Bedrock API error codes") prove that nothing was generated:
+/// `ValidationException` (400, the input fails the constraints), `AccessDeniedException` (403),
+/// `ResourceNotFoundException` (404), `ThrottlingException` (429, denied for exceeding quotas),
+/// `ModelNotReadyException` (429, the model is not ready to serve) and
+/// `ServiceUnavailableException` (503, the service is not available). Those are refunded
+/// ([`BedrockError::refundable`]); everything else — `InternalServerException`,
+/// `ModelTimeoutException`, `ModelErrorException`, an unknown error, a timeout, a connection cut
+/// after the request was sent — may follow a billed generation and is settled at the worst case.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BedrockError {
-    /// The request is not something the gateway can pass on.
+    /// The request is not something the gateway can pass on (never sent).
     Field(FieldError),
-    /// Bedrock throttled the call (429).
+    /// Bedrock refused the call before generating: throttled, model not ready, unavailable (429).
     Throttled(String),
     /// Bedrock refused the request as invalid (400).
     Validation(String),
     /// Bedrock denied access or does not know the model (403).
     Denied(String),
-    /// Anything else: server errors, timeouts, connection failures (502).
+    /// Failed after the request was sent: server and model errors, a cut connection (502).
     Failed(String),
+    /// No answer before the deadline (504).
+    Timeout(String),
+    /// Not sent: no time was left before the deadline (503).
+    NotSent(String),
+}
+
+impl BedrockError {
+    /// Whether Bedrock provably started no billed generation, so the reservation may be refunded.
+    pub fn refundable(&self) -> bool {
+        matches!(
+            self,
+            BedrockError::Field(_)
+                | BedrockError::NotSent(_)
+                | BedrockError::Throttled(_)
+                | BedrockError::Validation(_)
+                | BedrockError::Denied(_)
+        )
+    }
 }
 
 /// Something that answers Converse requests: the real runtime, or a test double.
@@ -73,6 +102,14 @@ pub trait Bedrock: Send + Sync + 'static {
         model_id: &str,
         request: Self::Prepared,
     ) -> impl Future<Output = Result<ConverseOutput, BedrockError>> + Send;
+
+    /// Counts the input tokens of a prepared request with Bedrock's CountTokens (free, no
+    /// generation) for the foundation model `model_id`.
+    fn count_tokens(
+        &self,
+        model_id: &str,
+        request: &Self::Prepared,
+    ) -> impl Future<Output = Result<u64, BedrockError>> + Send;
 }
 
 /// Bedrock through aws-sdk-bedrockruntime; the endpoint comes from the standard AWS configuration
@@ -83,9 +120,16 @@ pub struct SdkBedrock {
 }
 
 impl SdkBedrock {
-    /// Wraps a client.
-    pub fn new(client: Client) -> Self {
-        SdkBedrock { client }
+    /// A client from the standard AWS configuration, with the SDK's retries turned off: a
+    /// retried generation is a second billed generation under one reservation. Refused calls
+    /// (throttling) come back to the caller, who may retry under a new reservation.
+    pub fn from_config(config: &aws_config::SdkConfig) -> Self {
+        let config = aws_sdk_bedrockruntime::config::Builder::from(config)
+            .retry_config(aws_config::retry::RetryConfig::disabled())
+            .build();
+        SdkBedrock {
+            client: Client::from_conf(config),
+        }
     }
 }
 
@@ -114,12 +158,18 @@ impl Bedrock for SdkBedrock {
             .send()
             .await
             .map_err(map_error)?;
-        let usage = out.usage().map_or(Usage::default(), |u| Usage {
-            input_tokens: u.input_tokens().max(0) as u64,
-            output_tokens: u.output_tokens().max(0) as u64,
-            cache_read_tokens: u.cache_read_input_tokens().unwrap_or(0).max(0) as u64,
-            cache_write_tokens: u.cache_write_input_tokens().unwrap_or(0).max(0) as u64,
-        });
+        // The SDK fills a missing `usage` with zeros; no generation has zero input tokens, so a
+        // usage of zero tokens is no usage (settled at the worst case, never at zero).
+        let usage = out
+            .usage()
+            .filter(|u| u.total_tokens() > 0 || u.input_tokens() > 0)
+            .map(|u| Usage {
+                input_tokens: u.input_tokens().max(0) as u64,
+                output_tokens: u.output_tokens().max(0) as u64,
+                cache_read_tokens: u.cache_read_input_tokens().unwrap_or(0).max(0) as u64,
+                cache_write_tokens: u.cache_write_input_tokens().unwrap_or(0).max(0) as u64,
+            });
+        let reported = usage.unwrap_or_default();
         let mut body = Map::new();
         if let Some(t::ConverseOutput::Message(message)) = out.output() {
             body.insert(
@@ -128,18 +178,20 @@ impl Bedrock for SdkBedrock {
             );
         }
         body.insert("stopReason".into(), json!(out.stop_reason().as_str()));
-        let mut usage_json = json!({
-            "inputTokens": usage.input_tokens,
-            "outputTokens": usage.output_tokens,
-            "totalTokens": out.usage().map_or(0, |u| u.total_tokens().max(0))
-        });
-        if usage.cache_read_tokens > 0 {
-            usage_json["cacheReadInputTokens"] = json!(usage.cache_read_tokens);
+        if usage.is_some() {
+            let mut usage_json = json!({
+                "inputTokens": reported.input_tokens,
+                "outputTokens": reported.output_tokens,
+                "totalTokens": out.usage().map_or(0, |u| u.total_tokens().max(0))
+            });
+            if reported.cache_read_tokens > 0 {
+                usage_json["cacheReadInputTokens"] = json!(reported.cache_read_tokens);
+            }
+            if reported.cache_write_tokens > 0 {
+                usage_json["cacheWriteInputTokens"] = json!(reported.cache_write_tokens);
+            }
+            body.insert("usage".into(), usage_json);
         }
-        if usage.cache_write_tokens > 0 {
-            usage_json["cacheWriteInputTokens"] = json!(usage.cache_write_tokens);
-        }
-        body.insert("usage".into(), usage_json);
         if let Some(metrics) = out.metrics() {
             body.insert(
                 "metrics".into(),
@@ -157,23 +209,57 @@ impl Bedrock for SdkBedrock {
             usage,
         })
     }
+
+    async fn count_tokens(
+        &self,
+        model_id: &str,
+        input: &ConverseInput,
+    ) -> Result<u64, BedrockError> {
+        let request = t::ConverseTokensRequest::builder()
+            .set_messages(Some(input.messages.clone()))
+            .set_system(input.system.clone())
+            .set_tool_config(input.tool_config.clone())
+            .set_additional_model_request_fields(input.additional_fields.clone())
+            .build();
+        let out = self
+            .client
+            .count_tokens()
+            .model_id(model_id)
+            .input(t::CountTokensInput::Converse(request))
+            .send()
+            .await
+            .map_err(map_error)?;
+        Ok(out.input_tokens().max(0) as u64)
+    }
 }
 
-fn map_error(e: SdkError<ConverseError>) -> BedrockError {
+/// Maps an SDK error by Bedrock's error code: refusals (see [`BedrockError`]) to their classes,
+/// anything after the request may have started a generation to `Failed` or `Timeout`.
+fn map_error<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
+    e: SdkError<E, R>,
+) -> BedrockError {
     match &e {
         SdkError::ServiceError(service) => {
             let err = service.err();
             let message = err.message().unwrap_or("no message").to_string();
-            match err {
-                ConverseError::ThrottlingException(_)
-                | ConverseError::ServiceUnavailableException(_) => BedrockError::Throttled(message),
-                ConverseError::ValidationException(_) => BedrockError::Validation(message),
-                ConverseError::AccessDeniedException(_)
-                | ConverseError::ResourceNotFoundException(_) => BedrockError::Denied(message),
-                _ => BedrockError::Failed(format!("{}: {message}", err.code().unwrap_or("error"))),
+            match err.code().unwrap_or("") {
+                "ThrottlingException"
+                | "ServiceUnavailableException"
+                | "ModelNotReadyException" => BedrockError::Throttled(message),
+                "ValidationException" => BedrockError::Validation(message),
+                "AccessDeniedException" | "ResourceNotFoundException" => {
+                    BedrockError::Denied(message)
+                }
+                "ModelTimeoutException" => BedrockError::Timeout(message),
+                other => BedrockError::Failed(format!(
+                    "{}: {message}",
+                    if other.is_empty() { "error" } else { other }
+                )),
             }
         }
-        SdkError::TimeoutError(_) => BedrockError::Failed("timed out calling Bedrock".into()),
+        SdkError::TimeoutError(_) => BedrockError::Timeout("timed out calling Bedrock".into()),
+        // Whether a dispatch failure happened before or after the request left is not knowable
+        // from here: a generation may have started.
         other => BedrockError::Failed(format!("calling Bedrock: {other}")),
     }
 }

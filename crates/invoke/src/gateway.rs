@@ -5,24 +5,29 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use budget::config::{self, BudgetConfig, EnforcementMode, ExceedAction};
-use budget::estimate::input_token_bound;
+use budget::estimate::{
+    PER_REQUEST_OVERHEAD, additional_output_cap, binary_document, input_token_bound,
+    tool_prompt_tokens,
+};
 use budget::forecast::{projected_usage, utilization_percent};
 use budget::{Charge, Exceeded, Limit, LimitMetric, Usage};
 use ledger::{
-    Completion, Ledger, LedgerError, Reservation, ReserveOutcome, ReserveRequest, Settlement,
-    WindowUsage,
+    Completion, Expired, Ledger, LedgerError, Reservation, ReserveOutcome, ReserveRequest,
+    Settlement, WindowUsage,
 };
 use serde_json::{Value, json};
 
-use crate::bedrock::{Bedrock, BedrockError, ConverseOutput};
-use crate::metrics::{MetricsSink, RequestMetrics, request_record, window_record};
+use crate::bedrock::{Bedrock, BedrockError, ConverseOutput, FieldError};
+use crate::metrics::{MetricsSink, RequestMetrics, expired_record, request_record, window_record};
 
 /// What to do when the ledger cannot be reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LedgerFailurePolicy {
     /// Fail closed: 503.
     Deny,
-    /// Fail open: call Bedrock unreserved and count it in `UnreservedRequests`.
+    /// Fail open: call Bedrock unreserved and count it in `UnreservedRequests`. Only when the
+    /// ledger cannot be reached after the application's configuration was read: contention,
+    /// corrupt items and a missing configuration always deny.
     Allow,
 }
 
@@ -35,7 +40,7 @@ pub struct Settings {
     pub default_max_tokens: u32,
     /// Behaviour when the ledger is down.
     pub on_ledger_error: LedgerFailurePolicy,
-    /// How long a reservation may stay unsettled before it counts as leaked.
+    /// How long a reservation may stay unsettled before the sweeper charges it its worst case.
     pub hold_seconds: i64,
     /// How long an application's configuration is cached.
     pub config_ttl: Duration,
@@ -43,6 +48,9 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// How long completed async requests are remembered, to recognise redeliveries.
     pub remember_seconds: i64,
+    /// The longest a synchronous call to Bedrock may take (`invoke serve`); the Lambda fronts use
+    /// the invocation's own deadline. A call cut off is settled at its worst case.
+    pub call_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -55,6 +63,7 @@ impl Default for Settings {
             config_ttl: Duration::from_secs(5),
             max_body_bytes: 6 * 1024 * 1024,
             remember_seconds: 86_400,
+            call_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -143,42 +152,71 @@ fn now_millis() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Refunds an admitted request's reservation that was not settled explicitly: on an early
-/// return, a panic, or a request future dropped by a disconnecting client. It holds the ticket
-/// itself (moved in, handed back by `disarm`), so arming it copies nothing.
-struct RefundGuard<L: Ledger> {
+/// How long a settlement is retried inline before it is left to the sweeper (which charges the
+/// worst case). Inline, because a Lambda sandbox is frozen once the handler returns: background
+/// retries would never run.
+const SETTLE_RETRY_FOR: Duration = Duration::from_secs(5);
+
+/// Charges an admitted request's whole reservation when its call to Bedrock is abandoned after
+/// it was sent (a panic, a dropped future): Bedrock bills a generation whether or not anyone
+/// reads the answer. It holds the ticket itself (moved in, handed back by `disarm`), so arming it
+/// copies nothing. Without a runtime to settle on, the sweeper closes the reservation at the
+/// same worst case.
+struct ChargeGuard<L: Ledger> {
     ledger: Arc<L>,
     ticket: Option<Ticket>,
+    remember_seconds: i64,
 }
 
-impl<L: Ledger> RefundGuard<L> {
+impl<L: Ledger> ChargeGuard<L> {
     fn disarm(&mut self) -> Option<Ticket> {
         self.ticket.take()
     }
 }
 
-impl<L: Ledger> Drop for RefundGuard<L> {
+impl<L: Ledger> Drop for ChargeGuard<L> {
     fn drop(&mut self) {
         if let Some(Ticket { reservation, .. }) = self.ticket.take() {
             let ledger = Arc::clone(&self.ledger);
-            let refund = Settlement {
-                actual: Charge::ZERO,
-                completion: None,
-                now: now_seconds(),
-            };
+            let charge = worst_case_settlement(
+                &reservation,
+                "the call to Bedrock was abandoned after it was sent",
+                self.remember_seconds,
+            );
             match tokio::runtime::Handle::try_current() {
                 Ok(handle) => {
                     handle.spawn(async move {
-                        if let Err(e) = ledger.settle(&reservation, &refund).await {
-                            tracing::error!(reservation = %reservation.id, error = %e, "refund of an abandoned reservation failed; it expires with its hold");
+                        if let Err(e) = ledger.settle(&reservation, &charge).await {
+                            tracing::error!(reservation = %reservation.id, error = %e, "charging an abandoned reservation failed; the sweeper charges it at its hold's end");
                         }
                     });
                 }
                 Err(_) => {
-                    tracing::error!(reservation = %reservation.id, "no runtime to refund an abandoned reservation")
+                    tracing::error!(reservation = %reservation.id, "no runtime to charge an abandoned reservation; the sweeper charges it at its hold's end")
                 }
             }
         }
+    }
+}
+
+/// A settlement that charges the whole reservation, recording why.
+fn worst_case_settlement(reservation: &Reservation, reason: &str, remember: i64) -> Settlement {
+    Settlement {
+        actual: reservation.charge,
+        completion: Some(Completion {
+            remember_seconds: remember,
+            result: None,
+            worst_case: Some(reason.to_string()),
+        }),
+        now: now_seconds(),
+    }
+}
+
+fn refund() -> Settlement {
+    Settlement {
+        actual: Charge::ZERO,
+        completion: None,
+        now: now_seconds(),
     }
 }
 
@@ -281,7 +319,8 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
         &self,
         config: &BudgetConfig,
         model: &str,
-        input_bound: u64,
+        request: &Value,
+        content_bound: u64,
         max_tokens: u64,
     ) -> Result<Plan, Reply> {
         let price = config.price_of(model);
@@ -295,12 +334,59 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
             ));
         }
         let target = config.profile_for(model).unwrap_or(model).to_string();
+        // The provider's hidden tool-use prompt depends on the model, so it is added per plan.
+        let input_bound = content_bound.saturating_add(tool_prompt_tokens(model, request));
         Ok(Plan {
             model: model.to_string(),
             target,
             price,
             charge: config::worst_case(price, input_bound, max_tokens),
         })
+    }
+
+    /// An upper bound of the request's own input tokens (without the tool prompt, which
+    /// [`Gateway::plan`] adds per model). Binary documents (PDF, Word, Excel) expand past their
+    /// bytes, so a request holding one is counted exactly with CountTokens on models that support
+    /// it (Anthropic's) and refused, naming the document, on others.
+    async fn content_bound(
+        &self,
+        model: &str,
+        request: &Value,
+        prepared: &B::Prepared,
+    ) -> Result<u64, Reply> {
+        let Some(document) = binary_document(request) else {
+            return Ok(input_token_bound(request));
+        };
+        let base = foundation_model(model);
+        let refuse = |why: &str| {
+            field(
+                400,
+                &document,
+                &format!(
+                    "a PDF, Word or Excel document's tokens are not bounded by its bytes, and {why}; send its text instead"
+                ),
+            )
+        };
+        if !base.starts_with("anthropic.") {
+            return Err(refuse(&format!(
+                "model `{model}` does not support CountTokens to count it"
+            )));
+        }
+        match self.bedrock.count_tokens(base, prepared).await {
+            Ok(n) => Ok(n.saturating_add(PER_REQUEST_OVERHEAD)),
+            Err(BedrockError::Validation(m))
+            | Err(BedrockError::Field(FieldError { message: m, .. })) => {
+                Err(refuse(&format!("Bedrock could not count it: {m}")))
+            }
+            Err(e) => Err(Reply::error(
+                503,
+                "CountTokensUnavailable",
+                format!(
+                    "the request holds a document that must be counted before it can be reserved, and CountTokens failed: {}",
+                    error_text(&e)
+                ),
+            )),
+        }
     }
 
     async fn reserve(
@@ -325,18 +411,19 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
             && let Ok(reservation) = Reservation::of(&request)
         {
             // The write may have applied with its answer lost: refund this attempt's
-            // reservation, which changes nothing if it never applied.
-            let refund = Settlement {
-                actual: Charge::ZERO,
-                completion: None,
-                now: request.now,
-            };
-            self.settle_in_background(reservation, refund, Duration::ZERO);
+            // reservation (Bedrock was not called), which changes nothing if it never applied.
+            // If the refund fails too, the sweeper charges the reservation at its hold's end.
+            let _ = tokio::time::timeout(
+                SETTLE_RETRY_FOR,
+                self.ledger.settle(&reservation, &refund()),
+            )
+            .await;
         }
         outcome
     }
 
-    /// Handles a Converse request of `application` for `model_param` (alias or ID).
+    /// Handles a Converse request of `application` for `model_param` (alias or ID), giving the
+    /// call to Bedrock at most [`Settings::call_timeout`] from when it is sent.
     pub async fn converse(
         &self,
         application: &str,
@@ -345,18 +432,67 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
         front: Front,
         request_id: &str,
     ) -> Outcome {
-        match self
-            .converse_inner(application, model_param, body, front, request_id)
+        self.run(application, model_param, body, front, request_id, None)
+            .await
+    }
+
+    /// [`Gateway::converse`] with an explicit deadline (a Lambda invocation's, less the time
+    /// settlement needs): a call to Bedrock still running then is cut off and charged at its
+    /// worst case.
+    pub async fn converse_by(
+        &self,
+        application: &str,
+        model_param: &str,
+        body: &[u8],
+        front: Front,
+        request_id: &str,
+        deadline: Instant,
+    ) -> Outcome {
+        self.run(
+            application,
+            model_param,
+            body,
+            front,
+            request_id,
+            Some(deadline),
+        )
+        .await
+    }
+
+    async fn run(
+        &self,
+        application: &str,
+        model_param: &str,
+        body: &[u8],
+        front: Front,
+        request_id: &str,
+        deadline: Option<Instant>,
+    ) -> Outcome {
+        let call_deadline =
+            || deadline.unwrap_or_else(|| Instant::now() + self.settings.call_timeout);
+        let (ticket, prepared) = match self
+            .admit(
+                application,
+                model_param,
+                body,
+                front,
+                request_id,
+                call_deadline(),
+            )
             .await
         {
-            Ok(outcome) => outcome,
-            Err(reply) => Outcome::Reply(reply),
-        }
+            Admission::Admitted { ticket, prepared } => (ticket, prepared),
+            Admission::Done(outcome) => return outcome,
+        };
+        let (ticket, called) = self.call_admitted(ticket, prepared, call_deadline()).await;
+        self.complete(ticket, called, front, request_id).await
     }
 
     /// Admits a Converse request of `application` for `model_param` against its budgets:
     /// validates it, plans the model and reserves the worst case (with fallback, shadow and
-    /// queue handling). The caller calls Bedrock and then [`Gateway::complete`].
+    /// queue handling). The caller calls Bedrock and then [`Gateway::complete`]. `deadline`
+    /// bounds the only Bedrock call admission makes: the unreserved one when the ledger is down
+    /// and policy allows it.
     pub async fn admit(
         &self,
         application: &str,
@@ -364,9 +500,10 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
         body: &[u8],
         front: Front,
         request_id: &str,
+        deadline: Instant,
     ) -> Admission<B::Prepared> {
         match self
-            .admit_inner(application, model_param, body, front, request_id)
+            .admit_inner(application, model_param, body, front, request_id, deadline)
             .await
         {
             Ok(admission) => admission,
@@ -381,7 +518,9 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
         body: &[u8],
         front: Front,
         request_id: &str,
+        deadline: Instant,
     ) -> Result<Admission<B::Prepared>, Reply> {
+        ledger::check_request_id(request_id).map_err(|m| field(400, "requestId", &m))?;
         let (request, max_tokens) = parse_body(
             body,
             self.settings.max_body_bytes,
@@ -400,6 +539,8 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
             ));
         };
 
+        // Without the application's configuration there is no allow-list and no limit to
+        // enforce: never fail open here.
         let config = match self.config(application).await {
             Ok(Some(config)) => config,
             Ok(None) => {
@@ -409,12 +550,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
                     format!("application `{application}` has no budget configured"),
                 ));
             }
-            Err(e) => {
-                return self
-                    .ledger_down(application, None, &model, prepared, e)
-                    .await
-                    .map(Admission::Done);
-            }
+            Err(e) => return Err(ledger_reply(&e)),
         };
         if !config.allows(&model) {
             return Err(Reply::error(
@@ -423,8 +559,8 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
                 format!("application `{application}` may not call model `{model}`"),
             ));
         }
-        let input_bound = input_token_bound(&request);
-        let mut plan = self.plan(&config, &model, input_bound, max_tokens)?;
+        let content_bound = self.content_bound(&model, &request, &prepared).await?;
+        let mut plan = self.plan(&config, &model, &request, content_bound, max_tokens)?;
 
         let mut fallback_used = false;
         let mut shadow_note: Option<String> = None;
@@ -434,7 +570,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
         {
             Err(e) => {
                 return self
-                    .ledger_down(application, Some(&config), &model, prepared, e)
+                    .ledger_down(&config, &plan, prepared, e, deadline)
                     .await
                     .map(Admission::Done);
             }
@@ -475,7 +611,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
                         }
                         Err(e) => {
                             return self
-                                .ledger_down(application, Some(&config), &model, prepared, e)
+                                .ledger_down(&config, &plan, prepared, e, deadline)
                                 .await
                                 .map(Admission::Done);
                         }
@@ -485,7 +621,8 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
                         (ExceedAction::Fallback { model: fallback }, _)
                             if *fallback != plan.model =>
                         {
-                            plan = self.plan(&config, fallback, input_bound, max_tokens)?;
+                            plan =
+                                self.plan(&config, fallback, &request, content_bound, max_tokens)?;
                             match self
                                 .reserve(&config, request_id, &config.limits, plan.charge)
                                 .await
@@ -508,15 +645,11 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
                                 Ok(_) => {
                                     return Err(duplicate(request_id));
                                 }
+                                // The plan is the fallback now: if policy fails open, it is the
+                                // cheaper model that is called, never the refused one.
                                 Err(e) => {
                                     return self
-                                        .ledger_down(
-                                            application,
-                                            Some(&config),
-                                            &model,
-                                            prepared,
-                                            e,
-                                        )
+                                        .ledger_down(&config, &plan, prepared, e, deadline)
                                         .await
                                         .map(Admission::Done);
                                 }
@@ -555,45 +688,47 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
         })
     }
 
-    async fn converse_inner(
-        &self,
-        application: &str,
-        model_param: &str,
-        body: &[u8],
-        front: Front,
-        request_id: &str,
-    ) -> Result<Outcome, Reply> {
-        let (ticket, prepared) = match self
-            .admit_inner(application, model_param, body, front, request_id)
-            .await?
-        {
-            Admission::Admitted { ticket, prepared } => (ticket, prepared),
-            Admission::Done(outcome) => return Ok(outcome),
-        };
-        let (ticket, called) = self.call_admitted(ticket, prepared).await;
-        self.complete_inner(ticket, called, front, request_id).await
-    }
-
-    /// Calls Bedrock for an admitted request, refunding its reservation if this future is
-    /// dropped before Bedrock answers (a disconnecting client, a timeout). The ticket comes back
-    /// with the answer, for [`Gateway::complete`].
+    /// Calls Bedrock for an admitted request until `deadline`. A call cut off by the deadline,
+    /// or abandoned after it was sent (this future dropped), is charged at its worst case: the
+    /// generation may have been billed. The ticket comes back with the answer, for
+    /// [`Gateway::complete`].
     pub async fn call_admitted(
         &self,
         ticket: Ticket,
         prepared: B::Prepared,
+        deadline: Instant,
     ) -> (Ticket, Result<ConverseOutput, BedrockError>) {
-        let mut guard = RefundGuard {
+        if Instant::now() >= deadline {
+            return (
+                ticket,
+                Err(BedrockError::NotSent(
+                    "no time was left to call Bedrock before the deadline".into(),
+                )),
+            );
+        }
+        let mut guard = ChargeGuard {
             ledger: Arc::clone(&self.ledger),
             ticket: Some(ticket),
+            remember_seconds: self.settings.hold_seconds,
         };
         let target = &guard.ticket.as_ref().expect("armed").plan.target;
-        let called = self.bedrock.converse(target, prepared).await;
+        let called =
+            match tokio::time::timeout_at(deadline.into(), self.bedrock.converse(target, prepared))
+                .await
+            {
+                Ok(called) => called,
+                Err(_) => Err(BedrockError::Timeout(
+                    "Bedrock did not answer before the deadline".into(),
+                )),
+            };
         let ticket = guard.disarm().expect("armed until Bedrock answered");
         (ticket, called)
     }
 
-    /// Settles an admitted request with what Bedrock answered (refunding it on an error), emits
-    /// its metrics and builds the reply.
+    /// Settles an admitted request with what Bedrock answered, emits its metrics and builds the
+    /// reply: the actual usage when Bedrock reported it; a refund only for the errors that prove
+    /// Bedrock generated nothing ([`BedrockError::refundable`]); the whole reservation for
+    /// everything else (server errors, timeouts, cut connections, a response without usage).
     pub async fn complete(
         &self,
         ticket: Ticket,
@@ -601,19 +736,6 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
         front: Front,
         request_id: &str,
     ) -> Outcome {
-        match self.complete_inner(ticket, called, front, request_id).await {
-            Ok(outcome) => outcome,
-            Err(reply) => Outcome::Reply(reply),
-        }
-    }
-
-    async fn complete_inner(
-        &self,
-        ticket: Ticket,
-        called: Result<ConverseOutput, BedrockError>,
-        front: Front,
-        request_id: &str,
-    ) -> Result<Outcome, Reply> {
         let Ticket {
             config,
             plan,
@@ -621,30 +743,36 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
             fallback_used,
             shadow_note,
         } = ticket;
+        let remember = match front {
+            Front::Queue => self.settings.remember_seconds,
+            Front::Sync => self.settings.hold_seconds,
+        };
         match called {
             Ok(output) => {
-                let actual = config::actual(plan.price, &output.usage);
+                let (actual, worst_case) = match &output.usage {
+                    Some(usage) => (config::actual(plan.price, usage), None),
+                    None => (reservation.charge, Some("the response reported no usage")),
+                };
+                let usage = output.usage.unwrap_or_default();
                 let mut reply = Reply {
                     status: 200,
                     headers: Vec::new(),
                     body: output.body,
                 };
-                let completion = match front {
-                    Front::Queue => Some(Completion {
-                        remember_seconds: self.settings.remember_seconds,
-                        result: Some(result_message(request_id, &reply).to_string()),
-                    }),
-                    Front::Sync => Some(Completion {
-                        remember_seconds: self.settings.hold_seconds,
-                        result: None,
-                    }),
+                let completion = Completion {
+                    remember_seconds: remember,
+                    result: match front {
+                        Front::Queue => Some(bounded_result(request_id, &reply)),
+                        Front::Sync => None,
+                    },
+                    worst_case: worst_case.map(str::to_string),
                 };
                 let settlement = Settlement {
                     actual,
-                    completion,
+                    completion: Some(completion),
                     now: now_seconds(),
                 };
-                self.settle_or_retry(reservation, settlement).await;
+                self.settle_or_retry(&reservation, settlement).await;
                 reply = reply
                     .with_header("x-tokenfence-application", &config.application)
                     .with_header("x-tokenfence-model", &plan.model);
@@ -655,104 +783,147 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
                     reply =
                         reply.with_header("x-tokenfence-shadow", format!("would-reject; {note}"));
                 }
-                self.emit_request(
-                    &config,
-                    &plan.model,
-                    true,
-                    false,
-                    shadow_note.is_some(),
-                    Some(fallback_used),
-                    &output.usage,
-                    actual.cost.0,
-                );
+                if worst_case.is_some() {
+                    reply = reply.with_header("x-tokenfence-charged", "worst-case");
+                }
+                if plan.price.is_none() {
+                    reply = reply.with_header("x-tokenfence-cost", "unknown");
+                }
+                self.metrics.emit(request_record(
+                    &RequestMetrics {
+                        application: &config.application,
+                        cost_center: config.cost_center.as_deref(),
+                        model: &plan.model,
+                        approved: true,
+                        shadow_denied: shadow_note.is_some(),
+                        fallback: fallback_used,
+                        usage,
+                        cost_micro_usd: actual.cost.0,
+                        worst_case: worst_case.is_some(),
+                        cost_unknown: plan.price.is_none(),
+                        ..Default::default()
+                    },
+                    now_millis(),
+                ));
                 reply = self.with_remaining(&config, reply).await;
-                Ok(Outcome::Reply(reply))
+                Outcome::Reply(reply)
+            }
+            Err(err) if err.refundable() => {
+                self.settle_or_retry(&reservation, refund()).await;
+                self.emit_failed(&config, &plan.model, false, Charge::ZERO);
+                Outcome::Reply(
+                    bedrock_reply(err).with_header("x-tokenfence-application", &config.application),
+                )
             }
             Err(err) => {
-                let refund = Settlement {
-                    actual: Charge::ZERO,
-                    completion: None,
-                    now: now_seconds(),
-                };
-                self.settle_or_retry(reservation, refund).await;
-                self.emit_failed(&config, &plan.model);
-                Err(bedrock_reply(err).with_header("x-tokenfence-application", &config.application))
+                let reason = error_text(&err);
+                tracing::warn!(reservation = %reservation.id, application = %config.application, reason = %reason, "charged at the worst case: Bedrock may have billed the generation");
+                let charge = worst_case_settlement(&reservation, &reason, remember);
+                self.settle_or_retry(&reservation, charge).await;
+                self.emit_failed(&config, &plan.model, true, reservation.charge);
+                Outcome::Reply(
+                    bedrock_reply(err)
+                        .with_header("x-tokenfence-application", &config.application)
+                        .with_header("x-tokenfence-charged", "worst-case"),
+                )
             }
         }
     }
 
-    /// Settles now, or keeps retrying in the background while the reservation's hold lasts: a
-    /// transient ledger error must not leave a reservation counted against the budget.
-    async fn settle_or_retry(&self, reservation: Reservation, settlement: Settlement) {
-        let Err(first) = self.ledger.settle(&reservation, &settlement).await else {
-            return;
-        };
-        tracing::warn!(reservation = %reservation.id, error = %first, "settlement failed; retrying in the background");
-        self.settle_in_background(reservation, settlement, Duration::from_millis(50));
-    }
-
-    /// Settles in a background task, retrying with backoff while the reservation's hold lasts.
-    fn settle_in_background(
-        &self,
-        reservation: Reservation,
-        settlement: Settlement,
-        first_delay: Duration,
-    ) {
-        let ledger = Arc::clone(&self.ledger);
-        let deadline =
-            Instant::now() + Duration::from_secs(self.settings.hold_seconds.max(1) as u64);
-        tokio::spawn(async move {
-            let mut delay = first_delay;
-            loop {
-                tokio::time::sleep(delay).await;
-                match ledger.settle(&reservation, &settlement).await {
-                    Ok(()) => return,
-                    Err(e) if Instant::now() >= deadline => {
-                        tracing::error!(reservation = %reservation.id, error = %e, "settlement abandoned after the hold expired");
-                        return;
-                    }
-                    Err(_) => {
-                        delay = (delay * 2).clamp(Duration::from_millis(50), Duration::from_secs(5))
-                    }
+    /// Settles, retrying inline for a few seconds: a transient ledger error must not leave a
+    /// reservation unsettled. What still fails is left held; the sweeper charges it at its worst
+    /// case when its hold ends, so the budget is never under-counted.
+    async fn settle_or_retry(&self, reservation: &Reservation, settlement: Settlement) {
+        let give_up = Instant::now() + SETTLE_RETRY_FOR;
+        let mut delay = Duration::from_millis(25);
+        loop {
+            match self.ledger.settle(reservation, &settlement).await {
+                Ok(()) => return,
+                Err(e) if Instant::now() + delay >= give_up => {
+                    tracing::error!(reservation = %reservation.id, error = %e, "settlement failed; the sweeper charges the reservation at its worst case when its hold ends");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(reservation = %reservation.id, error = %e, "settlement failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(1));
                 }
             }
-        });
+        }
     }
 
-    async fn ledger_down(
-        &self,
-        application: &str,
-        config: Option<&BudgetConfig>,
-        model: &str,
-        request: B::Prepared,
-        e: LedgerError,
-    ) -> Result<Outcome, Reply> {
-        tracing::error!(application, error = %e, "ledger unavailable");
-        if self.settings.on_ledger_error == LedgerFailurePolicy::Deny {
-            return Err(Reply::error(
-                503,
-                "LedgerUnavailable",
-                "the budget ledger is unavailable; the request was not sent (fail closed)",
+    /// Closes reservations held past their hold at their worst case ([`Ledger::sweep`]) and
+    /// emits `ExpiredReservations` per application. Returns what it closed.
+    pub async fn sweep(&self) -> Result<Vec<Expired>, LedgerError> {
+        let expired = self.ledger.sweep(now_seconds()).await?;
+        let mut per_app: BTreeMap<&str, (u64, u64, u64)> = BTreeMap::new();
+        for e in &expired {
+            let entry = per_app.entry(e.application.as_str()).or_default();
+            entry.0 += 1;
+            entry.1 = entry.1.saturating_add(e.charge.tokens);
+            entry.2 = entry.2.saturating_add(e.charge.cost.0);
+        }
+        for (application, (count, tokens, cost)) in per_app {
+            tracing::warn!(
+                application,
+                count,
+                "reservations held past their hold were charged at their worst case"
+            );
+            self.metrics.emit(expired_record(
+                application,
+                count,
+                tokens,
+                cost,
+                now_millis(),
             ));
         }
-        let target = config
-            .and_then(|c| c.profile_for(model))
-            .unwrap_or(model)
-            .to_string();
-        let cost_center = config.and_then(|c| c.cost_center.as_deref());
-        match self.bedrock.converse(&target, request).await {
+        Ok(expired)
+    }
+
+    /// The ledger could not reserve. Fail open (policy `allow`) only when it was unreachable:
+    /// the configuration was read, so the allow-list was checked and the model is the one the
+    /// plan chose. Contention and corrupt items always deny.
+    async fn ledger_down(
+        &self,
+        config: &BudgetConfig,
+        plan: &Plan,
+        request: B::Prepared,
+        e: LedgerError,
+        deadline: Instant,
+    ) -> Result<Outcome, Reply> {
+        let application = config.application.as_str();
+        tracing::error!(application, error = %e, "ledger could not reserve");
+        if self.settings.on_ledger_error == LedgerFailurePolicy::Deny
+            || !matches!(e, LedgerError::Unavailable(_))
+        {
+            return Err(ledger_reply(&e));
+        }
+        let cost_center = config.cost_center.as_deref();
+        let called = match tokio::time::timeout_at(
+            deadline.into(),
+            self.bedrock.converse(&plan.target, request),
+        )
+        .await
+        {
+            Ok(called) => called,
+            Err(_) => Err(BedrockError::Timeout(
+                "Bedrock did not answer before the deadline".into(),
+            )),
+        };
+        match called {
             Ok(output) => {
-                let price = config.and_then(|c| c.price_of(model));
-                let actual = config::actual(price, &output.usage);
+                let usage = output.usage.unwrap_or_default();
+                let actual = config::actual(plan.price, &usage);
                 self.metrics.emit(request_record(
                     &RequestMetrics {
                         application,
                         cost_center,
-                        model,
+                        model: &plan.model,
                         approved: true,
                         unreserved: true,
-                        usage: output.usage,
+                        usage,
                         cost_micro_usd: actual.cost.0,
+                        cost_unknown: plan.price.is_none(),
                         ..Default::default()
                     },
                     now_millis(),
@@ -764,6 +935,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
                         body: output.body,
                     }
                     .with_header("x-tokenfence-application", application)
+                    .with_header("x-tokenfence-model", &plan.model)
                     .with_header(
                         "x-tokenfence-unreserved",
                         "ledger unavailable; allowed by policy",
@@ -775,7 +947,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
                     &RequestMetrics {
                         application,
                         cost_center,
-                        model,
+                        model: &plan.model,
                         failed: true,
                         unreserved: true,
                         ..Default::default()
@@ -860,7 +1032,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
         ));
     }
 
-    fn emit_failed(&self, config: &BudgetConfig, model: &str) {
+    fn emit_failed(&self, config: &BudgetConfig, model: &str, worst_case: bool, charged: Charge) {
         self.metrics.emit(request_record(
             &RequestMetrics {
                 application: &config.application,
@@ -868,6 +1040,9 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
                 model,
                 approved: true,
                 failed: true,
+                worst_case,
+                cost_micro_usd: charged.cost.0,
+                cost_unknown: config.price_of(model).is_none(),
                 ..Default::default()
             },
             now_millis(),
@@ -967,12 +1142,102 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
                 })
             })
             .collect();
+        // A token-only application may call models without a price: its spend in USD is then
+        // unknown, and it is told so rather than shown $0.
+        let callable: Vec<&String> = if config.models.is_empty() {
+            self.settings.models.values().collect()
+        } else {
+            config.models.iter().collect()
+        };
+        let mut unpriced: Vec<&str> = callable
+            .into_iter()
+            .filter(|m| config.price_of(m).is_none())
+            .map(String::as_str)
+            .collect();
+        unpriced.sort_unstable();
+        unpriced.dedup();
         Reply {
             status: 200,
             headers: vec![("x-tokenfence-application".into(), application.to_string())],
-            body: json!({ "application": application, "mode": match config.mode { EnforcementMode::Enforce => "enforce", EnforcementMode::Shadow => "shadow" }, "windows": windows }),
+            body: json!({
+                "application": application,
+                "mode": match config.mode { EnforcementMode::Enforce => "enforce", EnforcementMode::Shadow => "shadow" },
+                "costKnown": unpriced.is_empty(),
+                "unpricedModels": unpriced,
+                "windows": windows
+            }),
         }
     }
+}
+
+/// The answer when the ledger could not serve a request: 503, never a fail-open.
+fn ledger_reply(e: &LedgerError) -> Reply {
+    match e {
+        LedgerError::Contention(_) => Reply::error(
+            503,
+            "LedgerBusy",
+            "too many concurrent requests on this application's budget; the request was not sent",
+        )
+        .with_header("retry-after", "1"),
+        _ => Reply::error(
+            503,
+            "LedgerUnavailable",
+            "the budget ledger is unavailable; the request was not sent (fail closed)",
+        ),
+    }
+}
+
+/// The foundation model of a model or system inference profile ID (`us.anthropic.x` →
+/// `anthropic.x`), for CountTokens, which takes foundation models.
+fn foundation_model(model: &str) -> &str {
+    let id = model.rsplit_once('/').map_or(model, |(_, id)| id);
+    match id.split_once('.') {
+        Some((prefix, rest))
+            if ["us", "eu", "apac", "jp", "au", "ca", "us-gov", "global"].contains(&prefix) =>
+        {
+            rest
+        }
+        _ => id,
+    }
+}
+
+fn error_text(e: &BedrockError) -> String {
+    match e {
+        BedrockError::Field(f) => format!("{}: {}", f.field, f.message),
+        BedrockError::Throttled(m)
+        | BedrockError::Validation(m)
+        | BedrockError::Denied(m)
+        | BedrockError::Failed(m)
+        | BedrockError::Timeout(m)
+        | BedrockError::NotSent(m) => m.clone(),
+    }
+}
+
+/// The largest result message kept on a queued request's record and sent to its results queue:
+/// under SQS's 256 KiB message and DynamoDB's 400 KB item, with room for the record's other
+/// attributes. A larger answer is replaced by an error naming its size, so settlement never
+/// fails on size and the sender always hears back.
+pub const MAX_RESULT_BYTES: usize = 240 * 1024;
+
+/// The result message of a queued request, replaced by a `ResultTooLarge` error above
+/// [`MAX_RESULT_BYTES`].
+pub fn bounded_result(request_id: &str, reply: &Reply) -> String {
+    let message = result_message(request_id, reply).to_string();
+    if message.len() <= MAX_RESULT_BYTES {
+        return message;
+    }
+    let mut error = Reply::error(
+        413,
+        "ResultTooLarge",
+        format!(
+            "the response has {} bytes, more than a results queue message holds ({MAX_RESULT_BYTES}); ask for less output",
+            message.len()
+        ),
+    );
+    if let Some(usage) = reply.body.get("usage") {
+        error.body["usage"] = usage.clone();
+    }
+    result_message(request_id, &error).to_string()
 }
 
 fn duplicate(request_id: &str) -> Reply {
@@ -984,9 +1249,10 @@ fn duplicate(request_id: &str) -> Reply {
 }
 
 /// Checks a Converse body as it arrives (size, JSON object, non-empty `messages`, a positive
-/// `inferenceConfig.maxTokens`) and pins `maxTokens` in it: the reservation covers `max_tokens` of
-/// output only if Bedrock is held to it. Returns the request and that `max_tokens`, or the 4xx
-/// reply naming the field. Pure, so it can be fuzzed.
+/// `inferenceConfig.maxTokens`, output caps in `additionalModelRequestFields` that are token
+/// counts) and pins `maxTokens` in it: the reservation covers `max_tokens` of output only if
+/// Bedrock is held to it. `max_tokens` is the largest cap the body sets anywhere. Returns the
+/// request and that `max_tokens`, or the 4xx reply naming the field. Pure, so it can be fuzzed.
 pub fn parse_body(
     body: &[u8],
     max_body_bytes: usize,
@@ -1036,7 +1302,27 @@ pub fn parse_body(
             }
         },
     };
-    let max_tokens = requested_max.unwrap_or(u64::from(default_max_tokens));
+    // A cap raised in the model's own fields (`additionalModelRequestFields.max_tokens`, Llama's
+    // `max_gen_len`, Nova's `max_new_tokens`, a thinking budget) is what the model will really
+    // be allowed to generate: the reservation covers the largest cap the body sets.
+    let additional = additional_output_cap(&request).map_err(|e| {
+        field(
+            400,
+            &e.field,
+            &format!("`{}` must be a non-negative integer token count", e.field),
+        )
+    })?;
+    let obj = request.as_object_mut().expect("checked above");
+    let max_tokens = requested_max
+        .unwrap_or(u64::from(default_max_tokens))
+        .max(additional.unwrap_or(0));
+    if max_tokens > i32::MAX as u64 {
+        return Err(field(
+            400,
+            "additionalModelRequestFields",
+            "an output cap in `additionalModelRequestFields` is larger than any model generates",
+        ));
+    }
     // The reservation covers `max_tokens` of output only if Bedrock is held to it.
     let inference = obj.entry("inferenceConfig").or_insert_with(|| json!({}));
     match inference.as_object_mut() {
@@ -1091,6 +1377,8 @@ fn bedrock_reply(err: BedrockError) -> Reply {
         BedrockError::Validation(m) => Reply::error(400, "ValidationException", m),
         BedrockError::Denied(m) => Reply::error(403, "AccessDeniedException", m),
         BedrockError::Failed(m) => Reply::error(502, "BedrockFailed", m),
+        BedrockError::Timeout(m) => Reply::error(504, "BedrockTimeout", m),
+        BedrockError::NotSent(m) => Reply::error(503, "NotSent", m),
     }
 }
 
@@ -1100,5 +1388,86 @@ pub fn result_message(request_id: &str, reply: &Reply) -> Value {
         json!({ "requestId": request_id, "status": reply.status, "response": reply.body })
     } else {
         json!({ "requestId": request_id, "status": reply.status, "error": reply.body })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raised_output_caps_raise_the_reservation_and_are_pinned() {
+        let body = json!({
+            "messages": [{ "role": "user", "content": [{ "text": "x" }] }],
+            "inferenceConfig": { "maxTokens": 16 },
+            "additionalModelRequestFields": { "max_tokens": 30000, "thinking": { "budget_tokens": 40000 } }
+        });
+        let (request, max_tokens) = parse_body(body.to_string().as_bytes(), 1 << 20, 100).unwrap();
+        assert_eq!(max_tokens, 40_000, "the largest cap anywhere");
+        assert_eq!(request["inferenceConfig"]["maxTokens"], 40_000);
+        let huge = json!({ "messages": [{ "role": "user", "content": [] }], "additionalModelRequestFields": { "max_new_tokens": 1u64 << 40 } });
+        let err = parse_body(huge.to_string().as_bytes(), 1 << 20, 100).unwrap_err();
+        assert_eq!(
+            (err.status, err.body["field"].as_str()),
+            (400, Some("additionalModelRequestFields"))
+        );
+    }
+
+    #[test]
+    fn results_too_large_for_a_queue_message_become_an_error_with_their_usage() {
+        let small = Reply {
+            status: 200,
+            headers: vec![],
+            body: json!({ "usage": { "inputTokens": 1 } }),
+        };
+        assert_eq!(
+            bounded_result("r", &small),
+            result_message("r", &small).to_string()
+        );
+        let big = Reply {
+            status: 200,
+            headers: vec![],
+            body: json!({ "output": "x".repeat(MAX_RESULT_BYTES), "usage": { "inputTokens": 9, "outputTokens": 70000 } }),
+        };
+        let bounded: Value = serde_json::from_str(&bounded_result("r", &big)).unwrap();
+        assert!(bounded.to_string().len() <= MAX_RESULT_BYTES);
+        assert_eq!(bounded["status"], 413);
+        assert_eq!(bounded["error"]["error"], "ResultTooLarge");
+        assert_eq!(bounded["error"]["usage"]["outputTokens"], 70000);
+    }
+
+    #[test]
+    fn count_tokens_is_asked_of_the_foundation_model() {
+        assert_eq!(
+            foundation_model("us.anthropic.claude-sonnet-4-20250514-v1:0"),
+            "anthropic.claude-sonnet-4-20250514-v1:0"
+        );
+        assert_eq!(
+            foundation_model("global.anthropic.claude-haiku-4-5-20251001-v1:0"),
+            "anthropic.claude-haiku-4-5-20251001-v1:0"
+        );
+        assert_eq!(
+            foundation_model("arn:aws:bedrock:us-east-1::foundation-model/amazon.nova-lite-v1:0"),
+            "amazon.nova-lite-v1:0"
+        );
+        assert_eq!(
+            foundation_model("anthropic.claude-3-haiku-20240307-v1:0"),
+            "anthropic.claude-3-haiku-20240307-v1:0"
+        );
+    }
+
+    #[test]
+    fn only_an_unreachable_ledger_may_fail_open_and_contention_says_retry() {
+        let busy = ledger_reply(&LedgerError::Contention("a".into()));
+        assert_eq!((busy.status, busy.header("retry-after")), (503, Some("1")));
+        assert_eq!(busy.body["error"], "LedgerBusy");
+        let corrupt = ledger_reply(&LedgerError::Corrupt {
+            key: "k".into(),
+            reason: "r".into(),
+        });
+        assert_eq!(
+            (corrupt.status, corrupt.body["error"].as_str()),
+            (503, Some("LedgerUnavailable"))
+        );
     }
 }

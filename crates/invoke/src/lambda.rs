@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use aws_lambda_events::apigw::{ApiGatewayProxyRequest, ApiGatewayProxyResponse};
 use aws_lambda_events::encodings::Body;
@@ -18,6 +19,24 @@ use crate::gateway::{Admission, Front, Gateway, Outcome, Reply, result_message};
 /// The longest SQS `DelaySeconds`: a deferred request is re-sent with at most this delay and
 /// re-checked, until its window resets.
 pub const MAX_DELAY_SECONDS: i64 = 900;
+
+/// How often a request over a `queue` budget is deferred before it is answered 429: 96 deferrals
+/// of up to 15 minutes wait out a day's window.
+pub const MAX_DEFERRALS: u32 = 96;
+
+/// Time kept back from a Lambda invocation's deadline to settle and answer after Bedrock: a
+/// call still running then is cut off and charged at its worst case, and the handler returns
+/// with every reservation settled (a frozen sandbox runs nothing in the background).
+pub const SETTLE_MARGIN: Duration = Duration::from_secs(8);
+
+/// The instant Bedrock calls must end by, from a Lambda context's deadline (Unix milliseconds).
+pub fn call_deadline(deadline_ms: u64) -> Instant {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let left = Duration::from_millis(deadline_ms.saturating_sub(now_ms));
+    Instant::now() + left.saturating_sub(SETTLE_MARGIN)
+}
 
 /// The SQS operations the queue front needs.
 pub trait Queues: Send + Sync + 'static {
@@ -128,25 +147,34 @@ pub async fn application_of_key<L: Ledger, B: Bedrock>(
     }
 }
 
-/// Handles one Lambda event: an API Gateway proxy request or an SQS batch.
+/// Handles one Lambda event: an API Gateway proxy request, an SQS batch, or the sweeper's
+/// schedule (`{"tokenfence": "sweep"}`). Bedrock calls end by `deadline` ([`call_deadline`]).
 pub async fn handle<L: Ledger, B: Bedrock, Q: Queues>(
     gateway: &Gateway<L, B>,
     queues: &Q,
     event: Value,
+    deadline: Instant,
 ) -> Result<Value, String> {
+    if event.get("tokenfence").and_then(Value::as_str) == Some("sweep") {
+        let expired = gateway.sweep().await.map_err(|e| e.to_string())?;
+        return Ok(serde_json::json!({ "expired": expired.len() }));
+    }
     if event.get("Records").is_some() {
         let event: SqsEvent =
             serde_json::from_value(event).map_err(|e| format!("not an SQS event: {e}"))?;
-        let response = handle_sqs(gateway, queues, event).await;
+        let response = handle_sqs(gateway, queues, event, deadline).await;
         return serde_json::to_value(response).map_err(|e| e.to_string());
     }
     if event.get("requestContext").is_some() && event.get("httpMethod").is_some() {
         let request: ApiGatewayProxyRequest = serde_json::from_value(event)
             .map_err(|e| format!("not an API Gateway proxy event: {e}"))?;
-        let response = handle_api(gateway, request).await;
+        let response = handle_api(gateway, request, deadline).await;
         return serde_json::to_value(response).map_err(|e| e.to_string());
     }
-    Err("unsupported event: expected an API Gateway REST proxy event or an SQS event".into())
+    Err(
+        "unsupported event: expected an API Gateway REST proxy event, an SQS event or a sweep"
+            .into(),
+    )
 }
 
 fn api_response(reply: Reply) -> ApiGatewayProxyResponse {
@@ -172,6 +200,7 @@ fn api_response(reply: Reply) -> ApiGatewayProxyResponse {
 pub async fn handle_api<L: Ledger, B: Bedrock>(
     gateway: &Gateway<L, B>,
     request: ApiGatewayProxyRequest,
+    deadline: Instant,
 ) -> ApiGatewayProxyResponse {
     let application = match application_of_key(
         gateway,
@@ -225,7 +254,14 @@ pub async fn handle_api<L: Ledger, B: Bedrock>(
         "converse"
     );
     match gateway
-        .converse(&application, &model, &body, Front::Sync, &reservation_id)
+        .converse_by(
+            &application,
+            &model,
+            &body,
+            Front::Sync,
+            &reservation_id,
+            deadline,
+        )
         .await
     {
         Outcome::Reply(reply) => api_response(reply),
@@ -249,16 +285,23 @@ struct QueuedRequest {
     deferrals: u32,
 }
 
-/// Handles an SQS batch, reporting failed messages so that only they are retried.
+/// Handles an SQS batch, reporting failed messages so that only they are retried. The messages
+/// run concurrently, each calling Bedrock until `deadline`, so a batch fits the function timeout
+/// however long each generation takes.
 pub async fn handle_sqs<L: Ledger, B: Bedrock, Q: Queues>(
     gateway: &Gateway<L, B>,
     queues: &Q,
     event: SqsEvent,
+    deadline: Instant,
 ) -> SqsBatchResponse {
-    let mut response = SqsBatchResponse::default();
-    for message in event.records {
+    let results = futures_util::future::join_all(event.records.into_iter().map(|message| async {
         let id = message.message_id.clone().unwrap_or_default();
-        if let Err(e) = handle_message(gateway, queues, message).await {
+        (id, handle_message(gateway, queues, message, deadline).await)
+    }))
+    .await;
+    let mut response = SqsBatchResponse::default();
+    for (id, result) in results {
+        if let Err(e) = result {
             tracing::error!(message_id = %id, error = %e, "message will be retried");
             let mut failure = BatchItemFailure::default();
             failure.item_identifier = id;
@@ -272,6 +315,7 @@ async fn handle_message<L: Ledger, B: Bedrock, Q: Queues>(
     gateway: &Gateway<L, B>,
     queues: &Q,
     message: SqsMessage,
+    deadline: Instant,
 ) -> Result<(), String> {
     let arn = message
         .event_source_arn
@@ -279,14 +323,14 @@ async fn handle_message<L: Ledger, B: Bedrock, Q: Queues>(
         .ok_or("the message has no eventSourceARN")?;
     let body = message.body.clone().unwrap_or_default();
     let message_id = message.message_id.clone().unwrap_or_default();
-    match queued_admit(gateway, queues, &arn, &message_id, &body).await? {
+    match queued_admit(gateway, queues, &arn, &message_id, &body, deadline).await? {
         QueuedAdmission::Handled => Ok(()),
         QueuedAdmission::Admitted {
             ticket,
             prepared,
             context,
         } => {
-            let (ticket, called) = gateway.call_admitted(ticket, prepared).await;
+            let (ticket, called) = gateway.call_admitted(ticket, prepared, deadline).await;
             let outcome = gateway
                 .complete(ticket, called, Front::Queue, &context.request_id)
                 .await;
@@ -331,6 +375,7 @@ pub async fn queued_admit<L: Ledger, B: Bedrock, Q: Queues>(
     queue_arn: &str,
     message_id: &str,
     body: &str,
+    deadline: Instant,
 ) -> Result<QueuedAdmission<B::Prepared>, String> {
     let arn = queue_arn.to_string();
     let application = gateway
@@ -374,12 +419,40 @@ pub async fn queued_admit<L: Ledger, B: Bedrock, Q: Queues>(
             return Ok(QueuedAdmission::Handled);
         }
     };
-    let request_id = queued.request_id.clone().unwrap_or(fallback_id);
-    let request_bytes = serde_json::to_vec(&queued.request).map_err(|e| e.to_string())?;
+    let request_id = queued.request_id.clone().unwrap_or(fallback_id.clone());
+    if let Err(message) = ledger::check_request_id(&request_id) {
+        // The caller's mistake, answered under the message ID (the requestId cannot be a key).
+        let reply = Reply {
+            status: 400,
+            headers: Vec::new(),
+            body: serde_json::json!({ "error": "ValidationError", "field": "requestId", "message": message }),
+        };
+        queues
+            .send(
+                &results,
+                result_message(&fallback_id, &reply).to_string(),
+                0,
+            )
+            .await?;
+        return Ok(QueuedAdmission::Handled);
+    }
     let context = QueueContext {
         request_id: request_id.clone(),
         results_queue_url: results,
     };
+    if queued.deferrals >= MAX_DEFERRALS {
+        let reply = Reply::error(
+            429,
+            "BudgetExceeded",
+            format!(
+                "request `{request_id}` was deferred {} times over its application's budget and is given up",
+                queued.deferrals
+            ),
+        );
+        queued_finish(queues, &context, Outcome::Reply(reply)).await?;
+        return Ok(QueuedAdmission::Handled);
+    }
+    let request_bytes = serde_json::to_vec(&queued.request).map_err(|e| e.to_string())?;
     match gateway
         .admit(
             &application,
@@ -387,6 +460,7 @@ pub async fn queued_admit<L: Ledger, B: Bedrock, Q: Queues>(
             &request_bytes,
             Front::Queue,
             &request_id,
+            deadline,
         )
         .await
     {
@@ -419,8 +493,27 @@ pub async fn queued_admit<L: Ledger, B: Bedrock, Q: Queues>(
     }
 }
 
+/// Whether an answer is transient: the message goes back to SQS (a batch item failure) to be
+/// tried again, never to the results queue as final. Bedrock throttling, the ledger unreachable
+/// or contended, a Bedrock server error or timeout (charged at its worst case; a retry is a new
+/// generation, reserved anew).
+pub fn is_transient(reply: &Reply) -> bool {
+    let code = reply.body["error"].as_str().unwrap_or("");
+    matches!(
+        (reply.status, code),
+        (429, "ThrottlingException")
+            | (
+                503,
+                "LedgerUnavailable" | "LedgerBusy" | "NotSent" | "CountTokensUnavailable"
+            )
+            | (502, _)
+            | (504, _)
+    )
+}
+
 /// The second half: deliver the outcome of a queued request to its results queue. An `Err`
-/// means: retry the message (Bedrock throttled it, or the results queue is unreachable).
+/// means: retry the message (a transient answer, see [`is_transient`], or the results queue
+/// is unreachable).
 pub async fn queued_finish<Q: Queues>(
     queues: &Q,
     context: &QueueContext,
@@ -429,14 +522,17 @@ pub async fn queued_finish<Q: Queues>(
     let results = &context.results_queue_url;
     match outcome {
         Outcome::Reply(reply) => {
-            // Bedrock throttling is transient: retry the message rather than answer 429.
-            if reply.status == 429 && reply.body["error"] == "ThrottlingException" {
-                return Err("Bedrock throttled the request".into());
+            if is_transient(&reply) {
+                return Err(format!(
+                    "transient answer {} `{}`: the message is retried",
+                    reply.status,
+                    reply.body["error"].as_str().unwrap_or("")
+                ));
             }
             queues
                 .send(
                     results,
-                    result_message(&context.request_id, &reply).to_string(),
+                    crate::gateway::bounded_result(&context.request_id, &reply),
                     0,
                 )
                 .await

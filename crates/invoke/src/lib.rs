@@ -1,7 +1,8 @@
 //! tokenfence's enforcing gateway.
 //!
 //! Every Converse request reserves its worst case in every window of its application before
-//! Bedrock is called, and is settled to its actual usage (or refunded) afterwards. One core
+//! Bedrock is called, and is settled afterwards: to its actual usage, refunded when Bedrock refused
+//! it, at the worst case when Bedrock may have billed a generation whose usage is unknown. One core
 //! ([`gateway::Gateway`]) serves three fronts: API Gateway proxy events and SQS events in Lambda
 //! ([`lambda`]), and `invoke serve` ([`http`]); the Step Functions Express engine runs it as two
 //! workflow steps ([`step`]).

@@ -88,7 +88,7 @@ async fn run_lambda() -> Result<(), String> {
         aws_sdk_dynamodb::Client::new(&aws),
         table,
     ));
-    let bedrock = SdkBedrock::new(aws_sdk_bedrockruntime::Client::new(&aws));
+    let bedrock = SdkBedrock::from_config(&aws);
     let queues = Arc::new(SdkQueues::new(aws_sdk_sqs::Client::new(&aws)));
     if std::env::var("TOKENFENCE_ENGINE").as_deref() == Ok("step-functions-express") {
         // The steps of the Express workflow; API Gateway still proxies `GET /usage` here.
@@ -104,13 +104,15 @@ async fn run_lambda() -> Result<(), String> {
                 let gateway = Arc::clone(&gateway);
                 let queues = Arc::clone(&queues);
                 async move {
+                    let deadline = invoke::lambda::call_deadline(event.context.deadline);
                     if event.payload.get("action").is_some() {
                         let step: invoke::step::StepEvent =
                             serde_json::from_value(event.payload)
                                 .map_err(|e| format!("not a step event: {e}"))?;
-                        invoke::step::handle(&gateway, queues.as_ref(), step).await
+                        invoke::step::handle(&gateway, queues.as_ref(), step, deadline).await
                     } else {
-                        invoke::lambda::handle(&gateway, queues.as_ref(), event.payload).await
+                        invoke::lambda::handle(&gateway, queues.as_ref(), event.payload, deadline)
+                            .await
                     }
                 }
             },
@@ -123,7 +125,10 @@ async fn run_lambda() -> Result<(), String> {
         move |event: lambda_runtime::LambdaEvent<serde_json::Value>| {
             let gateway = Arc::clone(&gateway);
             let queues = Arc::clone(&queues);
-            async move { invoke::lambda::handle(&gateway, queues.as_ref(), event.payload).await }
+            async move {
+                let deadline = invoke::lambda::call_deadline(event.context.deadline);
+                invoke::lambda::handle(&gateway, queues.as_ref(), event.payload, deadline).await
+            }
         },
     ))
     .await
@@ -179,7 +184,7 @@ async fn run_cli(cli: Cli) -> Result<(), String> {
     }
     let settings = invoke::settings::from_spec(&spec);
     let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let bedrock = SdkBedrock::new(aws_sdk_bedrockruntime::Client::new(&aws));
+    let bedrock = SdkBedrock::from_config(&aws);
     match ledger.as_str() {
         "memory" => {
             serve(
@@ -230,6 +235,17 @@ async fn serve<L: Ledger>(
             .map_err(|e| format!("writing the budget of `{app}`: {e}"))?;
     }
     let gateway = Arc::new(Gateway::new(ledger, bedrock, settings, MetricsSink::Stdout));
+    // The sweeper: reservations held past their hold are charged at their worst case.
+    let sweeper = Arc::clone(&gateway);
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            if let Err(e) = sweeper.sweep().await {
+                tracing::error!(error = %e, "sweep failed; retried in a minute");
+            }
+        }
+    });
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;

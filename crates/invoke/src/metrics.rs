@@ -55,6 +55,10 @@ pub struct RequestMetrics<'a> {
     pub usage: budget::Usage,
     /// Cost in micro-USD.
     pub cost_micro_usd: u64,
+    /// Charged its whole reservation: Bedrock may have billed a generation whose usage is unknown.
+    pub worst_case: bool,
+    /// The model has no price, so the cost is unknown (token-only applications).
+    pub cost_unknown: bool,
 }
 
 /// The EMF record of one request.
@@ -68,6 +72,8 @@ pub fn request_record(m: &RequestMetrics<'_>, timestamp_ms: u64) -> Value {
         ("InvocationFailed", "Count"),
         ("UnreservedRequests", "Count"),
         ("FallbackRequests", "Count"),
+        ("WorstCaseSettlements", "Count"),
+        ("UnpricedRequests", "Count"),
         ("InputTokens", "Count"),
         ("OutputTokens", "Count"),
         ("CacheReadInputTokens", "Count"),
@@ -103,6 +109,8 @@ pub fn request_record(m: &RequestMetrics<'_>, timestamp_ms: u64) -> Value {
     record.insert("InvocationFailed".into(), json!(flag(m.failed)));
     record.insert("UnreservedRequests".into(), json!(flag(m.unreserved)));
     record.insert("FallbackRequests".into(), json!(flag(m.fallback)));
+    record.insert("WorstCaseSettlements".into(), json!(flag(m.worst_case)));
+    record.insert("UnpricedRequests".into(), json!(flag(m.cost_unknown)));
     record.insert("InputTokens".into(), json!(m.usage.input_tokens));
     record.insert("OutputTokens".into(), json!(m.usage.output_tokens));
     record.insert(
@@ -146,5 +154,35 @@ pub fn window_record(
         "Limit": limit_metric,
         "WindowUtilization": utilization,
         "ProjectedUtilization": projected
+    })
+}
+
+/// The EMF record of the reservations the sweeper closed for one application: held past their
+/// hold and never settled, so charged their whole reservation.
+pub fn expired_record(
+    application: &str,
+    count: u64,
+    tokens: u64,
+    micro_usd: u64,
+    timestamp_ms: u64,
+) -> Value {
+    json!({
+        "_aws": {
+            "Timestamp": timestamp_ms,
+            "CloudWatchMetrics": [{
+                "Namespace": NAMESPACE,
+                "Dimensions": [["Application"]],
+                "Metrics": [
+                    { "Name": "ExpiredReservations", "Unit": "Count" },
+                    { "Name": "ExpiredTokens", "Unit": "Count" },
+                    { "Name": "ExpiredCostUsd", "Unit": "None" }
+                ]
+            }]
+        },
+        "Application": application,
+        "ExpiredReservations": count,
+        "ExpiredTokens": tokens,
+        // CloudWatch values are doubles; the ledger keeps the exact integer.
+        "ExpiredCostUsd": micro_usd as f64 / 1_000_000.0
     })
 }

@@ -55,6 +55,11 @@ impl Bedrock for StepBedrock {
         let input = ConverseInput::from_json(&request).map_err(BedrockError::Field)?;
         self.0.converse(model_id, input).await
     }
+
+    async fn count_tokens(&self, model_id: &str, request: &Value) -> Result<u64, BedrockError> {
+        let input = ConverseInput::from_json(request).map_err(BedrockError::Field)?;
+        self.0.count_tokens(model_id, &input).await
+    }
 }
 
 /// Fields whose values are documents (free JSON): their keys are the caller's, never re-cased.
@@ -110,21 +115,26 @@ pub fn to_sfn(request: &Value, model_id: &str) -> Value {
     params
 }
 
-/// Converse's answer as the workflow passes it back, in Converse JSON with its usage.
+/// Converse's answer as the workflow passes it back, in Converse JSON with its usage (`None`
+/// when it carries none: settled at the worst case).
 pub fn from_sfn(output: &Value) -> ConverseOutput {
     let body = recase(output, lower_first);
-    let n = |k: &str| body["usage"][k].as_u64().unwrap_or(0);
-    let usage = Usage {
-        input_tokens: n("inputTokens"),
-        output_tokens: n("outputTokens"),
-        cache_read_tokens: n("cacheReadInputTokens"),
-        cache_write_tokens: n("cacheWriteInputTokens"),
-    };
+    let usage = body.get("usage").filter(|u| u.is_object()).map(|u| {
+        let n = |k: &str| u[k].as_u64().unwrap_or(0);
+        Usage {
+            input_tokens: n("inputTokens"),
+            output_tokens: n("outputTokens"),
+            cache_read_tokens: n("cacheReadInputTokens"),
+            cache_write_tokens: n("cacheWriteInputTokens"),
+        }
+    });
     ConverseOutput { body, usage }
 }
 
 /// A failed Converse call as the workflow's `Catch` records it (`Error`, `Cause`), mapped to the
-/// errors the Lambda engine answers with.
+/// errors the Lambda engine answers with, and so to the same settlement: Bedrock's refusals are
+/// refunded; `States.Timeout` (the state's own timeout), `States.DataLimitExceeded` (an answer
+/// too large to pass on), task failures and anything unknown are charged at the worst case.
 pub fn error_from_sfn(error: &Value) -> BedrockError {
     let name = error["Error"].as_str().unwrap_or("");
     let cause = error["Cause"].as_str().unwrap_or("").to_string();
@@ -134,14 +144,23 @@ pub fn error_from_sfn(error: &Value) -> BedrockError {
     } else {
         cause
     };
-    if text.contains("ThrottlingException") || text.contains("ServiceUnavailableException") {
+    if name.starts_with("States.") {
+        return match name {
+            "States.Timeout" => BedrockError::Timeout("timed out calling Bedrock".into()),
+            _ => BedrockError::Failed(format!("{name}: {message}")),
+        };
+    }
+    if text.contains("ThrottlingException")
+        || text.contains("ServiceUnavailableException")
+        || text.contains("ModelNotReadyException")
+    {
         BedrockError::Throttled(message)
     } else if text.contains("ValidationException") {
         BedrockError::Validation(message)
     } else if text.contains("AccessDeniedException") || text.contains("ResourceNotFoundException") {
         BedrockError::Denied(message)
-    } else if name == "States.Timeout" {
-        BedrockError::Failed("timed out calling Bedrock".into())
+    } else if text.contains("ModelTimeoutException") {
+        BedrockError::Timeout(message)
     } else {
         BedrockError::Failed(format!("{name}: {message}"))
     }
@@ -232,17 +251,22 @@ pub async fn handle<L: Ledger, Q: Queues>(
     gateway: &Gateway<L, StepBedrock>,
     queues: &Q,
     event: StepEvent,
+    deadline: std::time::Instant,
 ) -> Result<Value, String> {
     match event {
         StepEvent::Reserve(e) => match e.records {
-            Some(records) => reserve_queued(gateway, queues, records).await,
-            None => Ok(reserve_sync(gateway, e).await),
+            Some(records) => reserve_queued(gateway, queues, records, deadline).await,
+            None => Ok(reserve_sync(gateway, e, deadline).await),
         },
         StepEvent::Settle(e) => settle(gateway, queues, *e).await,
     }
 }
 
-async fn reserve_sync<L: Ledger>(gateway: &Gateway<L, StepBedrock>, e: ReserveEvent) -> Value {
+async fn reserve_sync<L: Ledger>(
+    gateway: &Gateway<L, StepBedrock>,
+    e: ReserveEvent,
+    deadline: std::time::Instant,
+) -> Value {
     let application = match application_of_key(gateway, e.api_key_id).await {
         Ok(app) => app,
         Err(reply) => return api_reply(&reply),
@@ -264,7 +288,14 @@ async fn reserve_sync<L: Ledger>(gateway: &Gateway<L, StepBedrock>, e: ReserveEv
         "reserve"
     );
     match gateway
-        .admit(&application, &model, &body, Front::Sync, &reservation_id)
+        .admit(
+            &application,
+            &model,
+            &body,
+            Front::Sync,
+            &reservation_id,
+            deadline,
+        )
         .await
     {
         Admission::Admitted { ticket, prepared } => {
@@ -290,6 +321,7 @@ async fn reserve_queued<L: Ledger, Q: Queues>(
     gateway: &Gateway<L, StepBedrock>,
     queues: &Q,
     records: Vec<SqsMessage>,
+    deadline: std::time::Instant,
 ) -> Result<Value, String> {
     let [message] = <[SqsMessage; 1]>::try_from(records).map_err(|r| {
         format!(
@@ -303,7 +335,7 @@ async fn reserve_queued<L: Ledger, Q: Queues>(
         .ok_or("the message has no eventSourceARN")?;
     let id = message.message_id.clone().unwrap_or_default();
     let body = message.body.clone().unwrap_or_default();
-    match queued_admit(gateway, queues, &arn, &id, &body).await? {
+    match queued_admit(gateway, queues, &arn, &id, &body, deadline).await? {
         QueuedAdmission::Handled => Ok(json!({ "next": "done" })),
         QueuedAdmission::Admitted {
             ticket,
@@ -408,12 +440,17 @@ mod tests {
         );
         assert_eq!(
             out.usage,
-            Usage {
+            Some(Usage {
                 input_tokens: 12,
                 output_tokens: 7,
                 cache_read_tokens: 3,
                 cache_write_tokens: 0
-            }
+            })
+        );
+        assert_eq!(
+            from_sfn(&json!({ "StopReason": "end_turn" })).usage,
+            None,
+            "no usage: settled at the worst case, never at zero"
         );
     }
 
@@ -437,11 +474,32 @@ mod tests {
             BedrockError::Denied(_)
         ));
         assert!(
-            matches!(e("States.Timeout", ""), BedrockError::Failed(m) if m == "timed out calling Bedrock")
+            matches!(e("States.Timeout", ""), BedrockError::Timeout(m) if m == "timed out calling Bedrock")
         );
         assert!(
             matches!(e("States.TaskFailed", "boom"), BedrockError::Failed(m) if m == "States.TaskFailed: boom")
         );
+        // A States error is the workflow's, whatever its cause says: never a refusal.
+        assert!(matches!(
+            e(
+                "States.DataLimitExceeded",
+                "ThrottlingException in the output"
+            ),
+            BedrockError::Failed(_)
+        ));
+        assert!(!e("States.Timeout", "").refundable());
+        assert!(!e("BedrockRuntime.InternalServerException", "").refundable());
+        assert!(!e("BedrockRuntime.ModelTimeoutException", "").refundable());
+        for refused in [
+            "BedrockRuntime.ThrottlingException",
+            "BedrockRuntime.ModelNotReadyException",
+            "BedrockRuntime.ServiceUnavailableException",
+            "BedrockRuntime.ValidationException",
+            "BedrockRuntime.AccessDeniedException",
+            "BedrockRuntime.ResourceNotFoundException",
+        ] {
+            assert!(e(refused, "").refundable(), "{refused}");
+        }
     }
 
     #[test]

@@ -1,11 +1,11 @@
-//! Ledger faults in the middle of a request: a settlement that fails is retried until it lands,
-//! and a panic or early return between reserve and settle refunds the reservation.
+//! Ledger faults in the middle of a request: a settlement that fails is retried inline until it
+//! lands (before the answer, as a Lambda handler must), and a reservation whose answer was lost is
+//! refunded.
 
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use budget::Limit;
 use budget::config::BudgetConfig;
@@ -18,10 +18,31 @@ struct FlakySettle {
     inner: MemoryLedger,
     failures: AtomicU32,
     lost_reserves: AtomicU32,
+    /// Reservations answer contention (retries exhausted).
+    contended: AtomicBool,
+    /// Configuration reads fail as unreachable.
+    config_down: AtomicBool,
+}
+
+impl FlakySettle {
+    fn new(failures: u32, lost_reserves: u32) -> Self {
+        FlakySettle {
+            inner: MemoryLedger::new(),
+            failures: AtomicU32::new(failures),
+            lost_reserves: AtomicU32::new(lost_reserves),
+            contended: AtomicBool::new(false),
+            config_down: AtomicBool::new(false),
+        }
+    }
 }
 
 impl Ledger for FlakySettle {
     async fn budget(&self, application: &str) -> Result<Option<BudgetConfig>, LedgerError> {
+        if self.config_down.load(Ordering::SeqCst) {
+            return Err(LedgerError::Unavailable(
+                "injected: table unreachable".into(),
+            ));
+        }
         self.inner.budget(application).await
     }
     async fn put_budget(
@@ -45,6 +66,9 @@ impl Ledger for FlakySettle {
         self.inner.application_for(identity).await
     }
     async fn reserve(&self, request: &ReserveRequest<'_>) -> Result<ReserveOutcome, LedgerError> {
+        if self.contended.load(Ordering::SeqCst) {
+            return Err(LedgerError::Contention(request.application.into()));
+        }
         let outcome = self.inner.reserve(request).await;
         if self
             .lost_reserves
@@ -71,6 +95,9 @@ impl Ledger for FlakySettle {
         }
         self.inner.settle(reservation, settlement).await
     }
+    async fn sweep(&self, now: i64) -> Result<Vec<Expired>, LedgerError> {
+        self.inner.sweep(now).await
+    }
     async fn usage(
         &self,
         application: &str,
@@ -82,21 +109,17 @@ impl Ledger for FlakySettle {
 }
 
 #[tokio::test]
-async fn failed_settlements_and_refunds_are_retried_until_they_land() {
-    let ledger = Arc::new(FlakySettle {
-        inner: MemoryLedger::new(),
-        failures: AtomicU32::new(3),
-        lost_reserves: AtomicU32::new(0),
-    });
+async fn failed_settlements_are_retried_inline_until_they_land() {
+    let ledger = Arc::new(FlakySettle::new(3, 0));
     let env = start(Arc::clone(&ledger), SPEC, |_| {}).await;
     let (ok, _, _) = env
         .converse("key-capped", "lite", &prompt("settle me"))
         .await;
-    let (failed, _, _) = env
-        .converse("key-capped", "lite", &prompt("[[stub:error]]"))
-        .await;
+    let failing = prompt("[[stub:error]]");
+    let (failed, headers, _) = env.converse("key-capped", "lite", &failing).await;
     assert_eq!((ok, failed), (200, 502));
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(headers["x-tokenfence-charged"], "worst-case");
+    // No waiting: both settlements landed before their answers.
     assert_eq!(
         ledger.failures.load(Ordering::SeqCst),
         0,
@@ -105,7 +128,7 @@ async fn failed_settlements_and_refunds_are_retried_until_they_land() {
     assert_eq!(
         ledger.inner.open_reservations(),
         0,
-        "every reservation was settled or refunded in the end"
+        "every reservation was settled before its answer"
     );
     let used: u64 = ledger
         .inner
@@ -116,19 +139,32 @@ async fn failed_settlements_and_refunds_are_retried_until_they_land() {
         .unwrap();
     let billed = env.stub.billed()["amazon.nova-lite-v1:0"];
     assert_eq!(
-        used,
-        billed.input_tokens + billed.output_tokens,
-        "settled to the successful call's usage, the failed one refunded"
+        billed.calls, 2,
+        "the server error came after the generation started"
     );
+    // The failed call is charged its whole reservation: input bound + the default 100 output.
+    let first = billed.total_tokens();
+    let worst = budget::estimate::input_bound("amazon.nova-lite-v1:0", &failing) + 100;
+    assert!(
+        used >= first,
+        "the ledger never counts less than Bedrock billed"
+    );
+    assert_eq!(
+        used,
+        (billed.input_tokens + billed.output_tokens) - stub_usage_of(&failing) + worst,
+        "the successful call at its usage, the failed one at its worst case"
+    );
+}
+
+/// What the stub bills for a one-message Nova prompt of `body` at the default output of 64.
+fn stub_usage_of(body: &serde_json::Value) -> u64 {
+    let text = body["messages"][0]["content"][0]["text"].as_str().unwrap();
+    (text.len() as u64).div_ceil(4) + 3 + 1 + 64
 }
 
 #[tokio::test]
 async fn a_reservation_whose_answer_was_lost_is_refunded() {
-    let ledger = Arc::new(FlakySettle {
-        inner: MemoryLedger::new(),
-        failures: AtomicU32::new(0),
-        lost_reserves: AtomicU32::new(1),
-    });
+    let ledger = Arc::new(FlakySettle::new(0, 1));
     let env = start(Arc::clone(&ledger), SPEC, |_| {}).await;
     let (status, _, body) = env.converse("key-capped", "lite", &prompt("lost")).await;
     assert_eq!(status, 503, "fail closed on a ledger error: {body:?}");
@@ -137,11 +173,10 @@ async fn a_reservation_whose_answer_was_lost_is_refunded() {
         0,
         "the fault was hit"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         ledger.inner.open_reservations(),
         0,
-        "the applied reservation was refunded"
+        "the applied reservation was refunded before the answer"
     );
     assert!(
         ledger
@@ -153,4 +188,33 @@ async fn a_reservation_whose_answer_was_lost_is_refunded() {
         ledger.inner.counters("capped")
     );
     assert_eq!(env.stub.requests(), 0, "Bedrock was not called");
+}
+
+#[tokio::test]
+async fn fail_open_is_only_for_an_unreachable_ledger_after_the_configuration_was_read() {
+    let ledger = Arc::new(FlakySettle::new(0, 0));
+    let env = start(Arc::clone(&ledger), SPEC, |s| {
+        s.on_ledger_error = invoke::LedgerFailurePolicy::Allow;
+        s.config_ttl = std::time::Duration::ZERO;
+    })
+    .await;
+    // Contention is not an outage: deny, with a retry hint.
+    ledger.contended.store(true, Ordering::SeqCst);
+    let (status, headers, body) = env.converse("key-capped", "lite", &prompt("busy")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("LedgerBusy")),
+        "{body}"
+    );
+    assert_eq!(headers["retry-after"], "1");
+    ledger.contended.store(false, Ordering::SeqCst);
+    // Without the configuration there is no allow-list and no limit: deny.
+    ledger.config_down.store(true, Ordering::SeqCst);
+    let (status, _, body) = env.converse("key-capped", "lite", &prompt("blind")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("LedgerUnavailable")),
+        "{body}"
+    );
+    assert_eq!(env.stub.requests(), 0, "neither reached Bedrock");
 }

@@ -51,6 +51,11 @@ impl Queues for CapturedQueues {
     }
 }
 
+/// A Lambda deadline a minute away.
+fn soon() -> std::time::Instant {
+    std::time::Instant::now() + std::time::Duration::from_secs(60)
+}
+
 fn fixture(name: &str) -> Value {
     let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
@@ -93,7 +98,7 @@ async fn env() -> Env {
 }
 
 async fn api(env: &Env, event: Value) -> (u16, Value, Value) {
-    let out = handle(&env.gateway, &env.queues, event)
+    let out = handle(&env.gateway, &env.queues, event, soon())
         .await
         .expect("handled");
     let body: Value = serde_json::from_str(out["body"].as_str().unwrap()).unwrap();
@@ -163,9 +168,14 @@ async fn api_gateway_requests_are_identified_by_their_api_key_id() {
 #[tokio::test]
 async fn sqs_results_reach_the_results_queue_and_redeliveries_are_charged_once() {
     let env = env().await;
-    let out = handle(&env.gateway, &env.queues, fixture("sqs-converse.json"))
-        .await
-        .unwrap();
+    let out = handle(
+        &env.gateway,
+        &env.queues,
+        fixture("sqs-converse.json"),
+        soon(),
+    )
+    .await
+    .unwrap();
     assert_eq!(out["batchItemFailures"], json!([]));
     let first = env.queues.sent.lock().unwrap().clone();
     assert_eq!(first.len(), 1);
@@ -184,9 +194,14 @@ async fn sqs_results_reach_the_results_queue_and_redeliveries_are_charged_once()
     let counters = env.gateway.ledger().counters("batch");
 
     // SQS delivers at least once: the same message again is answered from the ledger's record.
-    let out = handle(&env.gateway, &env.queues, fixture("sqs-converse.json"))
-        .await
-        .unwrap();
+    let out = handle(
+        &env.gateway,
+        &env.queues,
+        fixture("sqs-converse.json"),
+        soon(),
+    )
+    .await
+    .unwrap();
     assert_eq!(out["batchItemFailures"], json!([]));
     assert_eq!(env.stub.requests(), 1, "Bedrock was called once");
     assert_eq!(
@@ -212,7 +227,9 @@ async fn sqs_requests_over_budget_are_deferred_until_the_window_resets() {
         records.push(r);
     }
     event["Records"] = json!(records);
-    let out = handle(&env.gateway, &env.queues, event).await.unwrap();
+    let out = handle(&env.gateway, &env.queues, event, soon())
+        .await
+        .unwrap();
     assert_eq!(
         out["batchItemFailures"],
         json!([]),
@@ -259,8 +276,18 @@ async fn sqs_failures_are_reported_per_message() {
     let mut malformed = good.clone();
     malformed["messageId"] = json!("malformed");
     malformed["body"] = json!("not json");
-    event["Records"] = json!([good, throttled, stranger, malformed]);
-    let out = handle(&env.gateway, &env.queues, event).await.unwrap();
+    // The good one in a batch of its own: a batch's messages reserve concurrently, and two
+    // worst cases at once would overflow `batch`'s 300-token minute (deferring the throttled one).
+    let mut first = event.clone();
+    first["Records"] = json!([good]);
+    let out = handle(&env.gateway, &env.queues, first, soon())
+        .await
+        .unwrap();
+    assert_eq!(out["batchItemFailures"], json!([]));
+    event["Records"] = json!([throttled, stranger, malformed]);
+    let out = handle(&env.gateway, &env.queues, event, soon())
+        .await
+        .unwrap();
     let failed: Vec<&str> = out["batchItemFailures"]
         .as_array()
         .unwrap()
@@ -278,16 +305,200 @@ async fn sqs_failures_are_reported_per_message() {
         2,
         "the good one's result and the malformed one's error"
     );
-    assert_eq!(sent[1].1["status"], 400);
-    assert_eq!(sent[1].1["requestId"], "malformed");
+    let malformed = sent
+        .iter()
+        .find(|(_, body, _)| body["requestId"] == "malformed")
+        .expect("the malformed message is answered under its message ID");
+    assert_eq!(malformed.1["status"], 400);
     assert_eq!(env.gateway.ledger().open_reservations(), 0);
+}
+
+fn message(template: &Value, id: &str, body: Value) -> Value {
+    let mut r = template.clone();
+    r["messageId"] = json!(id);
+    r["body"] = json!(body.to_string());
+    r
+}
+
+#[tokio::test]
+async fn hostile_queue_messages_are_answered_or_retried_never_failed_open() {
+    let env = env().await;
+    let mut event = fixture("sqs-converse.json");
+    let template = event["Records"][0].clone();
+    let hello = json!({ "messages": [{ "role": "user", "content": [{ "text": "hello" }] }] });
+    let records = vec![
+        // A requestId longer than a ledger key may be: the caller's mistake, answered 400.
+        message(
+            &template,
+            "huge-id",
+            json!({ "requestId": "x".repeat(5_000), "modelId": "micro", "request": hello }),
+        ),
+        message(
+            &template,
+            "odd-id",
+            json!({ "requestId": "a b/c", "modelId": "micro", "request": hello }),
+        ),
+        // A server error after the generation started: charged at its worst case, retried.
+        message(
+            &template,
+            "server-error",
+            json!({ "requestId": "e1", "modelId": "micro", "request": { "messages": [{ "role": "user", "content": [{ "text": "[[stub:error]]" }] }] } }),
+        ),
+        // Deferred as often as allowed: answered 429 instead of being re-sent forever.
+        message(
+            &template,
+            "deferred-enough",
+            json!({ "requestId": "d1", "modelId": "micro", "request": hello, "deferrals": invoke::lambda::MAX_DEFERRALS }),
+        ),
+    ];
+    event["Records"] = json!(records);
+    let out = handle(&env.gateway, &env.queues, event, soon())
+        .await
+        .unwrap();
+    let failed: Vec<&str> = out["batchItemFailures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["itemIdentifier"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        failed,
+        ["server-error"],
+        "only the transient failure is retried"
+    );
+    let sent = env.queues.sent.lock().unwrap().clone();
+    let answer = |id: &str| {
+        sent.iter()
+            .find(|(url, body, _)| url == RESULTS && body["requestId"] == id)
+            .map(|(_, body, _)| body.clone())
+            .unwrap_or_else(|| panic!("an answer for `{id}` in {sent:?}"))
+    };
+    for id in ["huge-id", "odd-id"] {
+        let a = answer(id);
+        assert_eq!(
+            (a["status"].as_u64(), a["error"]["field"].as_str()),
+            (Some(400), Some("requestId")),
+            "{a}"
+        );
+    }
+    assert_eq!(answer("d1")["status"], 429);
+    assert!(
+        !sent.iter().any(|(_, body, _)| body["requestId"] == "e1"),
+        "a transient failure is not a final answer"
+    );
+    assert_eq!(
+        env.stub.requests(),
+        1,
+        "only the server-error request reached Bedrock"
+    );
+    let charged = env.gateway.ledger().counters("batch")[0].1.tokens;
+    assert!(
+        charged >= env.stub.billed_tokens() && charged > 0,
+        "the failed generation stays charged: {charged}"
+    );
+    assert_eq!(env.gateway.ledger().open_reservations(), 0);
+
+    // The redelivery of the failed message is a new generation, reserved and charged anew.
+    let mut again = fixture("sqs-converse.json");
+    again["Records"] = json!([message(
+        &template,
+        "server-error",
+        json!({ "requestId": "e1", "modelId": "micro", "request": hello })
+    )]);
+    let out = handle(&env.gateway, &env.queues, again, soon())
+        .await
+        .unwrap();
+    assert_eq!(out["batchItemFailures"], json!([]));
+    assert_eq!(answer_of(&env, "e1")["status"], 200);
+}
+
+fn answer_of(env: &Env, id: &str) -> Value {
+    env.queues
+        .sent
+        .lock()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|(url, body, _)| url == RESULTS && body["requestId"] == id)
+        .map(|(_, body, _)| body.clone())
+        .expect("an answer")
+}
+
+#[tokio::test]
+async fn a_message_with_no_time_left_is_retried_without_calling_bedrock() {
+    let env = env().await;
+    let out = handle(
+        &env.gateway,
+        &env.queues,
+        fixture("sqs-converse.json"),
+        std::time::Instant::now(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out["batchItemFailures"].as_array().unwrap().len(), 1);
+    assert_eq!(env.stub.requests(), 0);
+    assert_eq!(env.gateway.ledger().open_reservations(), 0);
+    assert!(
+        env.gateway
+            .ledger()
+            .counters("batch")
+            .iter()
+            .all(|(_, c)| c.tokens == 0),
+        "refunded: nothing was sent"
+    );
+}
+
+#[tokio::test]
+async fn the_sweep_event_closes_expired_reservations_and_counts_them() {
+    let env = env().await;
+    // A reservation whose Lambda died before settling it (held for 0 seconds here).
+    let limits = env
+        .gateway
+        .ledger()
+        .budget("web")
+        .await
+        .unwrap()
+        .unwrap()
+        .limits;
+    let attempt = ledger::new_attempt();
+    let request = ledger::ReserveRequest {
+        application: "web",
+        reservation_id: "died",
+        limits: &limits,
+        charge: budget::Charge::new(500, budget::MicroUsd(0)),
+        now: invoke::gateway::now_seconds(),
+        hold_seconds: 0,
+        attempt: &attempt,
+    };
+    env.gateway.ledger().reserve(&request).await.unwrap();
+    assert_eq!(env.gateway.ledger().open_reservations(), 1);
+    let sweep = json!({ "tokenfence": "sweep" });
+    let out = handle(&env.gateway, &env.queues, sweep.clone(), soon())
+        .await
+        .unwrap();
+    assert_eq!(out, json!({ "expired": 1 }));
+    assert_eq!(env.gateway.ledger().open_reservations(), 0);
+    assert_eq!(
+        env.gateway.ledger().counters("web")[0].1.tokens,
+        500,
+        "charged at its worst case"
+    );
+    let out = handle(&env.gateway, &env.queues, sweep, soon())
+        .await
+        .unwrap();
+    assert_eq!(out, json!({ "expired": 0 }), "counted once");
 }
 
 #[tokio::test]
 async fn unknown_events_are_errors() {
     let env = env().await;
-    let err = handle(&env.gateway, &env.queues, json!({ "hello": "world" }))
-        .await
-        .unwrap_err();
+    let err = handle(
+        &env.gateway,
+        &env.queues,
+        json!({ "hello": "world" }),
+        soon(),
+    )
+    .await
+    .unwrap_err();
     assert!(err.contains("unsupported event"));
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use budget::{MicroUsd, PriceBook, Usage};
 use common::{SPEC, concurrency_holds, prompt, start};
-use ledger::MemoryLedger;
+use ledger::{Ledger, MemoryLedger};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -88,8 +88,35 @@ async fn a_request_under_budget_returns_bedrocks_response_and_what_remains() {
         headers["x-tokenfence-remaining-day-usd"],
         MicroUsd(1_000_000 - cost.0).to_string()
     );
-    // The gateway holds Bedrock to the output it reserved.
     assert_eq!(env.stub.billed()["amazon.nova-lite-v1:0"].output_tokens, 64);
+}
+
+#[tokio::test]
+async fn bedrock_is_held_to_the_output_that_was_reserved() {
+    let env = start(Arc::new(MemoryLedger::new()), SPEC, |_| {}).await;
+    // The model would write 5,000 tokens; the spec's default cap of 100 is what was reserved,
+    // and the gateway pins it in the request, so that is all Bedrock generates.
+    let (status, _, body) = env
+        .converse(
+            "key-other",
+            "micro",
+            &prompt("[[stub:output=5000]] write a lot"),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["stopReason"], "max_tokens");
+    assert_eq!(
+        env.stub.billed()["amazon.nova-micro-v1:0"].output_tokens,
+        100
+    );
+    let mut asked = prompt("[[stub:output=5000]] write a little");
+    asked["inferenceConfig"] = json!({ "maxTokens": 40 });
+    let (status, _, _) = env.converse("key-other", "micro", &asked).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        env.stub.billed()["amazon.nova-micro-v1:0"].output_tokens,
+        140
+    );
 }
 
 #[tokio::test]
@@ -205,19 +232,23 @@ async fn shadow_mode_never_blocks_but_reports() {
 }
 
 #[tokio::test]
-async fn bedrock_errors_pass_through_and_refund_the_reservation() {
+async fn bedrock_refusals_are_refunded_and_failures_after_start_charged_at_the_worst_case() {
     let env = start(Arc::new(MemoryLedger::new()), SPEC, |_| {}).await;
+    // Refusals: Bedrock generated nothing, so the reservation is refunded.
     for (marker, status, code) in [
         ("[[stub:throttle]]", 429, "ThrottlingException"),
+        ("[[stub:notready]]", 429, "ThrottlingException"),
+        ("[[stub:unavailable]]", 429, "ThrottlingException"),
         ("[[stub:invalid]]", 400, "ValidationException"),
-        ("[[stub:error]]", 502, "BedrockFailed"),
+        ("[[stub:denied]]", 403, "AccessDeniedException"),
     ] {
         let (got, headers, body) = env.converse("key-capped", "lite", &prompt(marker)).await;
         assert_eq!(
             (got, body["error"].as_str()),
             (status, Some(code)),
-            "{body}"
+            "{marker}: {body}"
         );
+        assert!(!headers.contains_key("x-tokenfence-charged"));
         if status == 429 {
             assert!(headers.contains_key("retry-after"));
         }
@@ -232,14 +263,47 @@ async fn bedrock_errors_pass_through_and_refund_the_reservation() {
         "{:?}",
         env.gateway.ledger().counters("capped")
     );
-    let failed = env
-        .metrics
-        .lock()
-        .unwrap()
+    assert_eq!(env.stub.billed_tokens(), 0, "refusals bill nothing");
+
+    // After the generation started: charged the whole reservation, and the caller is told.
+    let mut charged = 0;
+    for (marker, status, code) in [
+        ("[[stub:error]]", 502, "BedrockFailed"),
+        ("[[stub:modeltimeout]]", 504, "BedrockTimeout"),
+        ("[[stub:nousage]]", 200, ""),
+    ] {
+        let body = prompt(marker);
+        let (got, headers, reply) = env.converse("key-capped", "lite", &body).await;
+        assert_eq!(got, status, "{marker}: {reply}");
+        if !code.is_empty() {
+            assert_eq!(reply["error"], code);
+        }
+        assert_eq!(
+            headers
+                .get("x-tokenfence-charged")
+                .map(|v| v.to_str().unwrap()),
+            Some("worst-case"),
+            "{marker}: {reply}"
+        );
+        charged += budget::estimate::input_bound("amazon.nova-lite-v1:0", &body) + 100;
+    }
+    let used = env.gateway.ledger().counters("capped")[0].1.tokens;
+    assert_eq!(used, charged, "each at its reservation");
+    assert!(
+        used >= env.stub.billed_tokens(),
+        "never less than Bedrock billed"
+    );
+    assert_eq!(env.gateway.ledger().open_reservations(), 0);
+    let metrics = env.metrics.lock().unwrap();
+    let failed = metrics
         .iter()
         .filter(|m| m["InvocationFailed"] == 1)
         .count();
-    assert_eq!(failed, 3);
+    let worst = metrics
+        .iter()
+        .filter(|m| m["WorstCaseSettlements"] == 1)
+        .count();
+    assert_eq!((failed, worst), (7, 3));
 }
 
 #[tokio::test]
@@ -427,4 +491,83 @@ async fn a_key_spends_only_its_own_applications_budget() {
         ledger.counters("capped")
     );
     assert!(ledger.counters("other").iter().any(|(_, c)| c.tokens > 0));
+}
+
+#[tokio::test]
+async fn a_token_only_application_on_an_unpriced_model_is_told_its_cost_is_unknown() {
+    let spec = r#"
+version: 1
+name: u
+models: { mystery: acme.mystery-v1:0 }
+applications:
+  tokens-only: { limits: [{ window: day, tokens: 10000 }] }
+"#;
+    let env = start(Arc::new(MemoryLedger::new()), spec, |_| {}).await;
+    let (status, headers, body) = env
+        .converse("key-tokens-only", "mystery", &prompt("hello"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["x-tokenfence-cost"], "unknown");
+    let unpriced = env
+        .metrics
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|m| m["UnpricedRequests"] == 1)
+        .count();
+    assert_eq!(unpriced, 1);
+    let usage: Value = env
+        .http
+        .get(format!("{}/usage", env.base))
+        .header("x-api-key", "key-tokens-only")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(usage["costKnown"], false, "{usage}");
+    assert_eq!(usage["unpricedModels"], json!(["acme.mystery-v1:0"]));
+}
+
+#[tokio::test]
+async fn the_sweeper_charges_abandoned_reservations_and_counts_them() {
+    let env = start(Arc::new(MemoryLedger::new()), SPEC, |_| {}).await;
+    let limits = env
+        .gateway
+        .ledger()
+        .budget("other")
+        .await
+        .unwrap()
+        .unwrap()
+        .limits;
+    let attempt = ledger::new_attempt();
+    for id in ["a", "b"] {
+        let request = ledger::ReserveRequest {
+            application: "other",
+            reservation_id: id,
+            limits: &limits,
+            charge: budget::Charge::new(700, MicroUsd(0)),
+            now: invoke::gateway::now_seconds(),
+            hold_seconds: 0,
+            attempt: &attempt,
+        };
+        env.gateway.ledger().reserve(&request).await.unwrap();
+    }
+    let expired = env.gateway.sweep().await.unwrap();
+    assert_eq!(expired.len(), 2);
+    let metrics = env.metrics.lock().unwrap();
+    let record = metrics
+        .iter()
+        .find(|m| m.get("ExpiredReservations").is_some())
+        .expect("an ExpiredReservations record");
+    assert_eq!(
+        (
+            record["Application"].as_str(),
+            record["ExpiredReservations"].as_u64(),
+            record["ExpiredTokens"].as_u64()
+        ),
+        (Some("other"), Some(2), Some(1400))
+    );
+    assert_eq!(env.gateway.ledger().counters("other")[0].1.tokens, 1400);
 }

@@ -2,7 +2,10 @@
 //!
 //! Items (partition key `pk`, sort key `sk`):
 //! - counter: `app#{app}` / `{window}#{key}` with `tokens`, `micro_usd`, `expires_at`;
-//! - reservation: `app#{app}` / `res#{id}` with `state` (`reserved` | `done`), `result`, `expires_at`;
+//! - reservation: `app#{app}` / `res#{id}` with `state` (`reserved` | `done` | `charged`),
+//!   `tokens`, `micro_usd`, `attempt`, `result`, `reason` (why it was charged its worst case),
+//!   `expires_at`, and while held `hold_until` and `open_shard`: the sparse index [`OPEN_INDEX`]
+//!   holds only held reservations, so the sweeper finds those past their hold without a scan;
 //! - configuration: `app#{app}` / `config` with `config` (JSON) and `version`;
 //! - identity: `identity#apikey#{id}` or `identity#queue#{arn}` / `identity` with `application`.
 //!
@@ -27,6 +30,23 @@ use crate::*;
 
 /// Attempts of a transaction that conflicts with concurrent ones before giving up.
 const CONFLICT_ATTEMPTS: u32 = 12;
+
+/// The sparse global secondary index of held reservations (partition `open_shard`, sort
+/// `hold_until`, keys only plus the reserved charge).
+pub const OPEN_INDEX: &str = "open";
+/// Partitions of [`OPEN_INDEX`], so that held reservations spread their index writes.
+pub const OPEN_SHARDS: u32 = 16;
+
+/// How long after its hold a held record is kept from TTL deletion, so the sweeper still finds it.
+const HELD_RECORD_GRACE_SECONDS: i64 = 86_400;
+
+fn open_shard(id: &str) -> String {
+    // FNV-1a: stable across processes, unlike the std hasher.
+    let h = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("open#{}", h % u64::from(OPEN_SHARDS))
+}
 
 /// The ledger in a DynamoDB table.
 #[derive(Debug, Clone)]
@@ -125,6 +145,87 @@ impl DynamoLedger {
             client,
             table: table.into(),
         }
+    }
+
+    /// Creates the table as `synth render` declares it (`pk`/`sk` strings, on demand, the sparse
+    /// [`OPEN_INDEX`]), for `invoke serve --ledger dynamodb:TABLE` on a fresh table and for tests.
+    pub async fn create_table(&self) -> Result<(), LedgerError> {
+        use aws_sdk_dynamodb::types::{
+            AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType,
+            Projection, ProjectionType, ScalarAttributeType,
+        };
+        let attr = |name: &str, kind: ScalarAttributeType| {
+            AttributeDefinition::builder()
+                .attribute_name(name)
+                .attribute_type(kind)
+                .build()
+                .expect("name and type are set")
+        };
+        let key = |name: &str, kind: KeyType| {
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(kind)
+                .build()
+                .expect("name and type are set")
+        };
+        self.client
+            .create_table()
+            .table_name(&self.table)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(attr("pk", ScalarAttributeType::S))
+            .attribute_definitions(attr("sk", ScalarAttributeType::S))
+            .attribute_definitions(attr("open_shard", ScalarAttributeType::S))
+            .attribute_definitions(attr("hold_until", ScalarAttributeType::N))
+            .key_schema(key("pk", KeyType::Hash))
+            .key_schema(key("sk", KeyType::Range))
+            .global_secondary_indexes(
+                GlobalSecondaryIndex::builder()
+                    .index_name(OPEN_INDEX)
+                    .key_schema(key("open_shard", KeyType::Hash))
+                    .key_schema(key("hold_until", KeyType::Range))
+                    .projection(
+                        Projection::builder()
+                            .projection_type(ProjectionType::Include)
+                            .non_key_attributes("tokens")
+                            .non_key_attributes("micro_usd")
+                            .build(),
+                    )
+                    .build()
+                    .expect("name, keys and projection are set"),
+            )
+            .send()
+            .await
+            .map_err(|e| unavailable("CreateTable", &e))?;
+        Ok(())
+    }
+
+    /// Reservations held and not yet settled or swept (a count over [`OPEN_INDEX`]), for audits
+    /// and tests.
+    pub async fn open_reservations(&self) -> Result<usize, LedgerError> {
+        let mut count = 0usize;
+        for shard in 0..OPEN_SHARDS {
+            let mut start: Option<HashMap<String, AttributeValue>> = None;
+            loop {
+                let out = self
+                    .client
+                    .query()
+                    .table_name(&self.table)
+                    .index_name(OPEN_INDEX)
+                    .key_condition_expression("open_shard = :shard")
+                    .expression_attribute_values(":shard", s(format!("open#{shard}")))
+                    .select(aws_sdk_dynamodb::types::Select::Count)
+                    .set_exclusive_start_key(start.take())
+                    .send()
+                    .await
+                    .map_err(|e| unavailable("Query", &e))?;
+                count += out.count.max(0) as usize;
+                match out.last_evaluated_key {
+                    Some(key) if !key.is_empty() => start = Some(key),
+                    _ => break,
+                }
+            }
+        }
+        Ok(count)
     }
 
     /// Every application's budget configuration in the table, ordered by application (a paginated
@@ -387,10 +488,27 @@ impl Ledger for DynamoLedger {
                         .item("attempt", s(request.attempt))
                         .item("tokens", n(request.charge.tokens))
                         .item("micro_usd", n(request.charge.cost.0))
-                        .item("expires_at", n(request.now + request.hold_seconds))
-                        // A record past its expiry (TTL deletion lags) no longer blocks the ID.
-                        .condition_expression("attribute_not_exists(sk) OR expires_at < :now")
+                        .item(
+                            "hold_until",
+                            n(request.now.saturating_add(request.hold_seconds)),
+                        )
+                        .item("open_shard", s(open_shard(request.reservation_id)))
+                        .item(
+                            "expires_at",
+                            n(request
+                                .now
+                                .saturating_add(request.hold_seconds)
+                                .saturating_add(HELD_RECORD_GRACE_SECONDS)),
+                        )
+                        // A record past its expiry (TTL deletion lags) no longer blocks the ID,
+                        // nor does one charged its worst case (a retry is a new generation). A
+                        // held one past its hold waits for the sweeper to charge it.
+                        .condition_expression(
+                            "attribute_not_exists(sk) OR expires_at < :now OR #state = :charged",
+                        )
+                        .expression_attribute_names("#state", "state")
                         .expression_attribute_values(":now", n(request.now))
+                        .expression_attribute_values(":charged", s("charged"))
                         .return_values_on_condition_check_failure(
                             ReturnValuesOnConditionCheckFailure::AllOld,
                         )
@@ -415,7 +533,7 @@ impl Ledger for DynamoLedger {
                 return Ok(ReserveOutcome::Reserved(Reservation::held(request, slots)));
             }
             let in_flight =
-                !matches!(item.get("state"), Some(AttributeValue::S(state)) if state == "done");
+                matches!(item.get("state"), Some(AttributeValue::S(state)) if state == "reserved");
             let result = match item.get("result") {
                 Some(AttributeValue::S(r)) => Some(r.clone()),
                 _ => None,
@@ -496,17 +614,27 @@ impl Ledger for DynamoLedger {
                     .expression_attribute_names("#state", "state")
                     .expression_attribute_values(":reserved", s("reserved"))
                     .expression_attribute_values(":attempt", s(&reservation.attempt))
-                    .expression_attribute_values(":done", s("done"))
                     .expression_attribute_values(":exp", n(settlement.now + c.remember_seconds));
-                update = match &c.result {
-                    Some(result) => update
-                        .update_expression(
-                            "SET #state = :done, expires_at = :exp, #result = :result",
-                        )
-                        .expression_attribute_names("#result", "result")
-                        .expression_attribute_values(":result", s(result)),
-                    None => update.update_expression("SET #state = :done, expires_at = :exp"),
+                let mut set = vec!["#state = :closed", "expires_at = :exp"];
+                update = match &c.worst_case {
+                    Some(reason) => {
+                        set.push("reason = :reason");
+                        update
+                            .expression_attribute_values(":closed", s("charged"))
+                            .expression_attribute_values(":reason", s(reason))
+                    }
+                    None => update.expression_attribute_values(":closed", s("done")),
                 };
+                if let Some(result) = &c.result {
+                    set.push("#result = :result");
+                    update = update
+                        .expression_attribute_names("#result", "result")
+                        .expression_attribute_values(":result", s(result));
+                }
+                update = update.update_expression(format!(
+                    "SET {} REMOVE hold_until, open_shard",
+                    set.join(", ")
+                ));
                 TransactWriteItem::builder()
                     .update(update.build().expect("table, key and expression are set"))
                     .build()
@@ -540,6 +668,77 @@ impl Ledger for DynamoLedger {
                 "settlement cancelled: {reasons:?}"
             ))),
         }
+    }
+
+    async fn sweep(&self, now: i64) -> Result<Vec<Expired>, LedgerError> {
+        let mut expired = Vec::new();
+        for shard in 0..OPEN_SHARDS {
+            let mut start: Option<HashMap<String, AttributeValue>> = None;
+            loop {
+                let out = self
+                    .client
+                    .query()
+                    .table_name(&self.table)
+                    .index_name(OPEN_INDEX)
+                    .key_condition_expression("open_shard = :shard AND hold_until < :now")
+                    .expression_attribute_values(":shard", s(format!("open#{shard}")))
+                    .expression_attribute_values(":now", n(now))
+                    .set_exclusive_start_key(start.take())
+                    .send()
+                    .await
+                    .map_err(|e| unavailable("Query", &e))?;
+                for item in out.items.unwrap_or_default() {
+                    let (Some(AttributeValue::S(pk)), Some(AttributeValue::S(sk))) =
+                        (item.get("pk"), item.get("sk"))
+                    else {
+                        continue;
+                    };
+                    let (Some(application), Some(id)) =
+                        (pk.strip_prefix("app#"), sk.strip_prefix("res#"))
+                    else {
+                        continue;
+                    };
+                    let closed = self
+                        .client
+                        .update_item()
+                        .table_name(&self.table)
+                        .key("pk", s(pk))
+                        .key("sk", s(sk))
+                        .condition_expression("#state = :reserved AND hold_until < :now")
+                        .update_expression(
+                            "SET #state = :charged, reason = :reason, expires_at = :exp \
+                             REMOVE hold_until, open_shard",
+                        )
+                        .expression_attribute_names("#state", "state")
+                        .expression_attribute_values(":reserved", s("reserved"))
+                        .expression_attribute_values(":charged", s("charged"))
+                        .expression_attribute_values(":reason", s(EXPIRED_REASON))
+                        .expression_attribute_values(":now", n(now))
+                        .expression_attribute_values(
+                            ":exp",
+                            n(now.saturating_add(CHARGED_RECORD_SECONDS)),
+                        )
+                        .send()
+                        .await;
+                    match closed {
+                        Ok(_) => expired.push(Expired {
+                            application: application.to_string(),
+                            reservation_id: id.to_string(),
+                            charge: decode_charge(&item, sk)?,
+                        }),
+                        // Settled meanwhile: nothing to close.
+                        Err(SdkError::ServiceError(e))
+                            if e.err().is_conditional_check_failed_exception() => {}
+                        Err(e) => return Err(unavailable("UpdateItem", &e)),
+                    }
+                }
+                match out.last_evaluated_key {
+                    Some(key) if !key.is_empty() => start = Some(key),
+                    _ => break,
+                }
+            }
+        }
+        Ok(expired)
     }
 
     async fn usage(

@@ -13,7 +13,7 @@ use budget::config::BudgetConfig;
 use budget::{Charge, Exceeded, Limit, WindowInstance};
 use thiserror::Error;
 
-pub use dynamo::{DynamoLedger, decode_charge, decode_config};
+pub use dynamo::{DynamoLedger, OPEN_INDEX, OPEN_SHARDS, decode_charge, decode_config};
 pub use memory::MemoryLedger;
 
 /// Errors of a ledger.
@@ -69,7 +69,7 @@ pub struct ReserveRequest<'a> {
     pub charge: Charge,
     /// Now, Unix seconds.
     pub now: i64,
-    /// How long an unsettled reservation may live before it counts as leaked.
+    /// How long an unsettled reservation is held before the sweeper charges it its worst case.
     pub hold_seconds: i64,
     /// A token unique to this call ([`new_attempt`]). A write whose answer was lost may still
     /// have applied: the ledger recognises its own record by it (instead of taking it for
@@ -190,13 +190,36 @@ pub struct Settlement {
 }
 
 /// A completed request's record.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Completion {
     /// How long to remember it.
     pub remember_seconds: i64,
     /// The result to give a duplicate delivery.
     pub result: Option<String>,
+    /// Set (to the reason) when the request was charged its whole reservation because Bedrock may
+    /// have billed a generation whose usage is unknown (a timeout, a cut connection, a server
+    /// error after the request was sent). The record keeps the reason; the request may be tried
+    /// again under the same ID, and a retry is a new generation, reserved and charged anew.
+    pub worst_case: Option<String>,
 }
+
+/// A reservation that outlived its hold without being settled, closed by [`Ledger::sweep`] at its
+/// worst case (its reserved charge stays counted in every window).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expired {
+    /// The application.
+    pub application: String,
+    /// The reservation's ID.
+    pub reservation_id: String,
+    /// What it was charged: its whole reservation.
+    pub charge: Charge,
+}
+
+/// Why the sweeper closed a reservation, as the record keeps it.
+pub const EXPIRED_REASON: &str = "hold expired without settlement";
+
+/// How long a closed-by-the-sweeper or worst-case record is kept, for audits.
+pub const CHARGED_RECORD_SECONDS: i64 = 86_400;
 
 /// The ledger's operations. Implementations must make `reserve` all-or-nothing across windows and
 /// `settle` exactly-once.
@@ -246,6 +269,11 @@ pub trait Ledger: Send + Sync + 'static {
         settlement: &Settlement,
     ) -> impl Future<Output = Result<(), LedgerError>> + Send;
 
+    /// Closes every reservation held past its hold and never settled, at its worst case: the
+    /// reserved charge stays counted (Bedrock may have billed all of it), the record is marked
+    /// charged with [`EXPIRED_REASON`], and each one is returned so the caller can count it.
+    fn sweep(&self, now: i64) -> impl Future<Output = Result<Vec<Expired>, LedgerError>> + Send;
+
     /// Current usage of each limited window.
     fn usage(
         &self,
@@ -266,6 +294,31 @@ pub fn slots(limits: &[Limit], now: i64) -> Result<Vec<Slot>, LedgerError> {
             })
         })
         .collect()
+}
+
+/// The longest request ID a caller may choose (the queue front's `requestId`).
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// Checks a caller-chosen request ID: 1 to [`MAX_REQUEST_ID_LEN`] characters of `A-Z a-z 0-9 . _
+/// : -`. It becomes part of a ledger key, so anything longer or stranger is the caller's mistake
+/// (a 400), never a ledger failure.
+pub fn check_request_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_REQUEST_ID_LEN {
+        return Err(format!(
+            "`requestId` must have 1 to {MAX_REQUEST_ID_LEN} characters; it has {}",
+            id.chars().count()
+        ));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "._:-".contains(*c)))
+    {
+        return Err(format!(
+            "`requestId` may hold only letters, digits and `._:-`; it holds `{}`",
+            c.escape_default()
+        ));
+    }
+    Ok(())
 }
 
 /// Grace after a window ends before its counter may expire, so late settlements still find it.

@@ -18,6 +18,8 @@ struct State {
     apps: HashMap<String, AppState>,
     /// When expired counters and records are next dropped (Unix seconds).
     next_sweep: i64,
+    /// Reservations closed at their worst case since the last [`Ledger::sweep`].
+    expired: Vec<Expired>,
 }
 
 #[derive(Debug, Default)]
@@ -35,7 +37,11 @@ impl State {
     /// Drops counters past their window's grace and records past their expiry: without this a
     /// long-running `invoke serve` would keep every request's record forever.
     fn sweep(&mut self, now: i64) {
-        self.apps.retain(|_, app| {
+        let expired = &mut self.expired;
+        self.apps.retain(|application, app| {
+            for (id, record) in app.records.iter_mut() {
+                record.close_if_expired(application, id, now, expired);
+            }
             app.counters.retain(|_, (_, expires)| *expires > now);
             app.records.retain(|_, record| record.expires_at > now);
             !(app.counters.is_empty() && app.records.is_empty())
@@ -46,9 +52,38 @@ impl State {
 
 #[derive(Debug, Clone)]
 struct Record {
-    done: bool,
+    state: RecordState,
     result: Option<String>,
     expires_at: i64,
+    /// What was reserved, for closing it at the worst case.
+    charge: Charge,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RecordState {
+    /// Reserved and not settled; `expires_at` is the end of its hold.
+    Held,
+    /// Settled to its usage.
+    Done,
+    /// Charged its whole reservation (worst-case settlement or the sweeper); the ID may be
+    /// reserved again.
+    Charged,
+}
+
+impl Record {
+    /// A held reservation past its hold is closed at its worst case (its charge stays in the
+    /// counters) and reported.
+    fn close_if_expired(&mut self, application: &str, id: &str, now: i64, out: &mut Vec<Expired>) {
+        if self.state == RecordState::Held && self.expires_at <= now {
+            self.state = RecordState::Charged;
+            self.expires_at = now.saturating_add(CHARGED_RECORD_SECONDS);
+            out.push(Expired {
+                application: application.to_string(),
+                reservation_id: id.to_string(),
+                charge: self.charge,
+            });
+        }
+    }
 }
 
 /// A ledger in process memory, guarded by one lock (a reservation touches at most four counters).
@@ -93,7 +128,7 @@ impl MemoryLedger {
             .apps
             .values()
             .flat_map(|app| app.records.values())
-            .filter(|r| !r.done)
+            .filter(|r| r.state == RecordState::Held)
             .count()
     }
 }
@@ -177,16 +212,23 @@ impl Ledger for MemoryLedger {
         if request.now >= state.next_sweep {
             state.sweep(request.now);
         }
-        if let Some(record) = state
-            .apps
-            .get(request.application)
-            .and_then(|app| app.records.get(request.reservation_id))
-            && record.expires_at > request.now
+        let State { apps, expired, .. } = &mut *state;
+        if let Some(record) = apps
+            .get_mut(request.application)
+            .and_then(|app| app.records.get_mut(request.reservation_id))
         {
-            return Ok(ReserveOutcome::Duplicate {
-                in_flight: !record.done,
-                result: record.result.clone(),
-            });
+            record.close_if_expired(
+                request.application,
+                request.reservation_id,
+                request.now,
+                expired,
+            );
+            if record.expires_at > request.now && record.state != RecordState::Charged {
+                return Ok(ReserveOutcome::Duplicate {
+                    in_flight: record.state == RecordState::Held,
+                    result: record.result.clone(),
+                });
+            }
         }
         if let Some(app) = state.apps.get(request.application) {
             for slot in &slots {
@@ -230,9 +272,10 @@ impl Ledger for MemoryLedger {
         app.records.insert(
             request.reservation_id.to_string(),
             Record {
-                done: false,
+                state: RecordState::Held,
                 result: None,
-                expires_at: request.now + request.hold_seconds,
+                expires_at: request.now.saturating_add(request.hold_seconds),
+                charge: request.charge,
             },
         );
         Ok(ReserveOutcome::Reserved(Reservation::held(request, slots)))
@@ -248,9 +291,13 @@ impl Ledger for MemoryLedger {
             return Ok(());
         };
         match app.records.get_mut(&reservation.id) {
-            Some(record) if !record.done => match &settlement.completion {
+            Some(record) if record.state == RecordState::Held => match &settlement.completion {
                 Some(c) => {
-                    record.done = true;
+                    record.state = if c.worst_case.is_some() {
+                        RecordState::Charged
+                    } else {
+                        RecordState::Done
+                    };
                     record.result = c.result.clone();
                     record.expires_at = settlement.now + c.remember_seconds;
                 }
@@ -269,6 +316,12 @@ impl Ledger for MemoryLedger {
             }
         }
         Ok(())
+    }
+
+    async fn sweep(&self, now: i64) -> Result<Vec<Expired>, LedgerError> {
+        let mut state = self.state.lock().expect("ledger lock");
+        state.sweep(now);
+        Ok(std::mem::take(&mut state.expired))
     }
 
     async fn usage(
@@ -340,7 +393,7 @@ mod tests {
                 actual: Charge::new(50, MicroUsd::from_micros(5)),
                 completion: Some(Completion {
                     remember_seconds: 900,
-                    result: None,
+                    ..Completion::default()
                 }),
                 now: t0,
             };
@@ -364,6 +417,56 @@ mod tests {
             month[0].used.tokens,
             100 * 50 + 100,
             "the month keeps its settled usage"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reservation_past_its_hold_is_closed_at_its_worst_case_and_reported() {
+        let ledger = MemoryLedger::new();
+        let limits = [Limit {
+            window: Window::Day,
+            tokens: Some(1_000),
+            usd: None,
+        }];
+        let t0 = 1_795_801_683;
+        let ReserveOutcome::Reserved(held) =
+            ledger.reserve(&request("lost", &limits, t0)).await.unwrap()
+        else {
+            panic!("room")
+        };
+        assert!(
+            ledger.sweep(t0 + 10).await.unwrap().is_empty(),
+            "still held"
+        );
+        let expired = ledger.sweep(t0 + 900).await.unwrap();
+        assert_eq!(
+            expired,
+            vec![Expired {
+                application: "app".into(),
+                reservation_id: "lost".into(),
+                charge: held.charge
+            }]
+        );
+        assert_eq!(ledger.open_reservations(), 0);
+        assert_eq!(ledger.counters("app")[0].1.tokens, 100, "charged in full");
+        // A late settlement changes nothing; the ID may be reserved again.
+        let late = Settlement {
+            actual: Charge::ZERO,
+            completion: None,
+            now: t0 + 901,
+        };
+        ledger.settle(&held, &late).await.unwrap();
+        assert_eq!(ledger.counters("app")[0].1.tokens, 100);
+        assert!(matches!(
+            ledger
+                .reserve(&request("lost", &limits, t0 + 902))
+                .await
+                .unwrap(),
+            ReserveOutcome::Reserved(_)
+        ));
+        assert!(
+            ledger.sweep(t0 + 903).await.unwrap().is_empty(),
+            "reported once"
         );
     }
 }

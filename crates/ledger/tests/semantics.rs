@@ -161,6 +161,7 @@ async fn contract<L: Ledger>(ledger: L) {
         completion: Some(Completion {
             remember_seconds: 3_600,
             result: Some("{\"ok\":1}".into()),
+            worst_case: None,
         }),
         now: NOW,
     };
@@ -212,6 +213,101 @@ async fn contract<L: Ledger>(ledger: L) {
     let later = ledger.usage("bot", &limits, NOW + 60).await.unwrap();
     assert_eq!(later[0].used, Charge::ZERO);
     assert_eq!(later[1].used, Charge::new(300, MicroUsd(170)));
+
+    // A worst-case settlement charges the whole reservation; the ID may be tried again.
+    let ReserveOutcome::Reserved(r6) = ledger
+        .reserve(&request("r6", &limits, 40, 20))
+        .await
+        .unwrap()
+    else {
+        panic!("r6 fits")
+    };
+    let charged = Settlement {
+        actual: r6.charge,
+        completion: Some(Completion {
+            remember_seconds: 900,
+            result: None,
+            worst_case: Some("server error after the request was sent".into()),
+        }),
+        now: NOW,
+    };
+    ledger.settle(&r6, &charged).await.unwrap();
+    let day = ledger.usage("bot", &limits, NOW).await.unwrap()[1].used;
+    assert_eq!(day, Charge::new(340, MicroUsd(190)));
+    let ReserveOutcome::Reserved(r6_again) = ledger
+        .reserve(&request("r6", &limits, 10, 5))
+        .await
+        .unwrap()
+    else {
+        panic!("a request charged at its worst case may be retried")
+    };
+    ledger
+        .settle(
+            &r6_again,
+            &Settlement {
+                actual: Charge::new(10, MicroUsd(5)),
+                completion: Some(Completion {
+                    remember_seconds: 900,
+                    ..Completion::default()
+                }),
+                now: NOW,
+            },
+        )
+        .await
+        .unwrap();
+
+    // Reservations never settled (r5's retry above, and this one) are closed by the sweeper at
+    // their worst case, once.
+    let ReserveOutcome::Reserved(lost) = ledger
+        .reserve(&request("lost", &limits, 30, 15))
+        .await
+        .unwrap()
+    else {
+        panic!("lost fits")
+    };
+    assert!(
+        ledger.sweep(NOW + 10).await.unwrap().is_empty(),
+        "still within its hold"
+    );
+    let mut expired = ledger.sweep(NOW + 901).await.unwrap();
+    expired.sort_by(|a, b| a.reservation_id.cmp(&b.reservation_id));
+    assert_eq!(
+        expired,
+        vec![
+            Expired {
+                application: "bot".into(),
+                reservation_id: "lost".into(),
+                charge: lost.charge
+            },
+            Expired {
+                application: "bot".into(),
+                reservation_id: "r5".into(),
+                charge: Charge::new(100, MicroUsd(50))
+            }
+        ]
+    );
+    assert!(
+        ledger.sweep(NOW + 902).await.unwrap().is_empty(),
+        "closed once"
+    );
+    let day = ledger.usage("bot", &limits, NOW).await.unwrap()[1].used;
+    assert_eq!(day, Charge::new(380, MicroUsd(210)), "charged in full");
+    // A settlement arriving after the sweep changes nothing.
+    ledger
+        .settle(
+            &lost,
+            &Settlement {
+                actual: Charge::ZERO,
+                completion: None,
+                now: NOW + 903,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        ledger.usage("bot", &limits, NOW).await.unwrap()[1].used,
+        Charge::new(380, MicroUsd(210))
+    );
 
     // Deleting the budget removes configuration and identities.
     ledger

@@ -186,7 +186,8 @@ async fn the_express_workflow_enforces_budgets_as_the_lambda_engine_does() {
         "settled to what Bedrock billed"
     );
 
-    // Bedrock's errors are answered as the Lambda engine answers them, and refunded.
+    // Bedrock's errors are answered as the Lambda engine answers them: a refusal is refunded, a
+    // server error after the generation started is charged its whole reservation.
     let before = used_tokens(&ledger, "assistant").await;
     let (status, _, body) = call(
         &local,
@@ -202,20 +203,27 @@ async fn the_express_workflow_enforces_budgets_as_the_lambda_engine_does() {
         (400, Some("ValidationException")),
         "{body}"
     );
-    let (status, _, body) = call(
+    assert_eq!(
+        used_tokens(&ledger, "assistant").await,
+        before,
+        "the refused call was refunded"
+    );
+    let failing = converse("[[stub:error]]", 100);
+    let (status, headers, body) = call(
         &local,
         &workflow,
-        &sync_input(&assistant.0, "nova-lite", &converse("[[stub:error]]", 100)),
+        &sync_input(&assistant.0, "nova-lite", &failing),
     );
     assert_eq!(
         (status, body["error"].as_str()),
         (502, Some("BedrockFailed")),
         "{body}"
     );
+    assert_eq!(headers["x-tokenfence-charged"], "worst-case");
     assert_eq!(
         used_tokens(&ledger, "assistant").await,
-        before,
-        "failed calls were refunded"
+        before + budget::estimate::input_bound("amazon.nova-lite-v1:0", &failing) + 100,
+        "the failed generation is charged its reservation"
     );
 
     // Bad input is refused before anything is reserved, naming the field.

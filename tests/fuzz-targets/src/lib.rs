@@ -98,15 +98,75 @@ pub fn converse(data: &[u8]) {
         }
     };
     assert!(max_tokens > 0);
+    // Bedrock is held to what was reserved: the cap pinned in the body is the reserved output.
+    assert_eq!(
+        request["inferenceConfig"]["maxTokens"].as_u64(),
+        Some(max_tokens)
+    );
+    // Every output cap a model could honour in its own fields is covered.
+    if let Some(fields) = request.get("additionalModelRequestFields") {
+        assert!(
+            largest_cap(fields) <= max_tokens,
+            "a raised cap escapes the reservation"
+        );
+    }
     let _ = invoke::bedrock::ConverseInput::from_json(&request);
     let bound = input_token_bound(&request);
     assert!(bound >= PER_REQUEST_OVERHEAD);
+    // Independently of the estimator: every text byte and every block's framing is covered.
+    let (text_bytes, blocks) = text_and_blocks(&request);
+    assert!(
+        bound >= text_bytes.saturating_add(blocks),
+        "bound {bound} < {text_bytes} text bytes + {blocks} blocks"
+    );
     let price = budget::PriceBook::lookup("anthropic.claude-3-5-haiku-20241022-v1:0");
     let charge = worst_case(price, bound, max_tokens);
-    assert!(
-        charge.tokens >= bound,
-        "the worst case covers the input bound"
-    );
+    assert_eq!(charge.tokens, bound.saturating_add(max_tokens));
+}
+
+/// The largest integer under any key of `OUTPUT_CAP_KEYS`, at any depth (0 when none).
+fn largest_cap(v: &Value) -> u64 {
+    match v {
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| {
+                let own = if budget::estimate::OUTPUT_CAP_KEYS.contains(&k.as_str()) {
+                    v.as_u64().unwrap_or(0)
+                } else {
+                    0
+                };
+                own.max(largest_cap(v))
+            })
+            .max()
+            .unwrap_or(0),
+        Value::Array(items) => items.iter().map(largest_cap).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// UTF-8 bytes of every `text` string in `system` and `messages[*].content`, and how many content
+/// blocks they hold.
+fn text_and_blocks(request: &Value) -> (u64, u64) {
+    let mut bytes = 0u64;
+    let mut blocks = 0u64;
+    let mut count = |list: Option<&Vec<Value>>| {
+        for block in list.into_iter().flatten() {
+            blocks += 1;
+            if let Some(t) = block.get("text").and_then(Value::as_str) {
+                bytes += t.len() as u64;
+            }
+        }
+    };
+    count(request.get("system").and_then(Value::as_array));
+    for m in request
+        .get("messages")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        count(m.get("content").and_then(Value::as_array));
+    }
+    (bytes, blocks * budget::estimate::PER_BLOCK_OVERHEAD)
 }
 
 /// A budget configuration item as DynamoDB returns it (DynamoDB JSON, e.g.

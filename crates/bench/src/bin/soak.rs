@@ -244,14 +244,12 @@ async fn main() {
         aws_sdk_dynamodb::Client::from_conf(ledger_conf),
         TABLE,
     ));
-    let bedrock_conf = aws_sdk_bedrockruntime::config::Builder::from(&direct)
-        .endpoint_url(stub.url())
-        .build();
+    let bedrock_conf = direct.to_builder().endpoint_url(stub.url()).build();
     let source = std::fs::read_to_string(&spec_path).unwrap();
     let spec = spec::parse(&spec_path, &source).unwrap();
     let gateway = Arc::new(Gateway::new(
         Arc::clone(&ledger),
-        SdkBedrock::new(aws_sdk_bedrockruntime::Client::from_conf(bedrock_conf)),
+        SdkBedrock::from_config(&bedrock_conf),
         invoke::settings::from_spec(&spec),
         MetricsSink::Capture(Arc::default()),
     ));
@@ -394,7 +392,13 @@ async fn main() {
                         r
                     })
                     .collect();
-                let response = invoke::lambda::handle_sqs(&gateway, queues.as_ref(), event).await;
+                let response = invoke::lambda::handle_sqs(
+                    &gateway,
+                    queues.as_ref(),
+                    event,
+                    std::time::Instant::now() + std::time::Duration::from_secs(60),
+                )
+                .await;
                 let failed: HashSet<String> = response
                     .batch_item_failures
                     .into_iter()
@@ -739,32 +743,8 @@ async fn queue(sqs: &aws_sdk_sqs::Client, name: &str, redrive: Option<String>) -
 }
 
 async fn create_table(client: &aws_sdk_dynamodb::Client) {
-    use aws_sdk_dynamodb::types::{
-        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-    };
-    let attr = |name: &str| {
-        AttributeDefinition::builder()
-            .attribute_name(name)
-            .attribute_type(ScalarAttributeType::S)
-            .build()
-            .unwrap()
-    };
-    let key = |name: &str, kind| {
-        KeySchemaElement::builder()
-            .attribute_name(name)
-            .key_type(kind)
-            .build()
-            .unwrap()
-    };
-    client
+    ledger::DynamoLedger::new(client.clone(), TABLE)
         .create_table()
-        .table_name(TABLE)
-        .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(attr("pk"))
-        .attribute_definitions(attr("sk"))
-        .key_schema(key("pk", KeyType::Hash))
-        .key_schema(key("sk", KeyType::Range))
-        .send()
         .await
         .expect("moto creates the ledger table");
 }

@@ -47,7 +47,7 @@ pub async fn bedrock_for(stub: &Stub) -> SdkBedrock {
         ))
         .load()
         .await;
-    SdkBedrock::new(aws_sdk_bedrockruntime::Client::new(&config))
+    SdkBedrock::from_config(&config)
 }
 
 pub struct Env<L: Ledger> {
@@ -93,9 +93,11 @@ pub async fn start<L: Ledger>(
         settings,
         MetricsSink::Capture(Arc::clone(&metrics)),
     ));
-    let keys: HashMap<String, String> = KEYS
-        .iter()
-        .map(|(k, a)| (k.to_string(), a.to_string()))
+    // `key-<app>` for every application of the spec (KEYS names SPEC's).
+    let keys: HashMap<String, String> = spec
+        .applications
+        .keys()
+        .map(|a| (format!("key-{a}"), a.clone()))
         .collect();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
