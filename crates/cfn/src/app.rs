@@ -126,8 +126,12 @@ pub fn json_len(value: &Value) -> usize {
     }
 }
 
-fn tags(app: &str, application: &Application) -> Vec<Value> {
-    let mut tags = vec![json!({ "Key": "tokenfence:application", "Value": app })];
+fn tags(stack: &str, app: &str, application: &Application) -> Vec<Value> {
+    // `tokenfence:stack` scopes the invoke role's Bedrock permission to this stack's profiles.
+    let mut tags = vec![
+        json!({ "Key": "tokenfence:stack", "Value": stack }),
+        json!({ "Key": "tokenfence:application", "Value": app }),
+    ];
     if let Some(cc) = &application.cost_center {
         tags.push(json!({ "Key": "tokenfence:cost-center", "Value": cc }));
     }
@@ -161,7 +165,7 @@ pub fn render_app(spec: &Spec, app: &str, application: &Application, link: Link)
                     "InferenceProfileName": names.profile(app, alias),
                     "Description": format!("tokenfence application {app} model {alias}"),
                     "ModelSource": { "CopyFrom": model_source_arn(&def.id) },
-                    "Tags": tags(app, application)
+                    "Tags": tags(&spec.name, app, application)
                 }),
             ),
         ));
@@ -262,7 +266,7 @@ pub fn render_app(spec: &Spec, app: &str, application: &Application, link: Link)
                     "Name": names.api_key(app),
                     "Description": format!("tokenfence: identifies application {app}"),
                     "Enabled": true,
-                    "Tags": tags(app, application)
+                    "Tags": tags(&spec.name, app, application)
                 }),
             ),
         ));
@@ -274,7 +278,7 @@ pub fn render_app(spec: &Spec, app: &str, application: &Application, link: Link)
                     "UsagePlanName": names.api_key(app),
                     "Description": format!("tokenfence: API access of application {app}"),
                     "ApiStages": [{ "ApiId": link.rest_api(), "Stage": link.stage() }],
-                    "Tags": tags(app, application)
+                    "Tags": tags(&spec.name, app, application)
                 }),
             ),
         ));
@@ -308,7 +312,7 @@ pub fn render_app(spec: &Spec, app: &str, application: &Application, link: Link)
                     "VisibilityTimeout": QUEUE_VISIBILITY_SECONDS,
                     "SqsManagedSseEnabled": true,
                     "RedrivePolicy": { "deadLetterTargetArn": link.dead_letter_queue(), "maxReceiveCount": 5 },
-                    "Tags": tags(app, application)
+                    "Tags": tags(&spec.name, app, application)
                 }),
             ),
         ));
@@ -316,7 +320,7 @@ pub fn render_app(spec: &Spec, app: &str, application: &Application, link: Link)
             results_id.clone(),
             Resource::new(
                 "AWS::SQS::Queue",
-                json!({ "QueueName": names.results_queue(app), "SqsManagedSseEnabled": true, "Tags": tags(app, application) }),
+                json!({ "QueueName": names.results_queue(app), "SqsManagedSseEnabled": true, "Tags": tags(&spec.name, app, application) }),
             ),
         ));
         let consumer = match spec.engine {

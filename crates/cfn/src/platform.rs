@@ -75,6 +75,10 @@ pub const STEP_TIMEOUT_SECONDS: u32 = 30;
 pub const QUEUE_VISIBILITY_SECONDS: u32 = 6 * INVOKE_TIMEOUT_SECONDS;
 /// Log retention of the Lambdas' log groups.
 pub const LOG_RETENTION_DAYS: u32 = 30;
+/// The ledger's sparse index of held reservations (`ledger::OPEN_INDEX`).
+pub const OPEN_INDEX: &str = "open";
+/// How often the sweeper closes reservations held past their hold.
+pub const SWEEP_SCHEDULE: &str = "rate(5 minutes)";
 /// The ledger's TTL attribute.
 pub const TTL_ATTRIBUTE: &str = "expires_at";
 
@@ -126,6 +130,22 @@ pub fn model_source_arn(id: &str) -> Value {
 }
 
 /// Adds the platform resources and their exported outputs to `t`.
+/// Bedrock on the application inference profiles this stack created, and no one else's: every
+/// profile tokenfence renders carries the tag `tokenfence:stack` = the spec's name.
+pub fn own_profiles_statement(prefix: &str, actions: &[&str]) -> Value {
+    json!({
+        "Effect": "Allow",
+        "Action": actions,
+        "Resource": [sub("arn:${AWS::Partition}:bedrock:${AWS::Region}:${AWS::AccountId}:application-inference-profile/*")],
+        "Condition": { "StringEquals": { "aws:ResourceTag/tokenfence:stack": prefix } }
+    })
+}
+
+/// A `Fn::GetAtt` value followed by a literal suffix (`Fn::Join`).
+fn join_sub(value: &Value, suffix: &str) -> Value {
+    json!({ "Fn::Join": ["", [value, suffix]] })
+}
+
 pub fn add_platform(t: &mut Template, spec: &Spec, opts: &RenderOptions) {
     let names = Names::new(&spec.name);
     let prefix = spec.name.as_str();
@@ -140,12 +160,24 @@ pub fn add_platform(t: &mut Template, spec: &Spec, opts: &RenderOptions) {
                 "BillingMode": "PAY_PER_REQUEST",
                 "AttributeDefinitions": [
                     { "AttributeName": "pk", "AttributeType": "S" },
-                    { "AttributeName": "sk", "AttributeType": "S" }
+                    { "AttributeName": "sk", "AttributeType": "S" },
+                    { "AttributeName": "open_shard", "AttributeType": "S" },
+                    { "AttributeName": "hold_until", "AttributeType": "N" }
                 ],
                 "KeySchema": [
                     { "AttributeName": "pk", "KeyType": "HASH" },
                     { "AttributeName": "sk", "KeyType": "RANGE" }
                 ],
+                // Sparse: only held reservations carry `open_shard`, so the sweeper finds those
+                // past their hold without scanning the table.
+                "GlobalSecondaryIndexes": [{
+                    "IndexName": OPEN_INDEX,
+                    "KeySchema": [
+                        { "AttributeName": "open_shard", "KeyType": "HASH" },
+                        { "AttributeName": "hold_until", "KeyType": "RANGE" }
+                    ],
+                    "Projection": { "ProjectionType": "INCLUDE", "NonKeyAttributes": ["tokens", "micro_usd"] }
+                }],
                 "TimeToLiveSpecification": { "AttributeName": TTL_ATTRIBUTE, "Enabled": true },
                 "PointInTimeRecoverySpecification": { "PointInTimeRecoveryEnabled": true },
                 "SSESpecification": { "SSEEnabled": true },
@@ -221,19 +253,28 @@ pub fn add_platform(t: &mut Template, spec: &Spec, opts: &RenderOptions) {
             }
         }
     }
-    model_arns.push(sub("arn:${AWS::Partition}:bedrock:${AWS::Region}:${AWS::AccountId}:application-inference-profile/*"));
     let mut invoke_statements = vec![
         log_statement("InvokeLogGroup"),
         json!({
             "Effect": "Allow",
-            "Action": ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:Query", "dynamodb:ConditionCheckItem"],
-            "Resource": [table_arn]
+            // BatchGetItem: `GET /usage`, the remaining-budget headers and the utilization gauges;
+            // Query on the open index: the sweeper.
+            "Action": ["dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:Query", "dynamodb:ConditionCheckItem"],
+            "Resource": [table_arn.clone(), join_sub(&table_arn, &format!("/index/{OPEN_INDEX}"))]
         }),
         json!({
             "Effect": "Allow",
             "Action": ["bedrock:InvokeModel", "bedrock:InvokeModelWithResponseStream", "bedrock:CountTokens"],
             "Resource": model_arns.clone()
         }),
+        own_profiles_statement(
+            prefix,
+            &[
+                "bedrock:InvokeModel",
+                "bedrock:InvokeModelWithResponseStream",
+                "bedrock:CountTokens",
+            ],
+        ),
     ];
     if spec.access.queue {
         // The Lambda engine consumes the request queues; on the Step Functions engine the pipes do.
@@ -318,6 +359,37 @@ pub fn add_platform(t: &mut Template, spec: &Spec, opts: &RenderOptions) {
     if express {
         crate::workflow::add_workflow(t, spec, model_arns);
     }
+
+    // The sweeper: reservations held past their hold (a Lambda that died mid-request, a workflow
+    // that timed out) are closed at their worst case and counted.
+    t.add(
+        "SweepSchedule",
+        Resource::new(
+            "AWS::Events::Rule",
+            json!({
+                "Description": "tokenfence: close reservations held past their hold at their worst case",
+                "ScheduleExpression": SWEEP_SCHEDULE,
+                "State": "ENABLED",
+                "Targets": [{
+                    "Id": "sweep",
+                    "Arn": get_att(ids::INVOKE_FUNCTION, "Arn"),
+                    "Input": json!({ "tokenfence": "sweep" }).to_string()
+                }]
+            }),
+        ),
+    );
+    t.add(
+        "SweepPermission",
+        Resource::new(
+            "AWS::Lambda::Permission",
+            json!({
+                "Action": "lambda:InvokeFunction",
+                "FunctionName": r(ids::INVOKE_FUNCTION),
+                "Principal": "events.amazonaws.com",
+                "SourceArn": get_att("SweepSchedule", "Arn")
+            }),
+        ),
+    );
 
     if spec.access.rest {
         add_rest_api(t, spec);

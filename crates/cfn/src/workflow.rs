@@ -75,8 +75,17 @@ pub fn definition(spec: &Spec) -> Value {
                     "ErrorEquals": ["BedrockRuntime.ThrottlingException", "BedrockRuntime.ServiceUnavailableException", "BedrockRuntime.ModelNotReadyException"],
                     "IntervalSeconds": 1, "MaxAttempts": 2, "BackoffRate": 2, "JitterStrategy": "FULL"
                 }],
-                // Every failure is settled: the reservation is refunded and the caller told why.
-                "Catch": [{ "ErrorEquals": ["States.ALL"], "Output": settle_input("'error': $states.errorOutput"), "Next": "Settle" }],
+                // Every failure is settled: refunded only when Bedrock refused the call, charged at
+                // the worst case otherwise (the settle step classifies it). `States.ALL` does not
+                // catch `States.DataLimitExceeded`, and a timeout is named too, so both have their
+                // own catchers (the answer that was too large is not passed on). What no catcher
+                // can reach (the execution's own timeout, a settle step that keeps failing) leaves
+                // the reservation held, and the sweeper charges it at its worst case.
+                "Catch": [
+                    { "ErrorEquals": ["States.DataLimitExceeded"], "Output": settle_input("'error': {'Error': 'States.DataLimitExceeded', 'Cause': 'the answer was larger than Step Functions passes between states'}"), "Next": "Settle" },
+                    { "ErrorEquals": ["States.Timeout"], "Output": settle_input("'error': {'Error': 'States.Timeout', 'Cause': 'Bedrock did not answer in time'}"), "Next": "Settle" },
+                    { "ErrorEquals": ["States.ALL"], "Output": settle_input("'error': $states.errorOutput"), "Next": "Settle" }
+                ],
                 "Next": "Settle"
             },
             "Settle": step("Answer"),
@@ -130,6 +139,7 @@ pub fn add_workflow(t: &mut Template, spec: &Spec, model_arns: Vec<Value>) {
                         "Statement": [
                             { "Effect": "Allow", "Action": ["lambda:InvokeFunction"], "Resource": [get_att(ids::INVOKE_FUNCTION, "Arn")] },
                             { "Effect": "Allow", "Action": ["bedrock:InvokeModel"], "Resource": model_arns },
+                            crate::platform::own_profiles_statement(&spec.name, &["bedrock:InvokeModel"]),
                             {
                                 "Effect": "Allow",
                                 // Log delivery for Step Functions is configured on `*`; AWS documents no narrower resource.
@@ -304,11 +314,23 @@ mod tests {
     #[test]
     fn failures_are_settled_and_prompts_not_logged() {
         let d = definition(&spec());
-        let catch = &d["States"]["Converse"]["Catch"][0];
-        assert_eq!(catch["ErrorEquals"], json!(["States.ALL"]));
-        assert_eq!(catch["Next"], "Settle");
+        let catchers = d["States"]["Converse"]["Catch"].as_array().unwrap();
+        let caught: Vec<&Value> = catchers.iter().map(|c| &c["ErrorEquals"][0]).collect();
+        assert_eq!(
+            caught,
+            [
+                &json!("States.DataLimitExceeded"),
+                &json!("States.Timeout"),
+                &json!("States.ALL")
+            ],
+            "the errors States.ALL misses first, States.ALL last (as Step Functions requires)"
+        );
+        for catch in catchers {
+            assert_eq!(catch["Next"], "Settle");
+            assert!(catch["Output"].as_str().unwrap().contains("'error':"));
+        }
         assert!(
-            catch["Output"]
+            catchers[2]["Output"]
                 .as_str()
                 .unwrap()
                 .contains("'error': $states.errorOutput")
