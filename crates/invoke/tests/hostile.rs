@@ -322,6 +322,30 @@ async fn mistakes_are_4xx<L: Ledger>(ledger: Arc<L>) {
         (400, Some("messages[0].content[1].document")),
         "{body}"
     );
+    // A request ID longer than a ledger key may be (DynamoDB's sort key) is the caller's mistake,
+    // refused before the ledger is asked, never an outage that could fail open.
+    let huge = "r".repeat(5_000);
+    for id in [huge.as_str(), "spaces are not allowed", ""] {
+        let outcome = env
+            .gateway
+            .converse(
+                "caps",
+                "haiku",
+                text("x").to_string().as_bytes(),
+                invoke::gateway::Front::Queue,
+                id,
+            )
+            .await;
+        let invoke::gateway::Outcome::Reply(reply) = outcome else {
+            panic!("answered")
+        };
+        assert_eq!(
+            (reply.status, reply.body["field"].as_str()),
+            (400, Some("requestId")),
+            "{}",
+            reply.body
+        );
+    }
     assert_eq!(env.stub.requests(), 0, "nothing reached Bedrock");
 }
 
