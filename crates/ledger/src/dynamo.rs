@@ -202,7 +202,16 @@ impl DynamoLedger {
     /// Reservations held and not yet settled or swept (a count over [`OPEN_INDEX`]), for audits
     /// and tests.
     pub async fn open_reservations(&self) -> Result<usize, LedgerError> {
-        let mut count = 0usize;
+        Ok(self.held_before(i64::MAX).await?.len())
+    }
+
+    /// Every held reservation whose hold ends before `before`, from [`OPEN_INDEX`] (keys and the
+    /// reserved charge), over every shard and page.
+    async fn held_before(
+        &self,
+        before: i64,
+    ) -> Result<Vec<HashMap<String, AttributeValue>>, LedgerError> {
+        let mut items = Vec::new();
         for shard in 0..OPEN_SHARDS {
             let mut start: Option<HashMap<String, AttributeValue>> = None;
             loop {
@@ -211,21 +220,21 @@ impl DynamoLedger {
                     .query()
                     .table_name(&self.table)
                     .index_name(OPEN_INDEX)
-                    .key_condition_expression("open_shard = :shard")
+                    .key_condition_expression("open_shard = :shard AND hold_until < :before")
                     .expression_attribute_values(":shard", s(format!("open#{shard}")))
-                    .select(aws_sdk_dynamodb::types::Select::Count)
+                    .expression_attribute_values(":before", n(before))
                     .set_exclusive_start_key(start.take())
                     .send()
                     .await
                     .map_err(|e| unavailable("Query", &e))?;
-                count += out.count.max(0) as usize;
+                items.extend(out.items.unwrap_or_default());
                 match out.last_evaluated_key {
                     Some(key) if !key.is_empty() => start = Some(key),
                     _ => break,
                 }
             }
         }
-        Ok(count)
+        Ok(items)
     }
 
     /// Every application's budget configuration in the table, ordered by application (a paginated
@@ -672,70 +681,45 @@ impl Ledger for DynamoLedger {
 
     async fn sweep(&self, now: i64) -> Result<Vec<Expired>, LedgerError> {
         let mut expired = Vec::new();
-        for shard in 0..OPEN_SHARDS {
-            let mut start: Option<HashMap<String, AttributeValue>> = None;
-            loop {
-                let out = self
-                    .client
-                    .query()
-                    .table_name(&self.table)
-                    .index_name(OPEN_INDEX)
-                    .key_condition_expression("open_shard = :shard AND hold_until < :now")
-                    .expression_attribute_values(":shard", s(format!("open#{shard}")))
-                    .expression_attribute_values(":now", n(now))
-                    .set_exclusive_start_key(start.take())
-                    .send()
-                    .await
-                    .map_err(|e| unavailable("Query", &e))?;
-                for item in out.items.unwrap_or_default() {
-                    let (Some(AttributeValue::S(pk)), Some(AttributeValue::S(sk))) =
-                        (item.get("pk"), item.get("sk"))
-                    else {
-                        continue;
-                    };
-                    let (Some(application), Some(id)) =
-                        (pk.strip_prefix("app#"), sk.strip_prefix("res#"))
-                    else {
-                        continue;
-                    };
-                    let closed = self
-                        .client
-                        .update_item()
-                        .table_name(&self.table)
-                        .key("pk", s(pk))
-                        .key("sk", s(sk))
-                        .condition_expression("#state = :reserved AND hold_until < :now")
-                        .update_expression(
-                            "SET #state = :charged, reason = :reason, expires_at = :exp \
+        for item in self.held_before(now).await? {
+            let (Some(AttributeValue::S(pk)), Some(AttributeValue::S(sk))) =
+                (item.get("pk"), item.get("sk"))
+            else {
+                continue;
+            };
+            let (Some(application), Some(id)) = (pk.strip_prefix("app#"), sk.strip_prefix("res#"))
+            else {
+                continue;
+            };
+            let closed = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .key("pk", s(pk))
+                .key("sk", s(sk))
+                .condition_expression("#state = :reserved AND hold_until < :now")
+                .update_expression(
+                    "SET #state = :charged, reason = :reason, expires_at = :exp \
                              REMOVE hold_until, open_shard",
-                        )
-                        .expression_attribute_names("#state", "state")
-                        .expression_attribute_values(":reserved", s("reserved"))
-                        .expression_attribute_values(":charged", s("charged"))
-                        .expression_attribute_values(":reason", s(EXPIRED_REASON))
-                        .expression_attribute_values(":now", n(now))
-                        .expression_attribute_values(
-                            ":exp",
-                            n(now.saturating_add(CHARGED_RECORD_SECONDS)),
-                        )
-                        .send()
-                        .await;
-                    match closed {
-                        Ok(_) => expired.push(Expired {
-                            application: application.to_string(),
-                            reservation_id: id.to_string(),
-                            charge: decode_charge(&item, sk)?,
-                        }),
-                        // Settled meanwhile: nothing to close.
-                        Err(SdkError::ServiceError(e))
-                            if e.err().is_conditional_check_failed_exception() => {}
-                        Err(e) => return Err(unavailable("UpdateItem", &e)),
-                    }
-                }
-                match out.last_evaluated_key {
-                    Some(key) if !key.is_empty() => start = Some(key),
-                    _ => break,
-                }
+                )
+                .expression_attribute_names("#state", "state")
+                .expression_attribute_values(":reserved", s("reserved"))
+                .expression_attribute_values(":charged", s("charged"))
+                .expression_attribute_values(":reason", s(EXPIRED_REASON))
+                .expression_attribute_values(":now", n(now))
+                .expression_attribute_values(":exp", n(now.saturating_add(CHARGED_RECORD_SECONDS)))
+                .send()
+                .await;
+            match closed {
+                Ok(_) => expired.push(Expired {
+                    application: application.to_string(),
+                    reservation_id: id.to_string(),
+                    charge: decode_charge(&item, sk)?,
+                }),
+                // Settled meanwhile: nothing to close.
+                Err(SdkError::ServiceError(e))
+                    if e.err().is_conditional_check_failed_exception() => {}
+                Err(e) => return Err(unavailable("UpdateItem", &e)),
             }
         }
         Ok(expired)
