@@ -109,10 +109,11 @@ pub fn binary_document(request: &Value) -> Option<String> {
         let Some(content) = message.get("content").and_then(Value::as_array) else {
             continue;
         };
+        // Paths are formatted only for the block found: this runs on every request.
         for (j, block) in content.iter().enumerate() {
-            let here = format!("messages[{i}].content[{j}]");
+            let here = || format!("messages[{i}].content[{j}]");
             if is_binary_document(block.get("document")) {
-                return Some(format!("{here}.document"));
+                return Some(format!("{}.document", here()));
             }
             if let Some(inner) = block
                 .pointer("/toolResult/content")
@@ -120,7 +121,7 @@ pub fn binary_document(request: &Value) -> Option<String> {
             {
                 for (k, b) in inner.iter().enumerate() {
                     if is_binary_document(b.get("document")) {
-                        return Some(format!("{here}.toolResult.content[{k}].document"));
+                        return Some(format!("{}.toolResult.content[{k}].document", here()));
                     }
                 }
             }
@@ -133,7 +134,11 @@ fn is_binary_document(document: Option<&Value>) -> bool {
     document
         .and_then(|d| d.get("format"))
         .and_then(Value::as_str)
-        .is_some_and(|f| BINARY_DOCUMENT_FORMATS.contains(&f.to_ascii_lowercase().as_str()))
+        .is_some_and(|f| {
+            BINARY_DOCUMENT_FORMATS
+                .iter()
+                .any(|b| b.eq_ignore_ascii_case(f))
+        })
 }
 
 /// Keys of `additionalModelRequestFields` (at any depth) that set how many tokens a model may
@@ -171,23 +176,25 @@ pub fn additional_output_cap(request: &Value) -> Result<Option<u64>, CapError> {
 }
 
 fn walk_caps(value: &Value, path: &str, max: &mut Option<u64>) -> Result<(), CapError> {
+    // Child paths are formatted only below objects and arrays that may hold a cap.
     match value {
         Value::Object(map) => {
             for (k, v) in map {
-                let here = format!("{path}.{k}");
                 if OUTPUT_CAP_KEYS.contains(&k.as_str()) && !v.is_object() && !v.is_array() {
                     let n = v.as_u64().ok_or_else(|| CapError {
-                        field: here.clone(),
+                        field: format!("{path}.{k}"),
                     })?;
                     *max = Some(max.map_or(n, |m: u64| m.max(n)));
-                } else {
-                    walk_caps(v, &here, max)?;
+                } else if v.is_object() || v.is_array() {
+                    walk_caps(v, &format!("{path}.{k}"), max)?;
                 }
             }
         }
         Value::Array(items) => {
             for (i, v) in items.iter().enumerate() {
-                walk_caps(v, &format!("{path}[{i}]"), max)?;
+                if v.is_object() || v.is_array() {
+                    walk_caps(v, &format!("{path}[{i}]"), max)?;
+                }
             }
         }
         _ => {}

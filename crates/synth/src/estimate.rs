@@ -423,7 +423,7 @@ impl Footprint {
     /// The footprint of `spec`.
     pub fn of(spec: &Spec) -> Footprint {
         // Metrics of the request record (see invoke::metrics::request_record).
-        const REQUEST_METRICS: u64 = 13;
+        const REQUEST_METRICS: u64 = 15;
         let mut series = 0u64;
         let mut cost_centers = std::collections::BTreeSet::new();
         let mut alarm_metrics = 0u64;
@@ -451,11 +451,13 @@ impl Footprint {
         let apps = spec.applications.len().max(1) as u64;
         // A reservation and its settlement are one transaction each over every window counter
         // and the reservation record; a transactional write costs 2 units per item (under 1 KB).
+        // The record enters the ledger's `open` index on reserve and leaves it on settle: one
+        // index write unit each.
         let items = windows.div_ceil(apps) + 1;
         Footprint {
             metric_series: series,
             alarm_metrics,
-            write_units_per_request: 2 * 2 * items,
+            write_units_per_request: 2 * 2 * items + 2,
         }
     }
 }
@@ -950,13 +952,14 @@ mod tests {
         // 1M x (985 + 15) ms x 256 MB = 250,000 GB-s x $0.0000166667 = $4.166675.
         assert_eq!(get("Lambda duration"), 4_166_675);
         // Windows: chat 2, batch 1 -> 2 per app on average (rounded up) + the record = 3 items,
-        // 2 transactions x 2 units each -> 12 units per request; 12M x $0.625 per million.
-        assert_eq!(get("DynamoDB write units"), 7_500_000);
+        // 2 transactions x 2 units each -> 12 units, + 2 for the open index -> 14 per request;
+        // 14M x $0.625 per million.
+        assert_eq!(get("DynamoDB write units"), 8_750_000);
         // 2,500 bytes x 1M = 2.328 GB x $0.50.
         assert_eq!(get("CloudWatch Logs ingestion"), 1_164_154);
-        // chat: 13 x 2 + gauges 2 (day usd) + 4 (month usd+tokens) = 32; batch: 26 + 2 = 28;
-        // cost center research: 13 -> 73 series x $0.30.
-        assert_eq!(get("CloudWatch custom metrics"), 21_900_000);
+        // chat: 15 x 2 + gauges 2 (day usd) + 4 (month usd+tokens) = 36; batch: 30 + 2 = 32;
+        // cost center research: 15 -> 83 series x $0.30.
+        assert_eq!(get("CloudWatch custom metrics"), 24_900_000);
         assert_eq!(get("CloudWatch dashboard"), 3_000_000);
         let sum: u64 = lambda.lines.iter().map(|l| l.usd_micros).sum();
         assert!(lambda.total_micros.abs_diff(sum) <= lambda.lines.len() as u64);
