@@ -54,15 +54,31 @@ pub fn new_request_id() -> String {
     )
 }
 
+/// The caller's key: `x-api-key`, or `Authorization: Bearer <key>` (the Bedrock API key
+/// convention, which SDKs and coding agents in Bedrock mode send).
+fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(key) = headers.get("x-api-key") {
+        return key.to_str().ok();
+    }
+    let auth = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, key) = auth.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| key.trim())
+        .filter(|k| !k.is_empty())
+}
+
 fn authenticate<L, B>(state: &Served<L, B>, headers: &HeaderMap) -> Result<String, Reply> {
-    let Some(key) = headers.get("x-api-key") else {
+    let Some(key) = presented_key(headers) else {
         return Err(Reply::error(
             401,
             "MissingApiKey",
-            "send the application's API key in the `x-api-key` header",
+            "send the application's API key in the `x-api-key` header or as `Authorization: Bearer KEY`",
         ));
     };
-    let key = key.to_str().unwrap_or_default();
     state
         .keys
         .get(key)

@@ -571,3 +571,27 @@ async fn the_sweeper_charges_abandoned_reservations_and_counts_them() {
     );
     assert_eq!(env.gateway.ledger().counters("other")[0].1.tokens, 1400);
 }
+
+#[tokio::test]
+async fn keys_are_accepted_as_bearer_tokens_too() {
+    let env = start(Arc::new(MemoryLedger::new()), SPEC, |_| {}).await;
+    let send = |auth: &'static str| {
+        env.http
+            .post(format!("{}/model/micro/converse", env.base))
+            .header("authorization", auth)
+            .body(prompt("hello").to_string())
+            .send()
+    };
+    let ok = send("Bearer key-other").await.unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.headers()["x-tokenfence-application"], "other");
+    let wrong = send("Bearer nope").await.unwrap();
+    assert_eq!(wrong.status(), 403);
+    for missing in ["Basic a2V5LW90aGVy", "Bearer ", "key-other"] {
+        let resp = send(missing).await.unwrap();
+        assert_eq!(resp.status(), 401, "{missing}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"], "MissingApiKey");
+    }
+    assert_eq!(env.stub.requests(), 1);
+}
