@@ -51,6 +51,16 @@ impl Queues for CapturedQueues {
     }
 }
 
+/// The message IDs an SQS batch response reports as failed.
+fn failed_ids(out: &Value) -> Vec<&str> {
+    out["batchItemFailures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["itemIdentifier"].as_str().unwrap())
+        .collect()
+}
+
 /// A Lambda deadline a minute away.
 fn soon() -> std::time::Instant {
     std::time::Instant::now() + std::time::Duration::from_secs(60)
@@ -288,12 +298,7 @@ async fn sqs_failures_are_reported_per_message() {
     let out = handle(&env.gateway, &env.queues, event, soon())
         .await
         .unwrap();
-    let failed: Vec<&str> = out["batchItemFailures"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["itemIdentifier"].as_str().unwrap())
-        .collect();
+    let failed = failed_ids(&out);
     assert_eq!(
         failed,
         ["throttled", "stranger"],
@@ -355,12 +360,7 @@ async fn hostile_queue_messages_are_answered_or_retried_never_failed_open() {
     let out = handle(&env.gateway, &env.queues, event, soon())
         .await
         .unwrap();
-    let failed: Vec<&str> = out["batchItemFailures"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["itemIdentifier"].as_str().unwrap())
-        .collect();
+    let failed = failed_ids(&out);
     assert_eq!(
         failed,
         ["server-error"],

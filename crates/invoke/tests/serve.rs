@@ -349,16 +349,7 @@ async fn usage_reports_the_callers_windows_only() {
     let env = start(Arc::new(MemoryLedger::new()), SPEC, |_| {}).await;
     let (status, _, _) = env.converse("key-capped", "lite", &prompt("hello")).await;
     assert_eq!(status, 200);
-    let usage: Value = env
-        .http
-        .get(format!("{}/usage", env.base))
-        .header("x-api-key", "key-capped")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let usage = env.usage("key-capped").await;
     assert_eq!(usage["application"], "capped");
     let windows = usage["windows"].as_array().unwrap();
     assert_eq!(windows.len(), 2);
@@ -368,16 +359,7 @@ async fn usage_reports_the_callers_windows_only() {
     assert!(used > 0);
     assert_eq!(windows[0]["remainingTokens"].as_u64().unwrap(), 2000 - used);
     // Another application's key sees its own (empty) usage, never `capped`'s.
-    let other: Value = env
-        .http
-        .get(format!("{}/usage", env.base))
-        .header("x-api-key", "key-other")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let other = env.usage("key-other").await;
     assert_eq!(other["application"], "other");
     assert_eq!(other["windows"][0]["usedTokens"], 0);
     let resp = env
@@ -516,16 +498,7 @@ applications:
         .filter(|m| m["UnpricedRequests"] == 1)
         .count();
     assert_eq!(unpriced, 1);
-    let usage: Value = env
-        .http
-        .get(format!("{}/usage", env.base))
-        .header("x-api-key", "key-tokens-only")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let usage = env.usage("key-tokens-only").await;
     assert_eq!(usage["costKnown"], false, "{usage}");
     assert_eq!(usage["unpricedModels"], json!(["acme.mystery-v1:0"]));
 }

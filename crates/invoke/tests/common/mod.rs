@@ -137,6 +137,19 @@ impl<L: Ledger> Env<L> {
         (status, headers, body)
     }
 
+    /// `GET /usage` with `key`.
+    pub async fn usage(&self, key: &str) -> Value {
+        self.http
+            .get(format!("{}/usage", self.base))
+            .header("x-api-key", key)
+            .send()
+            .await
+            .expect("gateway answers")
+            .json()
+            .await
+            .expect("JSON body")
+    }
+
     pub async fn converse(
         &self,
         key: &str,
