@@ -22,6 +22,10 @@ struct FlakySettle {
     contended: AtomicBool,
     /// Configuration reads fail as unreachable.
     config_down: AtomicBool,
+    /// After a reservation is refused as over a limit, the next one fails as unreachable (the
+    /// fallback's reservation, in a fallback application).
+    fail_after_exceeded: AtomicBool,
+    armed: AtomicBool,
 }
 
 impl FlakySettle {
@@ -32,6 +36,8 @@ impl FlakySettle {
             lost_reserves: AtomicU32::new(lost_reserves),
             contended: AtomicBool::new(false),
             config_down: AtomicBool::new(false),
+            fail_after_exceeded: AtomicBool::new(false),
+            armed: AtomicBool::new(false),
         }
     }
 }
@@ -69,7 +75,17 @@ impl Ledger for FlakySettle {
         if self.contended.load(Ordering::SeqCst) {
             return Err(LedgerError::Contention(request.application.into()));
         }
+        if self.armed.swap(false, Ordering::SeqCst) {
+            return Err(LedgerError::Unavailable(
+                "injected: table unreachable".into(),
+            ));
+        }
         let outcome = self.inner.reserve(request).await;
+        if self.fail_after_exceeded.load(Ordering::SeqCst)
+            && matches!(outcome, Ok(ReserveOutcome::Exceeded { .. }))
+        {
+            self.armed.store(true, Ordering::SeqCst);
+        }
         if self
             .lost_reserves
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -217,4 +233,28 @@ async fn fail_open_is_only_for_an_unreachable_ledger_after_the_configuration_was
         "{body}"
     );
     assert_eq!(env.stub.requests(), 0, "neither reached Bedrock");
+}
+
+#[tokio::test]
+async fn failing_open_on_a_fallback_calls_the_fallback_never_the_refused_model() {
+    let ledger = Arc::new(FlakySettle::new(0, 0));
+    ledger.fail_after_exceeded.store(true, Ordering::SeqCst);
+    let env = start(Arc::clone(&ledger), SPEC, |s| {
+        s.on_ledger_error = invoke::LedgerFailurePolicy::Allow;
+    })
+    .await;
+    // 400 output tokens of nova-pro cost more than the day's 0.001 USD: refused, so the gateway
+    // plans the fallback (nova-micro), whose reservation then finds the ledger unreachable.
+    let mut body = prompt("expensive");
+    body["inferenceConfig"] = serde_json::json!({ "maxTokens": 400 });
+    let (status, headers, reply) = env.converse("key-fallback", "pro", &body).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(headers["x-tokenfence-model"], "amazon.nova-micro-v1:0");
+    assert!(headers.contains_key("x-tokenfence-unreserved"));
+    let billed = env.stub.billed();
+    assert!(billed.contains_key("amazon.nova-micro-v1:0"), "{billed:?}");
+    assert!(
+        !billed.contains_key("amazon.nova-pro-v1:0"),
+        "the refused, dearer model was never called"
+    );
 }
