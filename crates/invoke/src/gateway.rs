@@ -432,34 +432,14 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
         front: Front,
         request_id: &str,
     ) -> Outcome {
-        self.run(application, model_param, body, front, request_id, None)
+        self.converse_by(application, model_param, body, front, request_id, None)
             .await
     }
 
-    /// [`Gateway::converse`] with an explicit deadline (a Lambda invocation's, less the time
-    /// settlement needs): a call to Bedrock still running then is cut off and charged at its
-    /// worst case.
+    /// [`Gateway::converse`] with an explicit deadline when there is one (a Lambda invocation's,
+    /// less the time settlement needs): a call to Bedrock still running then is cut off and
+    /// charged at its worst case. Without one, [`Settings::call_timeout`] from the call's start.
     pub async fn converse_by(
-        &self,
-        application: &str,
-        model_param: &str,
-        body: &[u8],
-        front: Front,
-        request_id: &str,
-        deadline: Instant,
-    ) -> Outcome {
-        self.run(
-            application,
-            model_param,
-            body,
-            front,
-            request_id,
-            Some(deadline),
-        )
-        .await
-    }
-
-    async fn run(
         &self,
         application: &str,
         model_param: &str,

@@ -260,7 +260,7 @@ pub async fn handle_api<L: Ledger, B: Bedrock>(
             &body,
             Front::Sync,
             &reservation_id,
-            deadline,
+            Some(deadline),
         )
         .await
     {

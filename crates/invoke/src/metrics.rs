@@ -30,6 +30,18 @@ impl MetricsSink {
     }
 }
 
+/// The EMF `_aws` envelope: which members of the record are metrics, under which dimension sets.
+fn envelope(timestamp_ms: u64, dimensions: Value, metrics: &[(&str, &str)]) -> Value {
+    json!({
+        "Timestamp": timestamp_ms,
+        "CloudWatchMetrics": [{
+            "Namespace": NAMESPACE,
+            "Dimensions": dimensions,
+            "Metrics": metrics.iter().map(|(n, u)| json!({ "Name": n, "Unit": u })).collect::<Vec<_>>()
+        }]
+    })
+}
+
 /// One request's outcome, as metrics.
 #[derive(Debug, Clone, Default)]
 pub struct RequestMetrics<'a> {
@@ -88,14 +100,7 @@ pub fn request_record(m: &RequestMetrics<'_>, timestamp_ms: u64) -> Value {
     let mut record = Map::new();
     record.insert(
         "_aws".into(),
-        json!({
-            "Timestamp": timestamp_ms,
-            "CloudWatchMetrics": [{
-                "Namespace": NAMESPACE,
-                "Dimensions": dimensions,
-                "Metrics": names.iter().map(|(n, u)| json!({ "Name": n, "Unit": u })).collect::<Vec<_>>()
-            }]
-        }),
+        envelope(timestamp_ms, json!(dimensions), &names),
     );
     record.insert("Application".into(), json!(m.application));
     record.insert("Model".into(), json!(m.model));
@@ -141,14 +146,11 @@ pub fn window_record(
     timestamp_ms: u64,
 ) -> Value {
     json!({
-        "_aws": {
-            "Timestamp": timestamp_ms,
-            "CloudWatchMetrics": [{
-                "Namespace": NAMESPACE,
-                "Dimensions": [["Application", "Window", "Limit"]],
-                "Metrics": [{ "Name": "WindowUtilization", "Unit": "Percent" }, { "Name": "ProjectedUtilization", "Unit": "Percent" }]
-            }]
-        },
+        "_aws": envelope(
+            timestamp_ms,
+            json!([["Application", "Window", "Limit"]]),
+            &[("WindowUtilization", "Percent"), ("ProjectedUtilization", "Percent")],
+        ),
         "Application": application,
         "Window": window,
         "Limit": limit_metric,
@@ -167,18 +169,15 @@ pub fn expired_record(
     timestamp_ms: u64,
 ) -> Value {
     json!({
-        "_aws": {
-            "Timestamp": timestamp_ms,
-            "CloudWatchMetrics": [{
-                "Namespace": NAMESPACE,
-                "Dimensions": [["Application"]],
-                "Metrics": [
-                    { "Name": "ExpiredReservations", "Unit": "Count" },
-                    { "Name": "ExpiredTokens", "Unit": "Count" },
-                    { "Name": "ExpiredCostUsd", "Unit": "None" }
-                ]
-            }]
-        },
+        "_aws": envelope(
+            timestamp_ms,
+            json!([["Application"]]),
+            &[
+                ("ExpiredReservations", "Count"),
+                ("ExpiredTokens", "Count"),
+                ("ExpiredCostUsd", "None"),
+            ],
+        ),
         "Application": application,
         "ExpiredReservations": count,
         "ExpiredTokens": tokens,
