@@ -78,13 +78,36 @@ pub fn tool_prompt_tokens(model: &str, request: &Value) -> u64 {
         .pointer("/toolConfig/tools")
         .and_then(Value::as_array)
         .is_some_and(|t| t.iter().any(|tool| tool.get("cachePoint").is_none()));
-    if !offers_tools {
-        return 0;
-    }
     let forced = request
         .pointer("/toolConfig/toolChoice")
         .and_then(Value::as_object)
         .is_some_and(|c| c.contains_key("any") || c.contains_key("tool"));
+    tool_prompt_for(model, offers_tools, forced)
+}
+
+/// [`tool_prompt_tokens`] for a model-native body: Anthropic Messages `tools` and
+/// `tool_choice.type` (`any` / `tool` force a tool), Nova's `toolConfig` as Converse's.
+pub fn native_tool_prompt_tokens(model: &str, body: &Value) -> u64 {
+    if body.get("toolConfig").is_some() {
+        return tool_prompt_tokens(model, body);
+    }
+    let offers = body
+        .get("tools")
+        .and_then(Value::as_array)
+        .is_some_and(|t| !t.is_empty());
+    let forced = body
+        .pointer("/tool_choice/type")
+        .and_then(Value::as_str)
+        .is_some_and(|t| t == "any" || t == "tool");
+    tool_prompt_for(model, offers, forced)
+}
+
+/// The hidden tool prompt of `model` when a request offers tools (`forced`: it makes the model
+/// use one).
+pub fn tool_prompt_for(model: &str, offers_tools: bool, forced: bool) -> u64 {
+    if !offers_tools {
+        return 0;
+    }
     let id = model.rsplit_once('/').map_or(model, |(_, id)| id);
     if !id.contains("anthropic.") && !id.contains("claude") {
         return TOOL_PROMPT_ALLOWANCE;
@@ -200,6 +223,93 @@ fn walk_caps(value: &Value, path: &str, max: &mut Option<u64>) -> Result<(), Cap
         _ => {}
     }
     Ok(())
+}
+
+/// Why a request's input cannot be bounded from its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unbounded {
+    /// JSON path of the field.
+    pub field: String,
+    /// Why.
+    pub reason: &'static str,
+}
+
+/// An upper bound of the input tokens of a model-native InvokeModel body (Anthropic Messages,
+/// Amazon Nova, Meta Llama): every string's UTF-8 bytes, every key, number and block framing,
+/// images at [`IMAGE_TOKENS`] and per-message overhead; the hidden tool prompt is added by the
+/// caller. Bodies whose tokens the bytes do not bound are refused naming the field: binary
+/// documents (PDF, Word, Excel) and media the request only points at (`s3Location`, URLs of
+/// documents).
+pub fn native_input_bound(body: &Value) -> Result<u64, Unbounded> {
+    let messages = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len) as u64;
+    let mut total = PER_REQUEST_OVERHEAD.saturating_add(PER_MESSAGE_OVERHEAD.saturating_mul(messages));
+    if let Some(obj) = body.as_object() {
+        for (k, v) in obj {
+            total = total.saturating_add(native_bound(v, k, k)?);
+        }
+    }
+    Ok(total)
+}
+
+fn native_bound(value: &Value, key: &str, path: &str) -> Result<u64, Unbounded> {
+    Ok(match value {
+        Value::String(s) => s.len() as u64,
+        Value::Array(items) => {
+            let mut total = 0u64;
+            for (i, item) in items.iter().enumerate() {
+                // Llama vision bodies carry images as a list of base64 strings.
+                let n = if key == "images" && item.is_string() {
+                    IMAGE_TOKENS
+                } else {
+                    native_bound(item, "", &format!("{path}[{i}]"))?
+                };
+                total = total.saturating_add(n).saturating_add(PER_BLOCK_OVERHEAD);
+            }
+            total
+        }
+        Value::Object(map) => {
+            let kind = map.get("type").and_then(Value::as_str);
+            if kind == Some("image") || key == "image" {
+                return Ok(IMAGE_TOKENS);
+            }
+            if kind == Some("document") || key == "document" {
+                let media = map
+                    .get("source")
+                    .and_then(|s| s.get("media_type"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                let format = map.get("format").and_then(Value::as_str).unwrap_or("");
+                let binary = BINARY_DOCUMENT_FORMATS
+                    .iter()
+                    .any(|b| b.eq_ignore_ascii_case(format))
+                    || (!media.is_empty() && !media.starts_with("text/"));
+                if binary {
+                    return Err(Unbounded {
+                        field: path.to_string(),
+                        reason: "a PDF, Word or Excel document's tokens are not bounded by its bytes; send its text instead",
+                    });
+                }
+            }
+            let mut total = PER_BLOCK_OVERHEAD;
+            for (k, v) in map {
+                let here = format!("{path}.{k}");
+                if k == "s3Location" || (k == "url" && kind == Some("url")) {
+                    return Err(Unbounded {
+                        field: here,
+                        reason: "the gateway cannot see the size of media the request only points at; send it inline",
+                    });
+                }
+                total = total
+                    .saturating_add(k.len() as u64)
+                    .saturating_add(native_bound(v, k, &here)?);
+            }
+            total
+        }
+        other => json_len(other),
+    })
 }
 
 fn block_bound(block: &Value) -> u64 {
@@ -322,5 +432,53 @@ mod tests {
                 field: "additionalModelRequestFields.max_gen_len".into()
             })
         );
+    }
+
+    #[test]
+    fn native_bodies_are_bounded_by_their_bytes_and_images_by_rule() {
+        let anthropic = json!({
+            "anthropic_version": "bedrock-2023-05-31",
+            "max_tokens": 100,
+            "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "日本語"},
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "A".repeat(100_000)}}
+            ]}]
+        });
+        let bound = native_input_bound(&anthropic).unwrap();
+        assert!(bound >= 9 + IMAGE_TOKENS, "{bound}");
+        assert!(bound < 5_000, "the image's base64 is not counted as text: {bound}");
+        let llama = json!({"prompt": "x".repeat(1000), "images": ["QUFB", "QUFB"]});
+        let bound = native_input_bound(&llama).unwrap();
+        assert!(bound >= 1000 + 2 * IMAGE_TOKENS && bound < 1000 + 2 * IMAGE_TOKENS + 100, "{bound}");
+    }
+
+    #[test]
+    fn native_bodies_that_bytes_cannot_bound_name_the_field() {
+        let pdf = json!({"messages": [{"role": "user", "content": [
+            {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBER"}}
+        ]}]});
+        assert_eq!(native_input_bound(&pdf).unwrap_err().field, "messages[0].content[0]");
+        let nova = json!({"messages": [{"role": "user", "content": [
+            {"video": {"format": "mp4", "source": {"s3Location": {"uri": "s3://b/v.mp4"}}}}
+        ]}]});
+        assert_eq!(
+            native_input_bound(&nova).unwrap_err().field,
+            "messages[0].content[0].video.source.s3Location"
+        );
+        let text_doc = json!({"messages": [{"role": "user", "content": [
+            {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "hello"}}
+        ]}]});
+        assert!(native_input_bound(&text_doc).is_ok());
+    }
+
+    #[test]
+    fn native_tool_prompts_follow_tool_choice() {
+        let auto = json!({"tools": [{"name": "t", "input_schema": {}}]});
+        let forced = json!({"tools": [{"name": "t"}], "tool_choice": {"type": "any"}});
+        let m = "anthropic.claude-sonnet-4-5-20250929-v1:0";
+        assert_eq!(native_tool_prompt_tokens(m, &auto), 346);
+        assert_eq!(native_tool_prompt_tokens(m, &forced), 313);
+        assert_eq!(native_tool_prompt_tokens("meta.llama3-70b-instruct-v1:0", &auto), TOOL_PROMPT_ALLOWANCE);
+        assert_eq!(native_tool_prompt_tokens(m, &json!({})), 0);
     }
 }

@@ -5,19 +5,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use budget::config::{self, BudgetConfig, EnforcementMode, ExceedAction};
-use budget::estimate::{
-    PER_REQUEST_OVERHEAD, additional_output_cap, binary_document, input_token_bound,
-    tool_prompt_tokens,
-};
+use budget::estimate::{PER_REQUEST_OVERHEAD, binary_document};
 use budget::forecast::{projected_usage, utilization_percent};
 use budget::{Charge, Exceeded, Limit, LimitMetric, Usage};
 use ledger::{
     Completion, Expired, Ledger, LedgerError, Reservation, ReserveOutcome, ReserveRequest,
     Settlement, WindowUsage,
 };
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
 use serde_json::{Value, json};
 
-use crate::bedrock::{Bedrock, BedrockError, ConverseOutput, FieldError};
+use crate::bedrock::{Answer, AnswerBody, Bedrock, BedrockError, Call, is_refusal};
+use crate::ops::{self, Family, Operation, Shaped, StreamUsage, foundation_model};
 use crate::metrics::{MetricsSink, RequestMetrics, expired_record, request_record, window_record};
 
 /// What to do when the ledger cannot be reached.
@@ -77,28 +77,48 @@ pub enum Front {
     Queue,
 }
 
-/// A final answer: status, headers and JSON body.
-#[derive(Debug, Clone, PartialEq)]
+/// A final answer: status, headers and a JSON body, or Bedrock's own bytes.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Reply {
     /// HTTP status.
     pub status: u16,
     /// Response headers.
     pub headers: Vec<(String, String)>,
-    /// JSON body.
+    /// JSON body (when `raw` is `None`).
     pub body: Value,
+    /// Bedrock's answer, byte for byte: sent instead of `body`.
+    pub raw: Option<Bytes>,
 }
 
 impl Reply {
-    /// A JSON error `{"error": code, "message": message}`.
+    /// A JSON error `{"error": code, "message": message}`, its code also in `x-amzn-ErrorType`
+    /// as Bedrock sends it, so every AWS SDK reads it.
     pub fn error(status: u16, code: &str, message: impl Into<String>) -> Reply {
         Reply {
             status,
-            headers: Vec::new(),
+            headers: vec![("x-amzn-errortype".into(), code.into())],
             body: json!({ "error": code, "message": message.into() }),
+            raw: None,
         }
     }
 
-    fn with_header(mut self, name: &str, value: impl Into<String>) -> Reply {
+    /// The body as JSON (Bedrock's bytes parsed, `null` if they are not JSON).
+    pub fn json(&self) -> Value {
+        match &self.raw {
+            Some(raw) => serde_json::from_slice(raw).unwrap_or(Value::Null),
+            None => self.body.clone(),
+        }
+    }
+
+    /// The body's bytes.
+    pub fn bytes(&self) -> Bytes {
+        match &self.raw {
+            Some(raw) => raw.clone(),
+            None => Bytes::from(self.body.to_string()),
+        }
+    }
+
+    pub(crate) fn with_header(mut self, name: &str, value: impl Into<String>) -> Reply {
         self.headers.push((name.to_string(), value.into()));
         self
     }
@@ -113,10 +133,13 @@ impl Reply {
 }
 
 /// What became of a request.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub enum Outcome {
     /// Answered (success or error).
     Reply(Reply),
+    /// A stream Bedrock opened: send `reply`'s status and headers, then relay the stream with
+    /// [`Gateway::relay`], which settles it.
+    Stream(Opened),
     /// Async only: try again later (over budget with `queue`, or a duplicate still in flight).
     Requeue {
         /// Seconds until it is worth trying again.
@@ -127,6 +150,58 @@ pub enum Outcome {
         /// The result delivered the first time.
         result: Option<String>,
     },
+}
+
+/// Bedrock's answer to a call, read: the reply to pass on and the usage it reported.
+#[derive(Debug)]
+pub struct Answered {
+    /// The reply (Bedrock's status, headers and bytes).
+    pub reply: Reply,
+    /// The usage it reported; `None` settles at the worst case.
+    pub usage: Option<Usage>,
+}
+
+/// A call that brought no answer to pass on as a success.
+#[derive(Debug)]
+pub struct Failure {
+    /// The reply to pass on (Bedrock's own error answer, or the gateway's).
+    pub reply: Reply,
+    /// Whether Bedrock provably generated nothing ([`is_refusal`]).
+    pub refundable: bool,
+    /// Why, for the record.
+    pub reason: String,
+}
+
+impl From<BedrockError> for Failure {
+    fn from(e: BedrockError) -> Failure {
+        let refundable = matches!(e, BedrockError::NotSent(_));
+        let reason = e.message().to_string();
+        Failure {
+            reply: bedrock_reply(e),
+            refundable,
+            reason,
+        }
+    }
+}
+
+/// A stream Bedrock opened for an admitted request, to relay and settle.
+pub struct Opened {
+    /// Status and headers to send before the first event.
+    pub reply: Reply,
+    ticket: Ticket,
+    family: Family,
+    upstream: std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>,
+    deadline: Instant,
+    request_id: String,
+}
+
+impl std::fmt::Debug for Opened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opened")
+            .field("reply", &self.reply)
+            .field("reservation", &self.ticket.reservation.id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The gateway: generic over its ledger and its Bedrock, so tests run it against the in-memory
@@ -252,13 +327,13 @@ pub struct Ticket {
 /// What [`Gateway::admit`] decided.
 // One per request, moved and never copied: boxing the ticket would only add an allocation.
 #[allow(clippy::large_enum_variant)]
-pub enum Admission<P> {
-    /// Reserved: call Bedrock with `prepared` for `ticket.plan.target`, then [`Gateway::complete`].
+pub enum Admission {
+    /// Reserved: call Bedrock with `shaped` for `ticket.plan.target`, then [`Gateway::complete`].
     Admitted {
         /// What to settle.
         ticket: Ticket,
-        /// The prepared request.
-        prepared: P,
+        /// The request, checked and ready to send.
+        shaped: Shaped,
     },
     /// Answered without Bedrock (refused, denied, requeued, duplicate, or served unreserved
     /// because the ledger is down and policy allows it).
@@ -319,9 +394,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
         &self,
         config: &BudgetConfig,
         model: &str,
-        request: &Value,
-        content_bound: u64,
-        max_tokens: u64,
+        shaped: &Shaped,
     ) -> Result<Plan, Reply> {
         let price = config.price_of(model);
         if price.is_none() && config.has_usd_limit() {
@@ -335,27 +408,27 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
         }
         let target = config.profile_for(model).unwrap_or(model).to_string();
         // The provider's hidden tool-use prompt depends on the model, so it is added per plan.
-        let input_bound = content_bound.saturating_add(tool_prompt_tokens(model, request));
+        let input_bound = shaped
+            .content_bound
+            .saturating_add(shaped.tool_prompt(model));
         Ok(Plan {
             model: model.to_string(),
             target,
             price,
-            charge: config::worst_case(price, input_bound, max_tokens),
+            charge: config::worst_case(price, input_bound, shaped.max_tokens),
         })
     }
 
-    /// An upper bound of the request's own input tokens (without the tool prompt, which
-    /// [`Gateway::plan`] adds per model). Binary documents (PDF, Word, Excel) expand past their
-    /// bytes, so a request holding one is counted exactly with CountTokens on models that support
-    /// it (Anthropic's) and refused, naming the document, on others.
-    async fn content_bound(
-        &self,
-        model: &str,
-        request: &Value,
-        prepared: &B::Prepared,
-    ) -> Result<u64, Reply> {
-        let Some(document) = binary_document(request) else {
-            return Ok(input_token_bound(request));
+    /// Binary documents (PDF, Word, Excel) in a Converse request expand past their bytes, so a
+    /// request holding one is counted exactly with CountTokens on models that support it
+    /// (Anthropic's) and refused, naming the document, on others. Returns the content bound to
+    /// reserve.
+    async fn counted_bound(&self, model: &str, shaped: &Shaped) -> Result<u64, Reply> {
+        if shaped.family != Family::Converse {
+            return Ok(shaped.content_bound);
+        }
+        let Some(document) = binary_document(&shaped.request) else {
+            return Ok(shaped.content_bound);
         };
         let base = foundation_model(model);
         let refuse = |why: &str| {
@@ -372,20 +445,43 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
                 "model `{model}` does not support CountTokens to count it"
             )));
         }
-        match self.bedrock.count_tokens(base, prepared).await {
-            Ok(n) => Ok(n.saturating_add(PER_REQUEST_OVERHEAD)),
-            Err(BedrockError::Validation(m))
-            | Err(BedrockError::Field(FieldError { message: m, .. })) => {
-                Err(refuse(&format!("Bedrock could not count it: {m}")))
+        let mut converse = serde_json::Map::new();
+        for key in ["messages", "system", "toolConfig", "additionalModelRequestFields"] {
+            if let Some(v) = shaped.request.get(key) {
+                converse.insert(key.into(), v.clone());
             }
-            Err(e) => Err(Reply::error(
+        }
+        let call = Call {
+            operation: Operation::CountTokens,
+            body: Bytes::from(json!({ "input": { "converse": converse } }).to_string()),
+            headers: vec![("content-type".into(), "application/json".into())],
+        };
+        let unavailable = |why: String| {
+            Reply::error(
                 503,
                 "CountTokensUnavailable",
                 format!(
-                    "the request holds a document that must be counted before it can be reserved, and CountTokens failed: {}",
-                    error_text(&e)
+                    "the request holds a document that must be counted before it can be reserved, and CountTokens failed: {why}"
                 ),
-            )),
+            )
+        };
+        let answer = self
+            .bedrock
+            .send(base, call)
+            .await
+            .map_err(|e| unavailable(e.message().to_string()))?;
+        let body = match answer.body {
+            AnswerBody::Full(b) => b,
+            AnswerBody::Stream(_) => return Err(unavailable("it answered a stream".into())),
+        };
+        let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        match (answer.status, parsed["inputTokens"].as_u64()) {
+            (200, Some(n)) => Ok(n.saturating_add(PER_REQUEST_OVERHEAD)),
+            (400, _) => Err(refuse(&format!(
+                "Bedrock could not count it: {}",
+                parsed["message"].as_str().unwrap_or("no message")
+            ))),
+            (status, _) => Err(unavailable(format!("status {status}"))),
         }
     }
 
@@ -432,8 +528,17 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
         front: Front,
         request_id: &str,
     ) -> Outcome {
-        self.converse_by(application, model_param, body, front, request_id, None)
-            .await
+        self.call(
+            application,
+            Operation::Converse,
+            model_param,
+            body,
+            &[],
+            front,
+            request_id,
+            None,
+        )
+        .await
     }
 
     /// [`Gateway::converse`] with an explicit deadline when there is one (a Lambda invocation's,
@@ -448,24 +553,215 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
         request_id: &str,
         deadline: Option<Instant>,
     ) -> Outcome {
+        self.call(
+            application,
+            Operation::Converse,
+            model_param,
+            body,
+            &[],
+            front,
+            request_id,
+            deadline,
+        )
+        .await
+    }
+
+    /// Handles a request of `application` for any operation on `model_param` (alias or ID):
+    /// CountTokens is passed through uncharged; the others are admitted, sent and settled. A
+    /// stream Bedrock opened comes back as [`Outcome::Stream`], to relay with [`Gateway::relay`].
+    /// `headers` are the caller's (`content-type`, `accept` and `x-amzn-bedrock-*` are passed
+    /// on). Bedrock gets until `deadline`, or [`Settings::call_timeout`] from the call's start.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn call(
+        &self,
+        application: &str,
+        operation: Operation,
+        model_param: &str,
+        body: &[u8],
+        headers: &[(String, String)],
+        front: Front,
+        request_id: &str,
+        deadline: Option<Instant>,
+    ) -> Outcome {
         let call_deadline =
             || deadline.unwrap_or_else(|| Instant::now() + self.settings.call_timeout);
-        let (ticket, prepared) = match self
+        if operation == Operation::CountTokens {
+            return Outcome::Reply(
+                self.count_tokens(application, model_param, body, headers, call_deadline())
+                    .await,
+            );
+        }
+        let (ticket, shaped) = match self
             .admit(
                 application,
+                operation,
                 model_param,
                 body,
+                headers,
                 front,
                 request_id,
                 call_deadline(),
             )
             .await
         {
-            Admission::Admitted { ticket, prepared } => (ticket, prepared),
+            Admission::Admitted { ticket, shaped } => (ticket, shaped),
             Admission::Done(outcome) => return outcome,
         };
-        let (ticket, called) = self.call_admitted(ticket, prepared, call_deadline()).await;
-        self.complete(ticket, called, front, request_id).await
+        let family = shaped.family;
+        let deadline = call_deadline();
+        let (ticket, sent) = self.call_admitted(ticket, shaped, deadline).await;
+        let answer = match sent {
+            Ok(answer) => answer,
+            Err(e) => return self.complete(ticket, Err(e.into()), front, request_id).await,
+        };
+        if let AnswerBody::Stream(_) = &answer.body {
+            let AnswerBody::Stream(upstream) = answer.body else {
+                unreachable!()
+            };
+            let mut reply = Reply {
+                status: answer.status,
+                headers: passed_answer_headers(&answer.headers),
+                ..Reply::default()
+            }
+            .with_header("x-tokenfence-application", &ticket.config.application)
+            .with_header("x-tokenfence-model", &ticket.plan.model);
+            if ticket.fallback_used {
+                reply = reply.with_header("x-tokenfence-fallback", &ticket.plan.model);
+            }
+            if let Some(note) = &ticket.shadow_note {
+                reply = reply.with_header("x-tokenfence-shadow", format!("would-reject; {note}"));
+            }
+            return Outcome::Stream(Opened {
+                reply,
+                ticket,
+                family,
+                upstream,
+                deadline,
+                request_id: request_id.to_string(),
+            });
+        }
+        let read = read_answer(family, answer);
+        self.complete(ticket, read, front, request_id).await
+    }
+
+    /// Relays an opened stream to `to` and settles it from its final usage: a caller that hangs
+    /// up does not stop the reading (Bedrock bills the generation anyway), which goes on until
+    /// the stream ends or its deadline; a stream that ends without usage, breaks off, or runs
+    /// past its deadline is charged at its worst case. The first bytes are passed on as they
+    /// come: settlement waits for the end, never the caller.
+    /// A stream that breaks off ends the caller's with an error too, never as if complete.
+    pub async fn relay(
+        &self,
+        opened: Opened,
+        to: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    ) {
+        let Opened {
+            ticket,
+            family,
+            mut upstream,
+            deadline,
+            request_id,
+            ..
+        } = opened;
+        let mut guard = ChargeGuard {
+            ledger: Arc::clone(&self.ledger),
+            ticket: Some(ticket),
+            remember_seconds: self.settings.hold_seconds,
+        };
+        let mut reader = StreamUsage::new(family);
+        let mut listening = true;
+        let mut broke: Option<String> = None;
+        loop {
+            match tokio::time::timeout_at(deadline.into(), upstream.next()).await {
+                Ok(Some(Ok(chunk))) => {
+                    reader.feed(&chunk);
+                    if listening && to.send(Ok(chunk)).await.is_err() {
+                        listening = false;
+                        tracing::info!(request = %request_id, "the caller hung up mid-stream; reading on to the usage");
+                    }
+                }
+                Ok(Some(Err(e))) => {
+                    broke = Some(e);
+                    break;
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    broke = Some("the stream ran past its deadline".into());
+                    break;
+                }
+            }
+        }
+        if let Some(reason) = &broke
+            && listening
+        {
+            let _ = to.send(Err(std::io::Error::other(reason.clone()))).await;
+        }
+        drop(to);
+        let (usage, error) = reader.finish();
+        let ticket = guard.disarm().expect("armed until the stream ended");
+        let read = match broke.or(error) {
+            Some(reason) => Err(Failure {
+                reply: Reply::error(502, "ModelStreamErrorException", reason.clone()),
+                refundable: false,
+                reason,
+            }),
+            None => Ok(Answered {
+                reply: Reply {
+                    status: 200,
+                    ..Reply::default()
+                },
+                usage,
+            }),
+        };
+        let _ = self.complete(ticket, read, Front::Sync, &request_id).await;
+    }
+
+    /// CountTokens, passed through: free, so nothing is reserved, but the caller's key must be
+    /// valid and the model one its application may call.
+    async fn count_tokens(
+        &self,
+        application: &str,
+        model_param: &str,
+        body: &[u8],
+        headers: &[(String, String)],
+        deadline: Instant,
+    ) -> Reply {
+        let Some(model) = self.resolve_model(model_param) else {
+            return unknown_model(model_param);
+        };
+        if body.len() > self.settings.max_body_bytes {
+            return Reply::error(413, "PayloadTooLarge", "the body is too large");
+        }
+        let config = match self.config(application).await {
+            Ok(Some(config)) => config,
+            Ok(None) => return no_budget(application),
+            Err(e) => return ledger_reply(&e),
+        };
+        if !config.allows(&model) {
+            return not_allowed(application, &model);
+        }
+        let call = Call {
+            operation: Operation::CountTokens,
+            body: Bytes::copy_from_slice(body),
+            headers: headers
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+                .cloned()
+                .collect(),
+        };
+        let sent =
+            tokio::time::timeout_at(deadline.into(), self.bedrock.send(foundation_model(&model), call)).await;
+        match sent {
+            Ok(Ok(answer)) => match read_answer(Family::Converse, answer) {
+                Ok(a) => a.reply,
+                Err(f) => f.reply,
+            },
+            Ok(Err(e)) => bedrock_reply(e),
+            Err(_) => bedrock_reply(BedrockError::Timeout(
+                "Bedrock did not answer before the deadline".into(),
+            )),
+        }
+        .with_header("x-tokenfence-application", application)
     }
 
     /// Admits a Converse request of `application` for `model_param` against its budgets:
@@ -473,17 +769,29 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
     /// queue handling). The caller calls Bedrock and then [`Gateway::complete`]. `deadline`
     /// bounds the only Bedrock call admission makes: the unreserved one when the ledger is down
     /// and policy allows it.
+    #[allow(clippy::too_many_arguments)]
     pub async fn admit(
         &self,
         application: &str,
+        operation: Operation,
         model_param: &str,
         body: &[u8],
+        headers: &[(String, String)],
         front: Front,
         request_id: &str,
         deadline: Instant,
-    ) -> Admission<B::Prepared> {
+    ) -> Admission {
         match self
-            .admit_inner(application, model_param, body, front, request_id, deadline)
+            .admit_inner(
+                application,
+                operation,
+                model_param,
+                body,
+                headers,
+                front,
+                request_id,
+                deadline,
+            )
             .await
         {
             Ok(admission) => admission,
@@ -491,56 +799,56 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn admit_inner(
         &self,
         application: &str,
+        operation: Operation,
         model_param: &str,
         body: &[u8],
+        headers: &[(String, String)],
         front: Front,
         request_id: &str,
         deadline: Instant,
-    ) -> Result<Admission<B::Prepared>, Reply> {
+    ) -> Result<Admission, Reply> {
         ledger::check_request_id(request_id).map_err(|m| field(400, "requestId", &m))?;
-        let (request, max_tokens) = parse_body(
+        let Some(model) = self.resolve_model(model_param) else {
+            return Err(unknown_model(model_param));
+        };
+        let mut shaped = ops::shape(
+            operation,
+            &model,
             body,
+            headers,
             self.settings.max_body_bytes,
             self.settings.default_max_tokens,
         )?;
-
-        let prepared = self
-            .bedrock
-            .prepare(&request)
-            .map_err(|f| field(400, &f.field, &f.message))?;
-        let Some(model) = self.resolve_model(model_param) else {
-            return Err(Reply::error(
-                404,
-                "UnknownModel",
-                format!("`{model_param}` is neither a model alias of this gateway nor a model ID"),
-            ));
-        };
 
         // Without the application's configuration there is no allow-list and no limit to
         // enforce: never fail open here.
         let config = match self.config(application).await {
             Ok(Some(config)) => config,
-            Ok(None) => {
-                return Err(Reply::error(
-                    403,
-                    "NoBudget",
-                    format!("application `{application}` has no budget configured"),
-                ));
-            }
+            Ok(None) => return Err(no_budget(application)),
             Err(e) => return Err(ledger_reply(&e)),
         };
         if !config.allows(&model) {
-            return Err(Reply::error(
-                403,
-                "ModelNotAllowed",
-                format!("application `{application}` may not call model `{model}`"),
+            return Err(not_allowed(application, &model));
+        }
+        // The price book prices the standard tier with five-minute cache writes only: a field that
+        // changes the price per token cannot be held to a USD limit.
+        if config.has_usd_limit()
+            && let Some((path, value)) = shaped.price_fields.first()
+        {
+            return Err(field(
+                400,
+                path,
+                &format!(
+                    "`{path}` `{value}` changes the price per token, and the price book has no price for it, so application `{application}`'s USD limits could not be enforced; leave it out"
+                ),
             ));
         }
-        let content_bound = self.content_bound(&model, &request, &prepared).await?;
-        let mut plan = self.plan(&config, &model, &request, content_bound, max_tokens)?;
+        shaped.content_bound = self.counted_bound(&model, &shaped).await?;
+        let mut plan = self.plan(&config, &model, &shaped)?;
 
         let mut fallback_used = false;
         let mut shadow_note: Option<String> = None;
@@ -550,7 +858,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
         {
             Err(e) => {
                 return self
-                    .ledger_down(&config, &plan, prepared, e, deadline)
+                    .ledger_down(&config, &plan, shaped, e, deadline)
                     .await
                     .map(Admission::Done);
             }
@@ -591,7 +899,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
                         }
                         Err(e) => {
                             return self
-                                .ledger_down(&config, &plan, prepared, e, deadline)
+                                .ledger_down(&config, &plan, shaped, e, deadline)
                                 .await
                                 .map(Admission::Done);
                         }
@@ -601,8 +909,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
                         (ExceedAction::Fallback { model: fallback }, _)
                             if *fallback != plan.model =>
                         {
-                            plan =
-                                self.plan(&config, fallback, &request, content_bound, max_tokens)?;
+                            plan = self.plan(&config, fallback, &shaped)?;
                             match self
                                 .reserve(&config, request_id, &config.limits, plan.charge)
                                 .await
@@ -629,7 +936,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
                                 // cheaper model that is called, never the refused one.
                                 Err(e) => {
                                     return self
-                                        .ledger_down(&config, &plan, prepared, e, deadline)
+                                        .ledger_down(&config, &plan, shaped, e, deadline)
                                         .await
                                         .map(Admission::Done);
                                 }
@@ -664,7 +971,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
                 fallback_used,
                 shadow_note,
             },
-            prepared,
+            shaped,
         })
     }
 
@@ -675,9 +982,9 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
     pub async fn call_admitted(
         &self,
         ticket: Ticket,
-        prepared: B::Prepared,
+        shaped: Shaped,
         deadline: Instant,
-    ) -> (Ticket, Result<ConverseOutput, BedrockError>) {
+    ) -> (Ticket, Result<Answer, BedrockError>) {
         if Instant::now() >= deadline {
             return (
                 ticket,
@@ -692,10 +999,13 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
             remember_seconds: self.settings.hold_seconds,
         };
         let target = &guard.ticket.as_ref().expect("armed").plan.target;
+        let call = Call {
+            operation: shaped.operation,
+            body: shaped.bytes(),
+            headers: shaped.headers,
+        };
         let called =
-            match tokio::time::timeout_at(deadline.into(), self.bedrock.converse(target, prepared))
-                .await
-            {
+            match tokio::time::timeout_at(deadline.into(), self.bedrock.send(target, call)).await {
                 Ok(called) => called,
                 Err(_) => Err(BedrockError::Timeout(
                     "Bedrock did not answer before the deadline".into(),
@@ -712,7 +1022,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
     pub async fn complete(
         &self,
         ticket: Ticket,
-        called: Result<ConverseOutput, BedrockError>,
+        called: Result<Answered, Failure>,
         front: Front,
         request_id: &str,
     ) -> Outcome {
@@ -734,11 +1044,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
                     None => (reservation.charge, Some("the response reported no usage")),
                 };
                 let usage = output.usage.unwrap_or_default();
-                let mut reply = Reply {
-                    status: 200,
-                    headers: Vec::new(),
-                    body: output.body,
-                };
+                let mut reply = output.reply;
                 let completion = Completion {
                     remember_seconds: remember,
                     result: match front {
@@ -788,21 +1094,24 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
                 reply = self.with_remaining(&config, reply).await;
                 Outcome::Reply(reply)
             }
-            Err(err) if err.refundable() => {
+            Err(failure) if failure.refundable => {
                 self.settle_or_retry(&reservation, refund()).await;
                 self.emit_failed(&config, &plan.model, false, Charge::ZERO);
                 Outcome::Reply(
-                    bedrock_reply(err).with_header("x-tokenfence-application", &config.application),
+                    failure
+                        .reply
+                        .with_header("x-tokenfence-application", &config.application),
                 )
             }
-            Err(err) => {
-                let reason = error_text(&err);
+            Err(failure) => {
+                let reason = failure.reason;
                 tracing::warn!(reservation = %reservation.id, application = %config.application, reason = %reason, "charged at the worst case: Bedrock may have billed the generation");
                 let charge = worst_case_settlement(&reservation, &reason, remember);
                 self.settle_or_retry(&reservation, charge).await;
                 self.emit_failed(&config, &plan.model, true, reservation.charge);
                 Outcome::Reply(
-                    bedrock_reply(err)
+                    failure
+                        .reply
                         .with_header("x-tokenfence-application", &config.application)
                         .with_header("x-tokenfence-charged", "worst-case"),
                 )
@@ -867,7 +1176,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
         &self,
         config: &BudgetConfig,
         plan: &Plan,
-        request: B::Prepared,
+        shaped: Shaped,
         e: LedgerError,
         deadline: Instant,
     ) -> Result<Outcome, Reply> {
@@ -878,18 +1187,28 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
         {
             return Err(ledger_reply(&e));
         }
+        // A stream cannot be relayed without a reservation to settle: streams fail closed.
+        if shaped.operation.streams() {
+            return Err(ledger_reply(&e));
+        }
         let cost_center = config.cost_center.as_deref();
-        let called = match tokio::time::timeout_at(
-            deadline.into(),
-            self.bedrock.converse(&plan.target, request),
-        )
-        .await
-        {
-            Ok(called) => called,
-            Err(_) => Err(BedrockError::Timeout(
-                "Bedrock did not answer before the deadline".into(),
-            )),
+        let family = shaped.family;
+        let call = Call {
+            operation: shaped.operation,
+            body: shaped.bytes(),
+            headers: shaped.headers,
         };
+        let called =
+            match tokio::time::timeout_at(deadline.into(), self.bedrock.send(&plan.target, call))
+                .await
+            {
+                Ok(Ok(answer)) => read_answer(family, answer),
+                Ok(Err(e)) => Err(e.into()),
+                Err(_) => Err(BedrockError::Timeout(
+                    "Bedrock did not answer before the deadline".into(),
+                )
+                .into()),
+            };
         match called {
             Ok(output) => {
                 let usage = output.usage.unwrap_or_default();
@@ -909,12 +1228,9 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
                     now_millis(),
                 ));
                 Ok(Outcome::Reply(
-                    Reply {
-                        status: 200,
-                        headers: Vec::new(),
-                        body: output.body,
-                    }
-                    .with_header("x-tokenfence-application", application)
+                    output
+                        .reply
+                        .with_header("x-tokenfence-application", application)
                     .with_header("x-tokenfence-model", &plan.model)
                     .with_header(
                         "x-tokenfence-unreserved",
@@ -922,7 +1238,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
                     ),
                 ))
             }
-            Err(err) => {
+            Err(failure) => {
                 self.metrics.emit(request_record(
                     &RequestMetrics {
                         application,
@@ -934,7 +1250,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
                     },
                     now_millis(),
                 ));
-                Err(bedrock_reply(err))
+                Err(failure.reply)
             }
         }
     }
@@ -963,6 +1279,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
         Reply {
             status: 429,
             headers: vec![
+                ("x-amzn-errortype".into(), "BudgetExceeded".into()),
                 ("retry-after".into(), retry_after.to_string()),
                 (
                     "x-tokenfence-application".into(),
@@ -980,6 +1297,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
                 "requested": exceeded.requested,
                 "retryAfterSeconds": retry_after
             }),
+            raw: None,
         }
     }
 
@@ -1084,13 +1402,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
     pub async fn usage(&self, application: &str) -> Reply {
         let config = match self.config(application).await {
             Ok(Some(c)) => c,
-            Ok(None) => {
-                return Reply::error(
-                    403,
-                    "NoBudget",
-                    format!("application `{application}` has no budget configured"),
-                );
-            }
+            Ok(None) => return no_budget(application),
             Err(_) => {
                 return Reply::error(503, "LedgerUnavailable", "the budget ledger is unavailable");
             }
@@ -1146,6 +1458,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
                 "unpricedModels": unpriced,
                 "windows": windows
             }),
+            raw: None,
         }
     }
 }
@@ -1164,32 +1477,6 @@ fn ledger_reply(e: &LedgerError) -> Reply {
             "LedgerUnavailable",
             "the budget ledger is unavailable; the request was not sent (fail closed)",
         ),
-    }
-}
-
-/// The foundation model of a model or system inference profile ID (`us.anthropic.x` →
-/// `anthropic.x`), for CountTokens, which takes foundation models.
-fn foundation_model(model: &str) -> &str {
-    let id = model.rsplit_once('/').map_or(model, |(_, id)| id);
-    match id.split_once('.') {
-        Some((prefix, rest))
-            if ["us", "eu", "apac", "jp", "au", "ca", "us-gov", "global"].contains(&prefix) =>
-        {
-            rest
-        }
-        _ => id,
-    }
-}
-
-fn error_text(e: &BedrockError) -> String {
-    match e {
-        BedrockError::Field(f) => format!("{}: {}", f.field, f.message),
-        BedrockError::Throttled(m)
-        | BedrockError::Validation(m)
-        | BedrockError::Denied(m)
-        | BedrockError::Failed(m)
-        | BedrockError::Timeout(m)
-        | BedrockError::NotSent(m) => m.clone(),
     }
 }
 
@@ -1214,7 +1501,7 @@ pub fn bounded_result(request_id: &str, reply: &Reply) -> String {
             message.len()
         ),
     );
-    if let Some(usage) = reply.body.get("usage") {
+    if let Some(usage) = reply.json().get("usage") {
         error.body["usage"] = usage.clone();
     }
     result_message(request_id, &error).to_string()
@@ -1228,103 +1515,118 @@ fn duplicate(request_id: &str) -> Reply {
     )
 }
 
-/// Checks a Converse body as it arrives (size, JSON object, non-empty `messages`, a positive
-/// `inferenceConfig.maxTokens`, output caps in `additionalModelRequestFields` that are token
-/// counts) and pins `maxTokens` in it: the reservation covers `max_tokens` of output only if
-/// Bedrock is held to it. `max_tokens` is the largest cap the body sets anywhere. Returns the
-/// request and that `max_tokens`, or the 4xx reply naming the field. Pure, so it can be fuzzed.
-pub fn parse_body(
-    body: &[u8],
-    max_body_bytes: usize,
-    default_max_tokens: u32,
-) -> Result<(Value, u64), Reply> {
-    if body.len() > max_body_bytes {
-        return Err(Reply::error(
-            413,
-            "PayloadTooLarge",
-            format!(
-                "the body has {} bytes; the limit is {}",
-                body.len(),
-                max_body_bytes
-            ),
-        ));
-    }
-    let mut request: Value = serde_json::from_slice(body)
-        .map_err(|e| Reply::error(400, "ValidationError", format!("the body is not JSON: {e}")))?;
-    let Some(obj) = request.as_object_mut() else {
-        return Err(Reply::error(
-            400,
-            "ValidationError",
-            "the body must be a JSON object",
-        ));
-    };
-    match obj.get("messages") {
-        Some(Value::Array(m)) if !m.is_empty() => {}
-        Some(_) => {
-            return Err(field(
-                400,
-                "messages",
-                "`messages` must be a non-empty list",
-            ));
-        }
-        None => return Err(field(400, "messages", "`messages` is required")),
-    }
-    let requested_max = match obj.get("inferenceConfig").and_then(|c| c.get("maxTokens")) {
-        None => None,
-        Some(v) => match v.as_u64().filter(|n| *n > 0 && *n <= i32::MAX as u64) {
-            Some(n) => Some(n),
-            None => {
-                return Err(field(
-                    400,
-                    "inferenceConfig.maxTokens",
-                    "`maxTokens` must be a positive integer",
-                ));
-            }
-        },
-    };
-    // A cap raised in the model's own fields (`additionalModelRequestFields.max_tokens`, Llama's
-    // `max_gen_len`, Nova's `max_new_tokens`, a thinking budget) is what the model will really
-    // be allowed to generate: the reservation covers the largest cap the body sets.
-    let additional = additional_output_cap(&request).map_err(|e| {
-        field(
-            400,
-            &e.field,
-            &format!("`{}` must be a non-negative integer token count", e.field),
-        )
-    })?;
-    let obj = request.as_object_mut().expect("checked above");
-    let max_tokens = requested_max
-        .unwrap_or(u64::from(default_max_tokens))
-        .max(additional.unwrap_or(0));
-    if max_tokens > i32::MAX as u64 {
-        return Err(field(
-            400,
-            "additionalModelRequestFields",
-            "an output cap in `additionalModelRequestFields` is larger than any model generates",
-        ));
-    }
-    // The reservation covers `max_tokens` of output only if Bedrock is held to it.
-    let inference = obj.entry("inferenceConfig").or_insert_with(|| json!({}));
-    match inference.as_object_mut() {
-        Some(ic) => {
-            ic.insert("maxTokens".into(), json!(max_tokens));
-        }
-        None => {
-            return Err(field(
-                400,
-                "inferenceConfig",
-                "`inferenceConfig` must be an object",
-            ));
-        }
-    }
-    Ok((request, max_tokens))
+fn unknown_model(model_param: &str) -> Reply {
+    Reply::error(
+        404,
+        "UnknownModel",
+        format!("`{model_param}` is neither a model alias of this gateway nor a model ID"),
+    )
 }
 
-fn field(status: u16, field: &str, message: &str) -> Reply {
+fn no_budget(application: &str) -> Reply {
+    Reply::error(
+        403,
+        "NoBudget",
+        format!("application `{application}` has no budget configured"),
+    )
+}
+
+fn not_allowed(application: &str, model: &str) -> Reply {
+    Reply::error(
+        403,
+        "ModelNotAllowed",
+        format!("application `{application}` may not call model `{model}`"),
+    )
+}
+
+/// Bedrock's response headers passed on to the caller: its content type, request ID and its own
+/// `x-amzn-bedrock-*` (token counts, latency); never hop-by-hop or length headers.
+fn passed_answer_headers(headers: &[(String, String)]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter(|(n, _)| {
+            let n = n.to_ascii_lowercase();
+            n == "content-type"
+                || n == "x-amzn-requestid"
+                || n == "x-amzn-errortype"
+                || n.starts_with("x-amzn-bedrock-")
+        })
+        .cloned()
+        .collect()
+}
+
+/// Reads a whole answer: a success with its usage, or Bedrock's error answer, passed on byte for
+/// byte and classified ([`is_refusal`]).
+pub fn read_answer(family: Family, answer: Answer) -> Result<Answered, Failure> {
+    let body = match answer.body {
+        AnswerBody::Full(b) => b,
+        AnswerBody::Stream(_) => {
+            return Err(Failure {
+                reply: Reply::error(502, "InternalServerException", "Bedrock answered a stream where it should not"),
+                refundable: false,
+                reason: "an unexpected stream".into(),
+            });
+        }
+    };
+    let reply = Reply {
+        status: answer.status,
+        headers: passed_answer_headers(&answer.headers),
+        body: Value::Null,
+        raw: Some(body.clone()),
+    };
+    if (200..300).contains(&answer.status) {
+        let usage = match family {
+            Family::Converse => serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|b| ops::converse_usage(&b)),
+            _ => ops::invoke_usage(family, &answer.headers, &body),
+        };
+        return Ok(Answered { reply, usage });
+    }
+    let kind = answer
+        .headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("x-amzn-errortype"))
+        .map(|(_, v)| v.split(':').next().unwrap_or(v).to_string());
+    let message = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|b| {
+            b.get("message")
+                .or(b.get("Message"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    Err(Failure {
+        refundable: is_refusal(answer.status, kind.as_deref()),
+        reason: format!(
+            "Bedrock answered {} {}: {message}",
+            answer.status,
+            kind.as_deref().unwrap_or("without an error type")
+        ),
+        reply,
+    })
+}
+
+/// A 400 for a body that is not what the operation takes, typed as Bedrock's
+/// `ValidationException` so SDKs read it as one.
+pub(crate) fn invalid(message: &str) -> Reply {
+    Reply {
+        status: 400,
+        headers: vec![("x-amzn-errortype".into(), "ValidationException".into())],
+        body: json!({ "error": "ValidationError", "message": message }),
+        raw: None,
+    }
+}
+
+/// A 400-class answer naming the request field at fault, typed as Bedrock's
+/// `ValidationException` so SDKs read it as one.
+pub(crate) fn field(status: u16, field: &str, message: &str) -> Reply {
     Reply {
         status,
-        headers: Vec::new(),
+        headers: vec![("x-amzn-errortype".into(), "ValidationException".into())],
         body: json!({ "error": "ValidationError", "field": field, "message": message }),
+        raw: None,
     }
 }
 
@@ -1346,16 +1648,6 @@ fn describe(e: &Exceeded) -> String {
 
 fn bedrock_reply(err: BedrockError) -> Reply {
     match err {
-        BedrockError::Field(f) => Reply {
-            status: 400,
-            headers: Vec::new(),
-            body: json!({ "error": "ValidationError", "field": f.field, "message": f.message }),
-        },
-        BedrockError::Throttled(m) => {
-            Reply::error(429, "ThrottlingException", m).with_header("retry-after", "1")
-        }
-        BedrockError::Validation(m) => Reply::error(400, "ValidationException", m),
-        BedrockError::Denied(m) => Reply::error(403, "AccessDeniedException", m),
         BedrockError::Failed(m) => Reply::error(502, "BedrockFailed", m),
         BedrockError::Timeout(m) => Reply::error(504, "BedrockTimeout", m),
         BedrockError::NotSent(m) => Reply::error(503, "NotSent", m),
@@ -1365,9 +1657,9 @@ fn bedrock_reply(err: BedrockError) -> Reply {
 /// The message delivered to an application's results queue.
 pub fn result_message(request_id: &str, reply: &Reply) -> Value {
     if reply.status == 200 {
-        json!({ "requestId": request_id, "status": reply.status, "response": reply.body })
+        json!({ "requestId": request_id, "status": reply.status, "response": reply.json() })
     } else {
-        json!({ "requestId": request_id, "status": reply.status, "error": reply.body })
+        json!({ "requestId": request_id, "status": reply.status, "error": reply.json() })
     }
 }
 
@@ -1376,20 +1668,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn raised_output_caps_raise_the_reservation_and_are_pinned() {
+    fn raised_output_caps_raise_the_reservation() {
         let body = json!({
             "messages": [{ "role": "user", "content": [{ "text": "x" }] }],
             "inferenceConfig": { "maxTokens": 16 },
             "additionalModelRequestFields": { "max_tokens": 30000, "thinking": { "budget_tokens": 40000 } }
         });
-        let (request, max_tokens) = parse_body(body.to_string().as_bytes(), 1 << 20, 100).unwrap();
-        assert_eq!(max_tokens, 40_000, "the largest cap anywhere");
-        assert_eq!(request["inferenceConfig"]["maxTokens"], 40_000);
+        let shaped = ops::shape(Operation::Converse, "anthropic.claude-x", body.to_string().as_bytes(), &[], 1 << 20, 100).unwrap();
+        assert_eq!(shaped.max_tokens, 40_000, "the largest cap anywhere");
+        assert_eq!(&shaped.body[..], body.to_string().as_bytes(), "sent as it came");
         let huge = json!({ "messages": [{ "role": "user", "content": [] }], "additionalModelRequestFields": { "max_new_tokens": 1u64 << 40 } });
-        let err = parse_body(huge.to_string().as_bytes(), 1 << 20, 100).unwrap_err();
+        let err = ops::shape(Operation::Converse, "anthropic.claude-x", huge.to_string().as_bytes(), &[], 1 << 20, 100).unwrap_err();
         assert_eq!(
             (err.status, err.body["field"].as_str()),
-            (400, Some("additionalModelRequestFields"))
+            (400, Some("inferenceConfig.maxTokens"))
         );
     }
 
@@ -1399,6 +1691,7 @@ mod tests {
             status: 200,
             headers: vec![],
             body: json!({ "usage": { "inputTokens": 1 } }),
+            raw: None,
         };
         assert_eq!(
             bounded_result("r", &small),
@@ -1408,6 +1701,7 @@ mod tests {
             status: 200,
             headers: vec![],
             body: json!({ "output": "x".repeat(MAX_RESULT_BYTES), "usage": { "inputTokens": 9, "outputTokens": 70000 } }),
+            raw: None,
         };
         let bounded: Value = serde_json::from_str(&bounded_result("r", &big)).unwrap();
         assert!(bounded.to_string().len() <= MAX_RESULT_BYTES);

@@ -1,4 +1,7 @@
-//! `invoke serve`: the gateway's HTTP API on axum, with API keys mapped to applications.
+//! `invoke serve`: the gateway's HTTP API on axum, with API keys mapped to applications. It
+//! speaks the Bedrock runtime's own paths (`/model/{modelId}/converse`, `converse-stream`,
+//! `invoke`, `invoke-with-response-stream`, `count-tokens`), so clients only change endpoint
+//! and key.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,6 +17,10 @@ use ledger::Ledger;
 
 use crate::bedrock::Bedrock;
 use crate::gateway::{Front, Gateway, Outcome, Reply};
+use crate::ops::Operation;
+
+/// What `serve` answers for a path it does not know.
+const ROUTES: &str = "routes: POST /model/{modelId}/converse, /converse-stream, /invoke, /invoke-with-response-stream, /count-tokens; GET /usage";
 
 struct Served<L, B> {
     gateway: Arc<Gateway<L, B>>,
@@ -28,15 +35,9 @@ pub fn router<L: Ledger, B: Bedrock>(
 ) -> Router {
     let state = Arc::new(Served { gateway, keys });
     Router::new()
-        .route("/model/{model_id}/converse", post(converse::<L, B>))
+        .route("/model/{model_id}/{operation}", post(operation::<L, B>))
         .route("/usage", get(usage::<L, B>))
-        .fallback(|| async {
-            to_response(Reply::error(
-                404,
-                "NotFound",
-                "routes: POST /model/{modelId}/converse, GET /usage",
-            ))
-        })
+        .fallback(|| async { to_response(Reply::error(404, "UnknownOperationException", ROUTES)) })
         .with_state(state)
 }
 
@@ -86,12 +87,15 @@ fn authenticate<L, B>(state: &Served<L, B>, headers: &HeaderMap) -> Result<Strin
         .ok_or_else(|| Reply::error(403, "InvalidApiKey", "the API key is not known"))
 }
 
-async fn converse<L: Ledger, B: Bedrock>(
+async fn operation<L: Ledger, B: Bedrock>(
     State(state): State<Arc<Served<L, B>>>,
-    Path(model): Path<String>,
+    Path((model, operation)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let Some(operation) = Operation::from_path(&operation) else {
+        return to_response(Reply::error(404, "UnknownOperationException", ROUTES));
+    };
     let application = match authenticate(&state, &headers) {
         Ok(app) => app,
         Err(reply) => return to_response(reply),
@@ -107,25 +111,59 @@ async fn converse<L: Ledger, B: Bedrock>(
             ));
         }
     };
+    let passed: Vec<(String, String)> = headers
+        .iter()
+        .filter_map(|(n, v)| Some((n.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect();
     // Run the request to completion in its own task: a client that disconnects must not cancel
-    // the settlement of a reservation.
+    // the settlement of a reservation, nor the reading of a stream Bedrock bills anyway.
     let gateway = Arc::clone(&state.gateway);
-    let task = tokio::spawn(async move {
-        gateway
-            .converse(&application, &model, &bytes, Front::Sync, &new_request_id())
-            .await
+    let (opened_tx, opened_rx) = tokio::sync::oneshot::channel::<Response>();
+    tokio::spawn(async move {
+        let outcome = gateway
+            .call(
+                &application,
+                operation,
+                &model,
+                &bytes,
+                &passed,
+                Front::Sync,
+                &new_request_id(),
+                None,
+            )
+            .await;
+        match outcome {
+            Outcome::Stream(opened) => {
+                let (tx, rx) = tokio::sync::mpsc::channel(32);
+                let head = opened.reply.clone();
+                let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+                    rx.recv().await.map(|chunk| (chunk, rx))
+                });
+                let mut response = Response::new(Body::from_stream(stream));
+                *response.status_mut() =
+                    StatusCode::from_u16(head.status).unwrap_or(StatusCode::OK);
+                set_headers(&mut response, head.headers);
+                let _ = opened_tx.send(response);
+                gateway.relay(opened, tx).await;
+            }
+            Outcome::Reply(reply) => {
+                let _ = opened_tx.send(to_response(reply));
+            }
+            _ => {
+                let _ = opened_tx.send(to_response(Reply::error(
+                    500,
+                    "InternalError",
+                    "unexpected async outcome on the sync front",
+                )));
+            }
+        }
     });
-    match task.await {
-        Ok(Outcome::Reply(reply)) => to_response(reply),
-        Ok(_) => to_response(Reply::error(
-            500,
-            "InternalError",
-            "unexpected async outcome on the sync front",
-        )),
+    match opened_rx.await {
+        Ok(response) => response,
         Err(_) => to_response(Reply::error(
             500,
             "InternalError",
-            "the request failed; its reservation was refunded",
+            "the request failed; its reservation is settled by the sweeper at its worst case",
         )),
     }
 }
@@ -140,17 +178,108 @@ async fn usage<L: Ledger, B: Bedrock>(
     }
 }
 
-/// A reply as an HTTP response.
+/// A reply as an HTTP response: Bedrock's bytes as they came, or the gateway's JSON.
 pub fn to_response(reply: Reply) -> Response {
-    let mut response = (
-        StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        axum::Json(reply.body),
-    )
-        .into_response();
-    for (name, value) in reply.headers {
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = match reply.raw {
+        Some(raw) => (status, raw).into_response(),
+        None => (status, axum::Json(reply.body)).into_response(),
+    };
+    set_headers(&mut response, reply.headers);
+    response
+}
+
+fn set_headers(response: &mut Response, headers: Vec<(String, String)>) {
+    for (name, value) in headers {
         if let (Ok(n), Ok(v)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
             response.headers_mut().insert(n, v);
         }
     }
-    response
+}
+
+/// A TLS server configuration for [`serve_tls`].
+pub type TlsConfig = tokio_rustls::rustls::ServerConfig;
+
+/// Loads a PEM certificate chain and private key for `invoke serve --tls-cert --tls-key`.
+pub fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<Arc<TlsConfig>, String> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("`--tls-cert {}`: {e}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("`--tls-key {}`: {e}", key.display()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| format!("the TLS certificate and key do not match: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Serves `router` over TLS on `listener` until `shutdown`; then stops accepting and lets the
+/// connections in flight finish their requests (and so settle their reservations).
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    tls: Arc<TlsConfig>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), String> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, _) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        let mut stop = stop_rx.clone();
+        connections.spawn(async move {
+            let handshake = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                acceptor.accept(tcp),
+            );
+            let Ok(Ok(stream)) = handshake.await else {
+                return;
+            };
+            let builder = Builder::new(TokioExecutor::new());
+            let connection = builder.serve_connection_with_upgrades(
+                TokioIo::new(stream),
+                TowerToHyperService::new(router),
+            );
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = stop.changed() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+        // Reap finished connections so the set does not grow with the server's age.
+        while connections.try_join_next().is_some() {}
+    }
+    let _ = stop_tx.send(true);
+    while connections.join_next().await.is_some() {}
+    Ok(())
 }

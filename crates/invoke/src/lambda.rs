@@ -14,7 +14,8 @@ use ledger::{Identity, Ledger};
 use serde_json::Value;
 
 use crate::bedrock::Bedrock;
-use crate::gateway::{Admission, Front, Gateway, Outcome, Reply, result_message};
+use crate::gateway::{Admission, Front, Gateway, Outcome, Reply, read_answer, result_message};
+use crate::ops::Operation;
 
 /// The longest SQS `DelaySeconds`: a deferred request is re-sent with at most this delay and
 /// re-checked, until its window resets.
@@ -184,6 +185,10 @@ fn api_response(reply: Reply) -> ApiGatewayProxyResponse {
         "content-type",
         "application/json".parse().expect("static header"),
     );
+    let body = match &reply.raw {
+        Some(raw) => String::from_utf8_lossy(raw).into_owned(),
+        None => reply.body.to_string(),
+    };
     for (name, value) in reply.headers {
         if let (Ok(n), Ok(v)) = (
             name.parse::<aws_lambda_events::http::HeaderName>(),
@@ -192,7 +197,7 @@ fn api_response(reply: Reply) -> ApiGatewayProxyResponse {
             response.headers.insert(n, v);
         }
     }
-    response.body = Some(Body::Text(reply.body.to_string()));
+    response.body = Some(Body::Text(body));
     response
 }
 
@@ -216,20 +221,40 @@ pub async fn handle_api<L: Ledger, B: Bedrock>(
     if method == "GET" && path.ends_with("/usage") {
         return api_response(gateway.usage(&application).await);
     }
-    let model = request.path_parameters.get("modelId").cloned().or_else(|| {
-        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-        match parts.as_slice() {
-            [.., "model", model, "converse"] => Some((*model).to_string()),
-            _ => None,
-        }
-    });
-    let Some(model) = model.filter(|_| method == "POST") else {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (model, operation) = match parts.as_slice() {
+        [.., "model", model, op] => (
+            request
+                .path_parameters
+                .get("modelId")
+                .cloned()
+                .unwrap_or_else(|| (*model).to_string()),
+            Operation::from_path(op),
+        ),
+        _ => (String::new(), None),
+    };
+    let Some(operation) = operation.filter(|_| method == "POST") else {
         return api_response(Reply::error(
             404,
-            "NotFound",
-            "routes: POST /model/{modelId}/converse, GET /usage",
+            "UnknownOperationException",
+            "routes: POST /model/{modelId}/converse, /invoke, /count-tokens; GET /usage",
         ));
     };
+    if operation.streams() {
+        return api_response(Reply::error(
+            400,
+            "ValidationException",
+            format!(
+                "`{}` streams, and this REST API answers whole responses only; call `converse` or `invoke`, or stream through `invoke serve`",
+                operation.path()
+            ),
+        ));
+    }
+    let headers: Vec<(String, String)> = request
+        .headers
+        .iter()
+        .filter_map(|(n, v)| Some((n.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect();
     let body = match (request.body.as_deref(), request.is_base64_encoded) {
         (None, _) => Vec::new(),
         (Some(b), false) => b.as_bytes().to_vec(),
@@ -251,13 +276,16 @@ pub async fn handle_api<L: Ledger, B: Bedrock>(
         api_request_id = request.request_context.request_id.as_deref().unwrap_or(""),
         reservation = %reservation_id,
         application = %application,
-        "converse"
+        operation = operation.path(),
+        "request"
     );
     match gateway
-        .converse_by(
+        .call(
             &application,
+            operation,
             &model,
             &body,
+            &headers,
             Front::Sync,
             &reservation_id,
             Some(deadline),
@@ -279,6 +307,9 @@ pub async fn handle_api<L: Ledger, B: Bedrock>(
 struct QueuedRequest {
     request_id: Option<String>,
     model_id: String,
+    /// `converse` (the default) or `invoke`, whose `request` is the model family's own body.
+    #[serde(default)]
+    operation: Option<String>,
     request: Value,
     /// How often the request was deferred over budget; informational.
     #[serde(default)]
@@ -327,12 +358,17 @@ async fn handle_message<L: Ledger, B: Bedrock, Q: Queues>(
         QueuedAdmission::Handled => Ok(()),
         QueuedAdmission::Admitted {
             ticket,
-            prepared,
+            shaped,
             context,
         } => {
-            let (ticket, called) = gateway.call_admitted(ticket, prepared, deadline).await;
+            let family = shaped.family;
+            let (ticket, sent) = gateway.call_admitted(ticket, shaped, deadline).await;
+            let read = match sent {
+                Ok(answer) => read_answer(family, answer),
+                Err(e) => Err(e.into()),
+            };
             let outcome = gateway
-                .complete(ticket, called, Front::Queue, &context.request_id)
+                .complete(ticket, read, Front::Queue, &context.request_id)
                 .await;
             queued_finish(queues, &context, outcome).await
         }
@@ -352,15 +388,15 @@ pub struct QueueContext {
 /// What [`queued_admit`] decided for a message.
 // One per message, moved and never copied (as `Admission`).
 #[allow(clippy::large_enum_variant)]
-pub enum QueuedAdmission<P> {
+pub enum QueuedAdmission {
     /// Answered, requeued or recognised as a duplicate already; nothing more to do.
     Handled,
     /// Reserved: call Bedrock, [`Gateway::complete`], then [`queued_finish`].
     Admitted {
         /// What to settle.
         ticket: crate::gateway::Ticket,
-        /// The prepared request.
-        prepared: P,
+        /// The request, checked and ready to send.
+        shaped: crate::ops::Shaped,
         /// Where the answer goes.
         context: QueueContext,
     },
@@ -376,7 +412,7 @@ pub async fn queued_admit<L: Ledger, B: Bedrock, Q: Queues>(
     message_id: &str,
     body: &str,
     deadline: Instant,
-) -> Result<QueuedAdmission<B::Prepared>, String> {
+) -> Result<QueuedAdmission, String> {
     let arn = queue_arn.to_string();
     let application = gateway
         .ledger()
@@ -424,8 +460,8 @@ pub async fn queued_admit<L: Ledger, B: Bedrock, Q: Queues>(
         // The caller's mistake, answered under the message ID (the requestId cannot be a key).
         let reply = Reply {
             status: 400,
-            headers: Vec::new(),
             body: serde_json::json!({ "error": "ValidationError", "field": "requestId", "message": message }),
+            ..Reply::default()
         };
         queues
             .send(
@@ -452,21 +488,36 @@ pub async fn queued_admit<L: Ledger, B: Bedrock, Q: Queues>(
         queued_finish(queues, &context, Outcome::Reply(reply)).await?;
         return Ok(QueuedAdmission::Handled);
     }
+    let operation = match queued.operation.as_deref() {
+        None | Some("converse") => Operation::Converse,
+        Some("invoke") => Operation::Invoke,
+        Some(other) => {
+            let reply = Reply::error(
+                400,
+                "ValidationException",
+                format!("`operation` `{other}` is not one the queue serves: `converse` or `invoke`"),
+            );
+            queued_finish(queues, &context, Outcome::Reply(reply)).await?;
+            return Ok(QueuedAdmission::Handled);
+        }
+    };
     let request_bytes = serde_json::to_vec(&queued.request).map_err(|e| e.to_string())?;
     match gateway
         .admit(
             &application,
+            operation,
             &queued.model_id,
             &request_bytes,
+            &[],
             Front::Queue,
             &request_id,
             deadline,
         )
         .await
     {
-        Admission::Admitted { ticket, prepared } => Ok(QueuedAdmission::Admitted {
+        Admission::Admitted { ticket, shaped } => Ok(QueuedAdmission::Admitted {
             ticket,
-            prepared,
+            shaped,
             context,
         }),
         Admission::Done(Outcome::Requeue { delay_seconds }) => {
@@ -498,17 +549,30 @@ pub async fn queued_admit<L: Ledger, B: Bedrock, Q: Queues>(
 /// or contended, a Bedrock server error or timeout (charged at its worst case; a retry is a new
 /// generation, reserved anew).
 pub fn is_transient(reply: &Reply) -> bool {
-    let code = reply.body["error"].as_str().unwrap_or("");
+    let code = error_code(reply);
     matches!(
-        (reply.status, code),
-        (429, "ThrottlingException")
+        (reply.status, code.as_str()),
+        (429, "ThrottlingException" | "ModelNotReadyException")
             | (
                 503,
-                "LedgerUnavailable" | "LedgerBusy" | "NotSent" | "CountTokensUnavailable"
+                "LedgerUnavailable"
+                    | "LedgerBusy"
+                    | "NotSent"
+                    | "CountTokensUnavailable"
+                    | "ServiceUnavailableException"
             )
+            | (_, "InternalServerException" | "ModelTimeoutException" | "ModelErrorException")
             | (502, _)
             | (504, _)
     )
+}
+
+/// A reply's error code: Bedrock's `x-amzn-ErrorType`, or the gateway's own `error`.
+fn error_code(reply: &Reply) -> String {
+    if let Some(kind) = reply.header("x-amzn-errortype") {
+        return kind.split(':').next().unwrap_or(kind).to_string();
+    }
+    reply.body["error"].as_str().unwrap_or("").to_string()
 }
 
 /// The second half: deliver the outcome of a queued request to its results queue. An `Err`
@@ -526,7 +590,7 @@ pub async fn queued_finish<Q: Queues>(
                 return Err(format!(
                     "transient answer {} `{}`: the message is retried",
                     reply.status,
-                    reply.body["error"].as_str().unwrap_or("")
+                    error_code(&reply)
                 ));
             }
             queues
@@ -543,5 +607,6 @@ pub async fn queued_finish<Q: Queues>(
         Outcome::Duplicate { result: None } => Ok(()),
         // Only admission requeues; it re-sends the message itself.
         Outcome::Requeue { .. } => Err("unexpected requeue after Bedrock answered".into()),
+        Outcome::Stream(_) => Err("unexpected stream on the queue front".into()),
     }
 }

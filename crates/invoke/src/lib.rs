@@ -1,6 +1,7 @@
 //! tokenfence's enforcing gateway.
 //!
-//! Every Converse request reserves its worst case in every window of its application before
+//! Every Bedrock runtime request (Converse, ConverseStream, InvokeModel, InvokeModelWithResponseStream)
+//! reserves its worst case in every window of its application before
 //! Bedrock is called, and is settled afterwards: to its actual usage, refunded when Bedrock refused
 //! it, at the worst case when Bedrock may have billed a generation whose usage is unknown. One core
 //! ([`gateway::Gateway`]) serves three fronts: API Gateway proxy events and SQS events in Lambda
@@ -12,6 +13,7 @@ pub mod gateway;
 pub mod http;
 pub mod lambda;
 pub mod metrics;
+pub mod ops;
 pub mod settings;
 pub mod step;
 

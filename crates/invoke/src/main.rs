@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use invoke::bedrock::SdkBedrock;
+use invoke::bedrock::SignedBedrock;
 use invoke::gateway::Gateway;
 use invoke::lambda::SdkQueues;
 use invoke::metrics::MetricsSink;
@@ -23,7 +23,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the gateway's HTTP API locally (POST /model/{modelId}/converse, GET /usage).
+    /// Serve the gateway's HTTP API locally: the Bedrock runtime's paths (POST
+    /// /model/{modelId}/converse, converse-stream, invoke, invoke-with-response-stream,
+    /// count-tokens) and GET /usage.
     Serve {
         /// The spec whose models, defaults and budgets to enforce.
         #[arg(long)]
@@ -40,6 +42,14 @@ enum Command {
         /// A file of `KEY=APPLICATION` lines.
         #[arg(long)]
         api_keys_file: Option<PathBuf>,
+        /// Serve HTTPS with this PEM certificate chain (with `--tls-key`). Clients that send
+        /// Bedrock API keys as `Authorization: Bearer` (boto3, Strands, LangChain) refuse plain
+        /// HTTP endpoints.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key of `--tls-cert`.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
 }
 
@@ -88,14 +98,14 @@ async fn run_lambda() -> Result<(), String> {
         aws_sdk_dynamodb::Client::new(&aws),
         table,
     ));
-    let bedrock = SdkBedrock::from_config(&aws);
+    let bedrock = SignedBedrock::from_config(&aws);
     let queues = Arc::new(SdkQueues::new(aws_sdk_sqs::Client::new(&aws)));
     if std::env::var("TOKENFENCE_ENGINE").as_deref() == Ok("step-functions-express") {
         // The steps of the Express workflow; API Gateway still proxies `GET /usage` here.
         settings.max_body_bytes = invoke::step::MAX_BODY_BYTES;
         let gateway = Arc::new(Gateway::new(
             ledger,
-            invoke::step::StepBedrock(bedrock),
+            bedrock,
             settings,
             MetricsSink::Stdout,
         ));
@@ -167,11 +177,17 @@ async fn run_cli(cli: Cli) -> Result<(), String> {
         ledger,
         api_keys,
         api_keys_file,
+        tls_cert,
+        tls_key,
     } = cli.command;
     let source = std::fs::read_to_string(&spec_path)
         .map_err(|e| format!("cannot read `{}`: {e}", spec_path.display()))?;
     let spec = spec::parse(&spec_path.display().to_string(), &source).map_err(|e| e.to_string())?;
     let keys = parse_keys(&api_keys, api_keys_file.as_ref())?;
+    let tls = match (&tls_cert, &tls_key) {
+        (Some(cert), Some(key)) => Some(invoke::http::tls_config(cert, key)?),
+        _ => None,
+    };
     if keys.is_empty() {
         return Err("give at least one `--api-key KEY=APPLICATION`".into());
     }
@@ -184,7 +200,7 @@ async fn run_cli(cli: Cli) -> Result<(), String> {
     }
     let settings = invoke::settings::from_spec(&spec);
     let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let bedrock = SdkBedrock::from_config(&aws);
+    let bedrock = SignedBedrock::from_config(&aws);
     match ledger.as_str() {
         "memory" => {
             serve(
@@ -194,6 +210,7 @@ async fn run_cli(cli: Cli) -> Result<(), String> {
                 &spec,
                 keys,
                 listen,
+                tls.clone(),
             )
             .await
         }
@@ -209,6 +226,7 @@ async fn run_cli(cli: Cli) -> Result<(), String> {
                     &spec,
                     keys,
                     listen,
+                    tls.clone(),
                 )
                 .await
             }
@@ -221,11 +239,12 @@ async fn run_cli(cli: Cli) -> Result<(), String> {
 
 async fn serve<L: Ledger>(
     ledger: Arc<L>,
-    bedrock: SdkBedrock,
+    bedrock: SignedBedrock,
     settings: invoke::Settings,
     spec: &spec::Spec,
     keys: HashMap<String, String>,
     listen: SocketAddr,
+    tls: Option<Arc<invoke::http::TlsConfig>>,
 ) -> Result<(), String> {
     for app in spec.applications.keys() {
         let config = invoke::settings::budget_from_spec(spec, app).expect("the application exists");
@@ -251,14 +270,19 @@ async fn serve<L: Ledger>(
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     eprintln!(
-        "invoke: serving `{}` on http://{addr} ({} application(s))",
+        "invoke: serving `{}` on {}://{addr} ({} application(s))",
         spec.name,
+        if tls.is_some() { "https" } else { "http" },
         spec.applications.len()
     );
-    axum::serve(listener, invoke::http::router(gateway, keys))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| e.to_string())
+    let router = invoke::http::router(gateway, keys);
+    match tls {
+        Some(tls) => invoke::http::serve_tls(listener, router, tls, shutdown_signal()).await,
+        None => axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .map_err(|e| e.to_string()),
+    }
 }
 
 /// Ctrl-C or SIGTERM: stop accepting connections and let requests in flight finish and settle.

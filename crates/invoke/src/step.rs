@@ -21,10 +21,9 @@ use ledger::Ledger;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::bedrock::{
-    Bedrock, BedrockError, ConverseInput, ConverseOutput, FieldError, SdkBedrock,
-};
-use crate::gateway::{Admission, Front, Gateway, Outcome, Reply, Ticket};
+use crate::bedrock::{BedrockError, SignedBedrock};
+use crate::gateway::{Admission, Answered, Failure, Front, Gateway, Outcome, Reply, Ticket};
+use crate::ops::Operation;
 use crate::lambda::{
     QueueContext, QueuedAdmission, Queues, application_of_key, queued_admit, queued_finish,
 };
@@ -33,34 +32,9 @@ use crate::lambda::{
 /// and the Converse parameters), so the engine takes bodies up to 96 KB.
 pub const MAX_BODY_BYTES: usize = 96 * 1024;
 
-/// [`Bedrock`] for the reserve step: requests are validated exactly as the Lambda engine
-/// validates them, but kept as JSON for the workflow's own Converse call. The step calls Bedrock
-/// only when the ledger is down and policy says to fail open.
-#[derive(Debug, Clone)]
-pub struct StepBedrock(pub SdkBedrock);
-
-impl Bedrock for StepBedrock {
-    type Prepared = Value;
-
-    fn prepare(&self, request: &Value) -> Result<Value, FieldError> {
-        ConverseInput::from_json(request)?;
-        Ok(request.clone())
-    }
-
-    async fn converse(
-        &self,
-        model_id: &str,
-        request: Value,
-    ) -> Result<ConverseOutput, BedrockError> {
-        let input = ConverseInput::from_json(&request).map_err(BedrockError::Field)?;
-        self.0.converse(model_id, input).await
-    }
-
-    async fn count_tokens(&self, model_id: &str, request: &Value) -> Result<u64, BedrockError> {
-        let input = ConverseInput::from_json(request).map_err(BedrockError::Field)?;
-        self.0.count_tokens(model_id, &input).await
-    }
-}
+/// The Bedrock the steps call directly: only when the ledger is down and policy says to fail
+/// open (the workflow calls Converse itself otherwise).
+pub type StepBedrock = SignedBedrock;
 
 /// Fields whose values are documents (free JSON): their keys are the caller's, never re-cased.
 const DOCUMENTS: &[&str] = &[
@@ -117,7 +91,7 @@ pub fn to_sfn(request: &Value, model_id: &str) -> Value {
 
 /// Converse's answer as the workflow passes it back, in Converse JSON with its usage (`None`
 /// when it carries none: settled at the worst case).
-pub fn from_sfn(output: &Value) -> ConverseOutput {
+pub fn from_sfn(output: &Value) -> Answered {
     let body = recase(output, lower_first);
     let usage = body.get("usage").filter(|u| u.is_object()).map(|u| {
         let n = |k: &str| u[k].as_u64().unwrap_or(0);
@@ -128,14 +102,21 @@ pub fn from_sfn(output: &Value) -> ConverseOutput {
             cache_write_tokens: n("cacheWriteInputTokens"),
         }
     });
-    ConverseOutput { body, usage }
+    Answered {
+        reply: Reply {
+            status: 200,
+            body,
+            ..Reply::default()
+        },
+        usage,
+    }
 }
 
 /// A failed Converse call as the workflow's `Catch` records it (`Error`, `Cause`), mapped to the
 /// errors the Lambda engine answers with, and so to the same settlement: Bedrock's refusals are
 /// refunded; `States.Timeout` (the state's own timeout), `States.DataLimitExceeded` (an answer
 /// too large to pass on), task failures and anything unknown are charged at the worst case.
-pub fn error_from_sfn(error: &Value) -> BedrockError {
+pub fn error_from_sfn(error: &Value) -> Failure {
     let name = error["Error"].as_str().unwrap_or("");
     let cause = error["Cause"].as_str().unwrap_or("").to_string();
     let text = format!("{name} {cause}");
@@ -148,21 +129,33 @@ pub fn error_from_sfn(error: &Value) -> BedrockError {
         return match name {
             "States.Timeout" => BedrockError::Timeout("timed out calling Bedrock".into()),
             _ => BedrockError::Failed(format!("{name}: {message}")),
+        }
+        .into();
+    }
+    let refusals = [
+        (429, "ThrottlingException"),
+        (429, "ModelNotReadyException"),
+        (503, "ServiceUnavailableException"),
+        (400, "ValidationException"),
+        (403, "AccessDeniedException"),
+        (404, "ResourceNotFoundException"),
+    ];
+    if let Some((status, kind)) = refusals.iter().find(|(_, k)| text.contains(k)) {
+        return Failure {
+            reply: Reply::error(*status, kind, message.clone()),
+            refundable: true,
+            reason: format!("{kind}: {message}"),
         };
     }
-    if text.contains("ThrottlingException")
-        || text.contains("ServiceUnavailableException")
-        || text.contains("ModelNotReadyException")
-    {
-        BedrockError::Throttled(message)
-    } else if text.contains("ValidationException") {
-        BedrockError::Validation(message)
-    } else if text.contains("AccessDeniedException") || text.contains("ResourceNotFoundException") {
-        BedrockError::Denied(message)
-    } else if text.contains("ModelTimeoutException") {
-        BedrockError::Timeout(message)
+    let (status, kind) = if text.contains("ModelTimeoutException") {
+        (408, "ModelTimeoutException")
     } else {
-        BedrockError::Failed(format!("{name}: {message}"))
+        (502, "BedrockFailed")
+    };
+    Failure {
+        reply: Reply::error(status, kind, format!("{name}: {message}")),
+        refundable: false,
+        reason: format!("{name}: {message}"),
     }
 }
 
@@ -230,7 +223,7 @@ pub fn api_reply(reply: &Reply) -> Value {
         .collect();
     json!({
         "next": "reply",
-        "reply": { "statusCode": reply.status, "headers": headers, "body": reply.body.to_string() }
+        "reply": { "statusCode": reply.status, "headers": headers, "body": String::from_utf8_lossy(&reply.bytes()) }
     })
 }
 
@@ -290,16 +283,18 @@ async fn reserve_sync<L: Ledger>(
     match gateway
         .admit(
             &application,
+            Operation::Converse,
             &model,
             &body,
+            &[],
             Front::Sync,
             &reservation_id,
             deadline,
         )
         .await
     {
-        Admission::Admitted { ticket, prepared } => {
-            let converse = to_sfn(&prepared, &ticket.plan.target);
+        Admission::Admitted { ticket, shaped } => {
+            let converse = to_sfn(&shaped.request, &ticket.plan.target);
             json!({
                 "next": "converse",
                 "front": "sync",
@@ -339,10 +334,31 @@ async fn reserve_queued<L: Ledger, Q: Queues>(
         QueuedAdmission::Handled => Ok(json!({ "next": "done" })),
         QueuedAdmission::Admitted {
             ticket,
-            prepared,
+            shaped,
             context,
         } => {
-            let converse = to_sfn(&prepared, &ticket.plan.target);
+            if shaped.operation != Operation::Converse {
+                let reply = Reply::error(
+                    400,
+                    "ValidationException",
+                    "the Step Functions engine serves `converse` only; send InvokeModel bodies to the Lambda engine",
+                );
+                let refunded = gateway
+                    .complete(
+                        ticket,
+                        Err(Failure {
+                            reply: reply.clone(),
+                            refundable: true,
+                            reason: "not sent".into(),
+                        }),
+                        Front::Queue,
+                        &context.request_id,
+                    )
+                    .await;
+                queued_finish(queues, &context, refunded).await?;
+                return Ok(json!({ "next": "done" }));
+            }
+            let converse = to_sfn(&shaped.request, &ticket.plan.target);
             Ok(json!({
                 "next": "converse",
                 "front": "queue",
@@ -365,7 +381,8 @@ async fn settle<L: Ledger, Q: Queues>(
         (_, Some(error)) => Err(error_from_sfn(error)),
         (None, None) => Err(BedrockError::Failed(
             "the workflow passed neither an output nor an error".into(),
-        )),
+        )
+        .into()),
     };
     let front = if e.front == "queue" {
         Front::Queue
@@ -432,10 +449,11 @@ mod tests {
             "Metrics": { "LatencyMs": 40 }
         });
         let out = from_sfn(&output);
-        assert_eq!(out.body["output"]["message"]["content"][0]["text"], "hello");
-        assert_eq!(out.body["stopReason"], "end_turn");
+        let body = &out.reply.body;
+        assert_eq!(body["output"]["message"]["content"][0]["text"], "hello");
+        assert_eq!(body["stopReason"], "end_turn");
         assert_eq!(
-            out.body["output"]["message"]["content"][1]["toolUse"]["input"],
+            body["output"]["message"]["content"][1]["toolUse"]["input"],
             json!({ "Query": "x" })
         );
         assert_eq!(
@@ -458,38 +476,24 @@ mod tests {
     fn workflow_errors_map_to_the_lambda_engines_answers() {
         let e =
             |error: &str, cause: &str| error_from_sfn(&json!({ "Error": error, "Cause": cause }));
-        assert!(
-            matches!(e("BedrockRuntime.ThrottlingException", "slow down"), BedrockError::Throttled(m) if m == "slow down")
-        );
+        let kind = |f: Failure| f.reply.header("x-amzn-errortype").unwrap_or("").to_string();
+        assert_eq!(kind(e("BedrockRuntime.ThrottlingException", "slow down")), "ThrottlingException");
         // moto names every aws-sdk error after the service; the cause still carries the code.
-        assert!(matches!(
-            e(
+        assert_eq!(
+            kind(e(
                 "bedrockruntime.bedrockruntimeException",
                 "An error occurred (ValidationException) when calling"
-            ),
-            BedrockError::Validation(_)
-        ));
-        assert!(matches!(
-            e("BedrockRuntime.AccessDeniedException", ""),
-            BedrockError::Denied(_)
-        ));
-        assert!(
-            matches!(e("States.Timeout", ""), BedrockError::Timeout(m) if m == "timed out calling Bedrock")
+            )),
+            "ValidationException"
         );
-        assert!(
-            matches!(e("States.TaskFailed", "boom"), BedrockError::Failed(m) if m == "States.TaskFailed: boom")
-        );
+        assert_eq!(e("BedrockRuntime.AccessDeniedException", "").reply.status, 403);
+        assert_eq!(e("States.Timeout", "").reply.status, 504);
+        assert_eq!(e("States.TaskFailed", "boom").reason, "States.TaskFailed: boom");
         // A States error is the workflow's, whatever its cause says: never a refusal.
-        assert!(matches!(
-            e(
-                "States.DataLimitExceeded",
-                "ThrottlingException in the output"
-            ),
-            BedrockError::Failed(_)
-        ));
-        assert!(!e("States.Timeout", "").refundable());
-        assert!(!e("BedrockRuntime.InternalServerException", "").refundable());
-        assert!(!e("BedrockRuntime.ModelTimeoutException", "").refundable());
+        assert!(!e("States.DataLimitExceeded", "ThrottlingException in the output").refundable);
+        assert!(!e("States.Timeout", "").refundable);
+        assert!(!e("BedrockRuntime.InternalServerException", "").refundable);
+        assert!(!e("BedrockRuntime.ModelTimeoutException", "").refundable);
         for refused in [
             "BedrockRuntime.ThrottlingException",
             "BedrockRuntime.ModelNotReadyException",
@@ -498,7 +502,7 @@ mod tests {
             "BedrockRuntime.AccessDeniedException",
             "BedrockRuntime.ResourceNotFoundException",
         ] {
-            assert!(e(refused, "").refundable(), "{refused}");
+            assert!(e(refused, "").refundable, "{refused}");
         }
     }
 

@@ -133,7 +133,7 @@ async fn failed_settlements_are_retried_inline_until_they_land() {
         .await;
     let failing = prompt("[[stub:error]]");
     let (failed, headers, _) = env.converse("key-capped", "lite", &failing).await;
-    assert_eq!((ok, failed), (200, 502));
+    assert_eq!((ok, failed), (200, 500));
     assert_eq!(headers["x-tokenfence-charged"], "worst-case");
     // No waiting: both settlements landed before their answers.
     assert_eq!(

@@ -73,7 +73,7 @@ fn fixture(name: &str) -> Value {
 
 struct Env {
     stub: bedrock_stub::Stub,
-    gateway: Gateway<MemoryLedger, invoke::bedrock::SdkBedrock>,
+    gateway: Gateway<MemoryLedger, invoke::bedrock::SignedBedrock>,
     queues: CapturedQueues,
 }
 
@@ -150,14 +150,14 @@ async fn api_gateway_requests_are_identified_by_their_api_key_id() {
     );
     assert!(body["windows"][0]["usedTokens"].as_u64().unwrap() > 0);
 
-    // The body cannot choose the application: an applicationId field is refused, not trusted.
+    // The body cannot choose the application: an applicationId field is passed to Bedrock, which
+    // refuses what it does not know, and nothing is charged to `batch`.
     let mut event = fixture("apigw-converse.json");
     event["body"] = json!(json!({ "applicationId": "batch", "messages": [{ "role": "user", "content": [{ "text": "x" }] }] }).to_string());
-    let (status, _, body) = api(&env, event).await;
-    assert_eq!(
-        (status, body["field"].as_str()),
-        (400, Some("applicationId"))
-    );
+    let (status, headers, body) = api(&env, event).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("applicationId"), "{body}");
+    assert!(format!("{headers:?}").contains("ValidationException"), "{headers:?}");
 
     for (mutate, status, code) in [
         (json!({ "apiKeyId": "someone-else" }), 403, "InvalidApiKey"),
@@ -172,7 +172,8 @@ async fn api_gateway_requests_are_identified_by_their_api_key_id() {
     event["body"] = json!("{\"messages\": 3}");
     let (status, _, body) = api(&env, event).await;
     assert_eq!((status, body["field"].as_str()), (400, Some("messages")));
-    assert_eq!(env.stub.requests(), 2);
+    // Two answered requests, and the applicationId one Bedrock refused.
+    assert_eq!(env.stub.requests(), 3);
 }
 
 #[tokio::test]

@@ -36,7 +36,7 @@ async fn errors_are_json_with_status_and_field() {
         (Some("key-capped"), "lite", b"{}".to_vec(), 400, "ValidationError", Some("messages")),
         (Some("key-capped"), "lite", br#"{"messages": []}"#.to_vec(), 400, "ValidationError", Some("messages")),
         (Some("key-capped"), "lite", json!({"messages": [{"role": "user", "content": [{"text": "x"}]}], "inferenceConfig": {"maxTokens": 0}}).to_string().into_bytes(), 400, "ValidationError", Some("inferenceConfig.maxTokens")),
-        (Some("key-capped"), "lite", json!({"messages": [{"role": "user", "content": [{"video": {}}]}]}).to_string().into_bytes(), 400, "ValidationError", Some("messages[0].content[0].video")),
+        (Some("key-capped"), "lite", json!({"messages": [{"role": "user", "content": [{"video": {"format": "mp4", "source": {"s3Location": {"uri": "s3://b/v.mp4"}}}}]}]}).to_string().into_bytes(), 400, "ValidationError", Some("messages[0].content[0].video.source.s3Location")),
         (Some("key-capped"), "lite", vec![b' '; 5000], 413, "PayloadTooLarge", None),
     ];
     for (key, model, body, status, code, field) in cases {
@@ -235,23 +235,22 @@ async fn shadow_mode_never_blocks_but_reports() {
 async fn bedrock_refusals_are_refunded_and_failures_after_start_charged_at_the_worst_case() {
     let env = start(Arc::new(MemoryLedger::new()), SPEC, |_| {}).await;
     // Refusals: Bedrock generated nothing, so the reservation is refunded.
+    // Bedrock's answers are passed on as it sent them: status, `x-amzn-ErrorType`, body.
     for (marker, status, code) in [
         ("[[stub:throttle]]", 429, "ThrottlingException"),
-        ("[[stub:notready]]", 429, "ThrottlingException"),
-        ("[[stub:unavailable]]", 429, "ThrottlingException"),
+        ("[[stub:notready]]", 429, "ModelNotReadyException"),
+        ("[[stub:unavailable]]", 503, "ServiceUnavailableException"),
         ("[[stub:invalid]]", 400, "ValidationException"),
         ("[[stub:denied]]", 403, "AccessDeniedException"),
     ] {
         let (got, headers, body) = env.converse("key-capped", "lite", &prompt(marker)).await;
         assert_eq!(
-            (got, body["error"].as_str()),
-            (status, Some(code)),
+            (got, headers["x-amzn-errortype"].to_str().unwrap()),
+            (status, code),
             "{marker}: {body}"
         );
+        assert!(body["message"].is_string(), "Bedrock's own body: {body}");
         assert!(!headers.contains_key("x-tokenfence-charged"));
-        if status == 429 {
-            assert!(headers.contains_key("retry-after"));
-        }
     }
     assert_eq!(env.gateway.ledger().open_reservations(), 0);
     assert!(
@@ -268,15 +267,15 @@ async fn bedrock_refusals_are_refunded_and_failures_after_start_charged_at_the_w
     // After the generation started: charged the whole reservation, and the caller is told.
     let mut charged = 0;
     for (marker, status, code) in [
-        ("[[stub:error]]", 502, "BedrockFailed"),
-        ("[[stub:modeltimeout]]", 504, "BedrockTimeout"),
+        ("[[stub:error]]", 500, "InternalServerException"),
+        ("[[stub:modeltimeout]]", 408, "ModelTimeoutException"),
         ("[[stub:nousage]]", 200, ""),
     ] {
         let body = prompt(marker);
         let (got, headers, reply) = env.converse("key-capped", "lite", &body).await;
         assert_eq!(got, status, "{marker}: {reply}");
         if !code.is_empty() {
-            assert_eq!(reply["error"], code);
+            assert_eq!(headers["x-amzn-errortype"], code);
         }
         assert_eq!(
             headers
@@ -450,7 +449,12 @@ async fn a_key_spends_only_its_own_applications_budget() {
         .status();
     assert_eq!(
         status, 400,
-        "a field the gateway does not pass on is refused"
+        "the field reaches Bedrock, which refuses what it does not know"
+    );
+    assert_eq!(
+        env.stub.billed_tokens(),
+        0,
+        "and nothing was charged to anyone"
     );
     // `capped`'s model is not `other`'s to call either.
     let (status, _, _) = env.converse("key-other", "lite", &prompt("x")).await;

@@ -140,7 +140,7 @@ async fn report_reads_back_what_the_gateway_emitted() {
     let captured = Arc::new(Mutex::new(Vec::new()));
     let gateway = Arc::new(Gateway::new(
         Arc::clone(&ledger),
-        invoke::bedrock::SdkBedrock::from_config(&bedrock_config),
+        invoke::bedrock::SignedBedrock::from_config(&bedrock_config),
         invoke::settings::from_spec(&spec),
         MetricsSink::Capture(Arc::clone(&captured)),
     ));

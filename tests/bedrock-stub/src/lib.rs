@@ -1,5 +1,9 @@
-//! A test double of the Bedrock runtime's Converse and CountTokens APIs. No AWS emulator
-//! implements them, so tests and benchmarks point `AWS_ENDPOINT_URL_BEDROCK_RUNTIME` here.
+//! A test double of the Bedrock runtime: Converse, ConverseStream, InvokeModel (Anthropic
+//! Messages, Amazon Nova and Meta Llama bodies), InvokeModelWithResponseStream and CountTokens.
+//! No AWS emulator implements them, so tests and benchmarks point
+//! `AWS_ENDPOINT_URL_BEDROCK_RUNTIME` here. Streams speak the event-stream framing
+//! (`application/vnd.amazon.eventstream`, encoded by `aws-smithy-eventstream`) with Bedrock's
+//! event shapes, so real SDKs parse them.
 //!
 //! It bills as Bedrock does, at least as strictly: **every started generation is billed** the
 //! moment it starts, whether the caller then times out, disconnects or gets a server error; only
@@ -19,7 +23,16 @@
 //! (400), `[[stub:denied]]` (403), `[[stub:notready]]` (429 ModelNotReadyException),
 //! `[[stub:unavailable]]` (503); after the generation started `[[stub:error]]` (500),
 //! `[[stub:modeltimeout]]` (408 ModelTimeoutException), `[[stub:nousage]]` (200 without `usage`);
-//! `[[stub:sleep=MS]]` (latency after the generation started), `[[stub:output=N]]`.
+//! `[[stub:sleep=MS]]` (latency after the generation started), `[[stub:output=N]]`. Streams
+//! also take `[[stub:streamerror]]` (a `modelStreamErrorException` event after the first
+//! delta), `[[stub:streamcut]]` (the connection cut after the first delta) and
+//! `[[stub:gap=MS]]` (a pause between events). A stream is billed in full when it starts, as a
+//! started generation is, whoever reads it.
+//!
+//! Native bodies are counted as Converse's are: Anthropic `messages` (string or blocks),
+//! `system`, `tools` (JSON bytes / 4 plus the tool prompt); Nova as Converse; Llama `prompt`
+//! bytes / 4 plus 3. Output caps: Anthropic `max_tokens`, Nova `inferenceConfig.max_new_tokens`,
+//! Llama `max_gen_len`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -70,6 +83,7 @@ pub struct Billed {
 struct Shared {
     billed: Mutex<BTreeMap<String, Billed>>,
     requests: Mutex<u64>,
+    last: Mutex<Option<(String, bytes::Bytes)>>,
 }
 
 /// A running stub.
@@ -101,6 +115,11 @@ impl Stub {
     /// Converse requests received, successful or not.
     pub fn requests(&self) -> u64 {
         *self.shared.requests.lock().expect("stub lock")
+    }
+
+    /// The last request received: its path under `/model/` and its body, byte for byte.
+    pub fn last_request(&self) -> Option<(String, bytes::Bytes)> {
+        self.shared.last.lock().expect("stub lock").clone()
     }
 
     /// Every token billed, over every model.
@@ -140,8 +159,7 @@ pub async fn start(addr: SocketAddr, config: StubConfig) -> std::io::Result<Stub
 
 fn router(shared: Arc<Shared>, config: StubConfig) -> Router {
     Router::new()
-        .route("/model/{model_id}/converse", post(converse))
-        .route("/model/{model_id}/count-tokens", post(count_tokens))
+        .route("/model/{model_id}/{operation}", post(operation))
         .route("/_stub/billed", get(billed))
         .with_state((shared, Arc::new(config)))
 }
@@ -184,6 +202,70 @@ fn error(status: StatusCode, kind: &str, message: &str) -> Response {
         HeaderValue::from_str(&request_id()).expect("ascii"),
     );
     (status, headers, json!({ "message": message }).to_string()).into_response()
+}
+
+/// A native InvokeModel body in Converse's shape, for counting: Anthropic's string contents and
+/// typed blocks become `text` / `image` blocks, `tools` a `toolConfig`; Llama's prompt one
+/// message.
+fn as_converse(family: &str, body: &Value) -> Value {
+    match family {
+        "anthropic" => {
+            let block = |b: &Value| -> Value {
+                match b {
+                    Value::String(t) => json!({ "text": t }),
+                    _ => match b.get("type").and_then(Value::as_str) {
+                        Some("text") => json!({ "text": b["text"] }),
+                        Some("image") => json!({ "image": {} }),
+                        Some("cache_control") => json!({ "cachePoint": {} }),
+                        _ => json!({ "text": b.to_string() }),
+                    },
+                }
+            };
+            let blocks = |c: &Value| -> Vec<Value> {
+                match c {
+                    Value::Array(items) => {
+                        let mut out = Vec::new();
+                        for item in items {
+                            out.push(block(item));
+                            if item.get("cache_control").is_some() {
+                                out.push(json!({ "cachePoint": {} }));
+                            }
+                        }
+                        out
+                    }
+                    other => vec![block(other)],
+                }
+            };
+            let messages: Vec<Value> = body["messages"]
+                .as_array()
+                .map(|m| {
+                    m.iter()
+                        .map(|m| json!({ "role": m["role"], "content": blocks(&m["content"]) }))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut out = json!({ "messages": messages });
+            if let Some(system) = body.get("system") {
+                out["system"] = json!(blocks(system));
+            }
+            if let Some(tools) = body.get("tools").and_then(Value::as_array)
+                && !tools.is_empty()
+            {
+                let forced = body
+                    .pointer("/tool_choice/type")
+                    .and_then(Value::as_str)
+                    .is_some_and(|t| t == "any" || t == "tool");
+                let mut config = json!({ "tools": tools.iter().map(|t| json!({ "toolSpec": t })).collect::<Vec<_>>() });
+                if forced {
+                    config["toolChoice"] = json!({ "any": {} });
+                }
+                out["toolConfig"] = config;
+            }
+            out
+        }
+        "llama" => json!({ "messages": [{ "role": "user", "content": [{ "text": body["prompt"] }] }] }),
+        _ => body.clone(),
+    }
 }
 
 fn texts(request: &Value) -> Vec<(String, bool)> {
@@ -337,9 +419,41 @@ fn output_cap(request: &Value) -> u64 {
     max.unwrap_or(4096)
 }
 
-async fn count_tokens(
-    State((shared, _)): State<AppState>,
-    Path(model_id): Path<String>,
+fn family_of(model_id: &str) -> &'static str {
+    let base = model_id.rsplit('/').next().unwrap_or(model_id);
+    if base.contains("anthropic.") {
+        "anthropic"
+    } else if base.contains("amazon.nova") {
+        "nova"
+    } else if base.contains("meta.llama") {
+        "llama"
+    } else {
+        "other"
+    }
+}
+
+async fn operation(
+    State(state): State<AppState>,
+    Path((model_id, operation)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    *state.0.last.lock().expect("stub lock") = Some((format!("{model_id}/{operation}"), body.clone()));
+    match operation.as_str() {
+        "count-tokens" => count_tokens(state, model_id, body),
+        "converse" | "converse-stream" | "invoke" | "invoke-with-response-stream" => {
+            generate(state, model_id, &operation, body).await
+        }
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "UnknownOperationException",
+            "stub: unknown operation",
+        ),
+    }
+}
+
+fn count_tokens(
+    (shared, _): AppState,
+    model_id: String,
     body: axum::body::Bytes,
 ) -> Response {
     *shared.requests.lock().expect("stub lock") += 1;
@@ -371,24 +485,88 @@ async fn count_tokens(
         .into_response()
 }
 
-async fn converse(
-    State((shared, config)): State<AppState>,
-    Path(model_id): Path<String>,
+/// The top-level fields of a Converse request.
+const CONVERSE_FIELDS: &[&str] = &[
+    "messages",
+    "system",
+    "inferenceConfig",
+    "toolConfig",
+    "guardrailConfig",
+    "additionalModelRequestFields",
+    "promptVariables",
+    "additionalModelResponseFieldPaths",
+    "requestMetadata",
+    "performanceConfig",
+    "serviceTier",
+    "outputConfig",
+];
+
+/// One generation: what the model was asked and what it produced.
+struct Generation {
+    model_id: String,
+    family: &'static str,
+    input: u64,
+    cache_read: u64,
+    cache_write: u64,
+    output: u64,
+    stop: &'static str,
+    latency: Duration,
+    texts: Vec<(String, bool)>,
+}
+
+async fn generate(
+    (shared, config): AppState,
+    model_id: String,
+    operation: &str,
     body: axum::body::Bytes,
 ) -> Response {
     *shared.requests.lock().expect("stub lock") += 1;
-    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+    let Ok(raw) = serde_json::from_slice::<Value>(&body) else {
         return error(
             StatusCode::BAD_REQUEST,
             "ValidationException",
             "malformed JSON",
         );
     };
-    if request.get("messages").and_then(Value::as_array).is_none() {
+    let native = operation.starts_with("invoke");
+    let family = if native { family_of(&model_id) } else { "converse" };
+    if native && family == "other" {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "ValidationException",
+            "stub: no native body format for this model",
+        );
+    }
+    // Converse's schema: a top-level field Bedrock does not know is refused, as its native-body
+    // validation refuses one ("extraneous key [...] is not permitted").
+    if !native
+        && let Some(unknown) = raw.as_object().and_then(|o| {
+            o.keys().find(|k| !CONVERSE_FIELDS.contains(&k.as_str())).cloned()
+        })
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "ValidationException",
+            &format!("Malformed input request: extraneous key [{unknown}] is not permitted"),
+        );
+    }
+    let request = as_converse(family, &raw);
+    let missing = match family {
+        "llama" => !raw.get("prompt").is_some_and(Value::is_string),
+        _ => request.get("messages").and_then(Value::as_array).is_none(),
+    };
+    if missing {
         return error(
             StatusCode::BAD_REQUEST,
             "ValidationException",
             "messages is required",
+        );
+    }
+    if family == "anthropic" && raw.get("max_tokens").and_then(Value::as_u64).is_none() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "ValidationException",
+            "max_tokens: field required",
         );
     }
     let texts = texts(&request);
@@ -431,8 +609,19 @@ async fn converse(
         }
     }
     // The generation starts: it is billed now, whatever becomes of the answer.
-    let (input, cache_read, cache_write) = input_usage(&model_id, &request);
-    let cap = output_cap(&request);
+    let (mut input, cache_read, cache_write) = input_usage(&model_id, &request);
+    if family == "llama" {
+        input = (raw["prompt"].as_str().unwrap_or("").len() as u64).div_ceil(4) + 3;
+    }
+    let cap = match family {
+        "anthropic" => raw["max_tokens"].as_u64().unwrap_or(4096),
+        "nova" => raw
+            .pointer("/inferenceConfig/max_new_tokens")
+            .and_then(Value::as_u64)
+            .unwrap_or(5000),
+        "llama" => raw["max_gen_len"].as_u64().unwrap_or(512),
+        _ => output_cap(&request),
+    };
     let wanted = marker(&texts, "output")
         .and_then(|v| v.parse().ok())
         .unwrap_or(config.output_tokens);
@@ -472,20 +661,47 @@ async fn converse(
             "stub: the model timed out",
         );
     }
-    let mut usage = json!({ "inputTokens": input, "outputTokens": output, "totalTokens": input + output + cache_read + cache_write });
-    if cache_read > 0 {
-        usage["cacheReadInputTokens"] = json!(cache_read);
+    let g = Generation {
+        model_id,
+        family,
+        input,
+        cache_read,
+        cache_write,
+        output,
+        stop,
+        latency,
+        texts,
+    };
+    match operation {
+        "converse" => converse_answer(&g),
+        "invoke" => invoke_answer(&g),
+        _ => stream_answer(g, operation == "converse-stream"),
     }
-    if cache_write > 0 {
-        usage["cacheWriteInputTokens"] = json!(cache_write);
+}
+
+fn reply_text(g: &Generation) -> String {
+    format!("stub reply from {}: {} tokens", g.model_id, g.output)
+}
+
+fn converse_usage(g: &Generation) -> Value {
+    let mut usage = json!({ "inputTokens": g.input, "outputTokens": g.output, "totalTokens": g.input + g.output + g.cache_read + g.cache_write });
+    if g.cache_read > 0 {
+        usage["cacheReadInputTokens"] = json!(g.cache_read);
     }
+    if g.cache_write > 0 {
+        usage["cacheWriteInputTokens"] = json!(g.cache_write);
+    }
+    usage
+}
+
+fn converse_answer(g: &Generation) -> Response {
     let mut body = json!({
-        "output": { "message": { "role": "assistant", "content": [{ "text": format!("stub reply from {model_id}: {output} tokens") }] } },
-        "stopReason": stop,
-        "usage": usage,
-        "metrics": { "latencyMs": latency.as_millis() as u64 }
+        "output": { "message": { "role": "assistant", "content": [{ "text": reply_text(g) }] } },
+        "stopReason": g.stop,
+        "usage": converse_usage(g),
+        "metrics": { "latencyMs": g.latency.as_millis() as u64 }
     });
-    if marker(&texts, "nousage").is_some() {
+    if marker(&g.texts, "nousage").is_some() {
         body.as_object_mut().expect("an object").remove("usage");
     }
     (
@@ -496,4 +712,205 @@ async fn converse(
         body.to_string(),
     )
         .into_response()
+}
+
+fn invoke_answer(g: &Generation) -> Response {
+    let nousage = marker(&g.texts, "nousage").is_some();
+    let text = reply_text(g);
+    let body = match g.family {
+        "anthropic" => {
+            let mut b = json!({
+                "id": format!("msg_{}", request_id()), "type": "message", "role": "assistant",
+                "model": g.model_id, "content": [{ "type": "text", "text": text }],
+                "stop_reason": g.stop, "stop_sequence": null,
+                "usage": { "input_tokens": g.input, "output_tokens": g.output,
+                           "cache_read_input_tokens": g.cache_read, "cache_creation_input_tokens": g.cache_write }
+            });
+            if nousage {
+                b.as_object_mut().expect("object").remove("usage");
+            }
+            b
+        }
+        "nova" => {
+            let mut b = json!({
+                "output": { "message": { "role": "assistant", "content": [{ "text": text }] } },
+                "stopReason": g.stop,
+                "usage": { "inputTokens": g.input, "outputTokens": g.output, "totalTokens": g.input + g.output,
+                           "cacheReadInputTokenCount": g.cache_read, "cacheWriteInputTokenCount": g.cache_write }
+            });
+            if nousage {
+                b.as_object_mut().expect("object").remove("usage");
+            }
+            b
+        }
+        _ => {
+            let mut b = json!({
+                "generation": text, "prompt_token_count": g.input, "generation_token_count": g.output,
+                "stop_reason": if g.stop == "max_tokens" { "length" } else { "stop" }
+            });
+            if nousage {
+                let o = b.as_object_mut().expect("object");
+                o.remove("prompt_token_count");
+                o.remove("generation_token_count");
+            }
+            b
+        }
+    };
+    let mut headers = vec![
+        ("content-type", "application/json".to_string()),
+        ("x-amzn-requestid", request_id()),
+    ];
+    if !nousage {
+        headers.extend([
+            ("x-amzn-bedrock-input-token-count", g.input.to_string()),
+            ("x-amzn-bedrock-output-token-count", g.output.to_string()),
+            ("x-amzn-bedrock-invocation-latency", g.latency.as_millis().to_string()),
+        ]);
+        if g.cache_read > 0 {
+            headers.push(("x-amzn-bedrock-cache-read-input-token-count", g.cache_read.to_string()));
+        }
+        if g.cache_write > 0 {
+            headers.push(("x-amzn-bedrock-cache-write-input-token-count", g.cache_write.to_string()));
+        }
+    }
+    let mut response = body.to_string().into_response();
+    for (name, value) in headers {
+        response.headers_mut().insert(name, HeaderValue::from_str(&value).expect("ascii"));
+    }
+    response
+}
+
+/// One event-stream frame (`:message-type`, `:event-type` or `:exception-type`, JSON payload).
+fn frame(kind: &str, name: &str, payload: &Value) -> bytes::Bytes {
+    use aws_smithy_types::event_stream::{Header, HeaderValue as H, Message};
+    let type_header = if kind == "exception" { ":exception-type" } else { ":event-type" };
+    let message = Message::new(bytes::Bytes::from(payload.to_string()))
+        .add_header(Header::new(":message-type", H::String(kind.to_string().into())))
+        .add_header(Header::new(type_header, H::String(name.to_string().into())))
+        .add_header(Header::new(":content-type", H::String("application/json".into())));
+    let mut out = Vec::new();
+    aws_smithy_eventstream::frame::write_message_to(&message, &mut out).expect("a frame");
+    bytes::Bytes::from(out)
+}
+
+/// An InvokeModelWithResponseStream `chunk` event: the model's own event, base64 in `bytes`.
+fn chunk(inner: &Value) -> bytes::Bytes {
+    frame(
+        "event",
+        "chunk",
+        &json!({ "bytes": aws_smithy_types::base64::encode(inner.to_string()) }),
+    )
+}
+
+fn stream_events(g: &Generation, converse: bool) -> (Vec<bytes::Bytes>, Vec<bytes::Bytes>) {
+    // (events up to and including the first delta, the rest)
+    let text = reply_text(g);
+    let (first, second) = text.split_at(text.len() / 2);
+    let nousage = marker(&g.texts, "nousage").is_some();
+    let metrics = json!({ "inputTokenCount": g.input, "outputTokenCount": g.output,
+        "invocationLatency": g.latency.as_millis() as u64, "firstByteLatency": 1,
+        "cacheReadInputTokenCount": g.cache_read, "cacheWriteInputTokenCount": g.cache_write });
+    if converse {
+        let head = vec![
+            frame("event", "messageStart", &json!({ "role": "assistant" })),
+            frame("event", "contentBlockDelta", &json!({ "contentBlockIndex": 0, "delta": { "text": first } })),
+        ];
+        let mut tail = vec![
+            frame("event", "contentBlockDelta", &json!({ "contentBlockIndex": 0, "delta": { "text": second } })),
+            frame("event", "contentBlockStop", &json!({ "contentBlockIndex": 0 })),
+            frame("event", "messageStop", &json!({ "stopReason": g.stop })),
+        ];
+        if !nousage {
+            tail.push(frame("event", "metadata", &json!({ "usage": converse_usage(g), "metrics": { "latencyMs": g.latency.as_millis() as u64 } })));
+        }
+        return (head, tail);
+    }
+    match g.family {
+        "anthropic" => {
+            let head = vec![
+                chunk(&json!({ "type": "message_start", "message": { "id": format!("msg_{}", request_id()), "type": "message", "role": "assistant", "model": g.model_id, "content": [], "stop_reason": null, "stop_sequence": null,
+                    "usage": { "input_tokens": g.input, "output_tokens": 1, "cache_read_input_tokens": g.cache_read, "cache_creation_input_tokens": g.cache_write } } })),
+                chunk(&json!({ "type": "content_block_start", "index": 0, "content_block": { "type": "text", "text": "" } })),
+                chunk(&json!({ "type": "content_block_delta", "index": 0, "delta": { "type": "text_delta", "text": first } })),
+            ];
+            let mut stop = json!({ "type": "message_stop" });
+            if !nousage {
+                stop["amazon-bedrock-invocationMetrics"] = metrics;
+            }
+            let mut tail = vec![
+                chunk(&json!({ "type": "content_block_delta", "index": 0, "delta": { "type": "text_delta", "text": second } })),
+                chunk(&json!({ "type": "content_block_stop", "index": 0 })),
+            ];
+            if !nousage {
+                tail.push(chunk(&json!({ "type": "message_delta", "delta": { "stop_reason": g.stop, "stop_sequence": null }, "usage": { "output_tokens": g.output } })));
+            }
+            tail.push(chunk(&stop));
+            (head, tail)
+        }
+        "nova" => {
+            let head = vec![
+                chunk(&json!({ "messageStart": { "role": "assistant" } })),
+                chunk(&json!({ "contentBlockDelta": { "delta": { "text": first }, "contentBlockIndex": 0 } })),
+            ];
+            let mut last = json!({ "metadata": { "usage": { "inputTokens": g.input, "outputTokens": g.output } } });
+            let mut tail = vec![
+                chunk(&json!({ "contentBlockDelta": { "delta": { "text": second }, "contentBlockIndex": 0 } })),
+                chunk(&json!({ "contentBlockStop": { "contentBlockIndex": 0 } })),
+                chunk(&json!({ "messageStop": { "stopReason": g.stop } })),
+            ];
+            if !nousage {
+                last["amazon-bedrock-invocationMetrics"] = metrics;
+                tail.push(chunk(&last));
+            }
+            (head, tail)
+        }
+        _ => {
+            let head = vec![chunk(&json!({ "generation": first, "prompt_token_count": g.input, "generation_token_count": 1, "stop_reason": null }))];
+            let mut last = json!({ "generation": second, "prompt_token_count": null, "generation_token_count": g.output,
+                "stop_reason": if g.stop == "max_tokens" { "length" } else { "stop" } });
+            if nousage {
+                last["generation_token_count"] = Value::Null;
+            } else {
+                last["amazon-bedrock-invocationMetrics"] = metrics;
+            }
+            (head, vec![chunk(&last)])
+        }
+    }
+}
+
+fn stream_answer(g: Generation, converse: bool) -> Response {
+    let (head, tail) = stream_events(&g, converse);
+    let gap = marker(&g.texts, "gap")
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_millis);
+    let cut = marker(&g.texts, "streamcut").is_some();
+    let failing = marker(&g.texts, "streamerror").is_some();
+    let mut events: Vec<Result<bytes::Bytes, std::io::Error>> = head.into_iter().map(Ok).collect();
+    if failing {
+        events.push(Ok(frame(
+            "exception",
+            "modelStreamErrorException",
+            &json!({ "message": "stub: the model stream failed", "originalStatusCode": 500 }),
+        )));
+    } else if cut {
+        // A pause first, so the head is on the wire before the connection breaks.
+        events.push(Ok(bytes::Bytes::new()));
+        events.push(Err(std::io::Error::other("stub: connection cut")));
+    } else {
+        events.extend(tail.into_iter().map(Ok));
+    }
+    let stream = futures_util::stream::unfold(events.into_iter(), move |mut it| async move {
+        let next = it.next()?;
+        match (&next, gap) {
+            (Ok(b), _) if b.is_empty() => tokio::time::sleep(Duration::from_millis(50)).await,
+            (_, Some(gap)) => tokio::time::sleep(gap).await,
+            _ => {}
+        }
+        Some((next, it))
+    });
+    let mut response = axum::body::Body::from_stream(stream).into_response();
+    let headers = response.headers_mut();
+    headers.insert("content-type", HeaderValue::from_static("application/vnd.amazon.eventstream"));
+    headers.insert("x-amzn-requestid", HeaderValue::from_str(&request_id()).expect("ascii"));
+    response
 }

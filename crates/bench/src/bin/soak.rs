@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
 use aws_sdk_dynamodb::types::AttributeValue;
-use invoke::bedrock::SdkBedrock;
+use invoke::bedrock::SignedBedrock;
 use invoke::gateway::Gateway;
 use invoke::lambda::SdkQueues;
 use invoke::metrics::MetricsSink;
@@ -249,7 +249,7 @@ async fn main() {
     let spec = spec::parse(&spec_path, &source).unwrap();
     let gateway = Arc::new(Gateway::new(
         Arc::clone(&ledger),
-        SdkBedrock::from_config(&bedrock_conf),
+        SignedBedrock::from_config(&bedrock_conf),
         invoke::settings::from_spec(&spec),
         MetricsSink::Capture(Arc::default()),
     ));

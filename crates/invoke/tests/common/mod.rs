@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use bedrock_stub::{Stub, StubConfig};
 use budget::{PriceBook, Usage};
-use invoke::bedrock::SdkBedrock;
+use invoke::bedrock::SignedBedrock;
 use invoke::gateway::{Gateway, Settings};
 use invoke::metrics::MetricsSink;
 use ledger::Ledger;
@@ -38,7 +38,7 @@ applications:
 "#;
 
 /// An SDK Bedrock client pointed at the stub with dummy credentials.
-pub async fn bedrock_for(stub: &Stub) -> SdkBedrock {
+pub async fn bedrock_for(stub: &Stub) -> SignedBedrock {
     let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .endpoint_url(stub.url())
         .region(aws_config::Region::new("us-east-1"))
@@ -47,15 +47,18 @@ pub async fn bedrock_for(stub: &Stub) -> SdkBedrock {
         ))
         .load()
         .await;
-    SdkBedrock::from_config(&config)
+    SignedBedrock::from_config(&config)
 }
 
 pub struct Env<L: Ledger> {
     pub stub: Stub,
-    pub gateway: Arc<Gateway<L, SdkBedrock>>,
+    pub gateway: Arc<Gateway<L, SignedBedrock>>,
     pub base: String,
     pub metrics: Arc<Mutex<Vec<Value>>>,
     pub http: reqwest::Client,
+    /// With [`start_tls`]: the HTTPS base URL and the PEM file of its self-signed certificate,
+    /// for clients to trust.
+    pub tls: Option<(String, std::path::PathBuf)>,
 }
 
 pub const KEYS: &[(&str, &str)] = &[
@@ -102,6 +105,7 @@ pub async fn start<L: Ledger>(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let router = invoke::http::router(Arc::clone(&gateway), keys);
+    let tls_router = router.clone();
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
     Env {
         stub,
@@ -109,7 +113,30 @@ pub async fn start<L: Ledger>(
         base,
         metrics,
         http: reqwest::Client::new(),
+        tls: Some(serve_tls(tls_router).await),
     }
+}
+
+/// The same router served over HTTPS with a fresh self-signed certificate for `127.0.0.1`, as
+/// `invoke serve --tls-cert --tls-key` serves it.
+async fn serve_tls(router: axum::Router) -> (String, std::path::PathBuf) {
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()])
+        .expect("a self-signed certificate");
+    let dir = std::env::temp_dir().join(format!("tokenfence-tls-{}", invoke::http::new_request_id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
+    let config = invoke::http::tls_config(&cert, &key).expect("TLS config");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("https://{}", listener.local_addr().unwrap());
+    tokio::spawn(invoke::http::serve_tls(
+        listener,
+        router,
+        config,
+        std::future::pending(),
+    ));
+    (base, cert)
 }
 
 pub fn prompt(text: &str) -> Value {
