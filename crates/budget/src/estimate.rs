@@ -245,7 +245,8 @@ pub fn native_input_bound(body: &Value) -> Result<u64, Unbounded> {
         .get("messages")
         .and_then(Value::as_array)
         .map_or(0, Vec::len) as u64;
-    let mut total = PER_REQUEST_OVERHEAD.saturating_add(PER_MESSAGE_OVERHEAD.saturating_mul(messages));
+    let mut total =
+        PER_REQUEST_OVERHEAD.saturating_add(PER_MESSAGE_OVERHEAD.saturating_mul(messages));
     if let Some(obj) = body.as_object() {
         for (k, v) in obj {
             total = total.saturating_add(native_bound(v, k, k)?);
@@ -446,10 +447,16 @@ mod tests {
         });
         let bound = native_input_bound(&anthropic).unwrap();
         assert!(bound >= 9 + IMAGE_TOKENS, "{bound}");
-        assert!(bound < 5_000, "the image's base64 is not counted as text: {bound}");
+        assert!(
+            bound < 5_000,
+            "the image's base64 is not counted as text: {bound}"
+        );
         let llama = json!({"prompt": "x".repeat(1000), "images": ["QUFB", "QUFB"]});
         let bound = native_input_bound(&llama).unwrap();
-        assert!(bound >= 1000 + 2 * IMAGE_TOKENS && bound < 1000 + 2 * IMAGE_TOKENS + 100, "{bound}");
+        assert!(
+            bound >= 1000 + 2 * IMAGE_TOKENS && bound < 1000 + 2 * IMAGE_TOKENS + 100,
+            "{bound}"
+        );
     }
 
     #[test]
@@ -457,7 +464,10 @@ mod tests {
         let pdf = json!({"messages": [{"role": "user", "content": [
             {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBER"}}
         ]}]});
-        assert_eq!(native_input_bound(&pdf).unwrap_err().field, "messages[0].content[0]");
+        assert_eq!(
+            native_input_bound(&pdf).unwrap_err().field,
+            "messages[0].content[0]"
+        );
         let nova = json!({"messages": [{"role": "user", "content": [
             {"video": {"format": "mp4", "source": {"s3Location": {"uri": "s3://b/v.mp4"}}}}
         ]}]});
@@ -478,7 +488,10 @@ mod tests {
         let m = "anthropic.claude-sonnet-4-5-20250929-v1:0";
         assert_eq!(native_tool_prompt_tokens(m, &auto), 346);
         assert_eq!(native_tool_prompt_tokens(m, &forced), 313);
-        assert_eq!(native_tool_prompt_tokens("meta.llama3-70b-instruct-v1:0", &auto), TOOL_PROMPT_ALLOWANCE);
+        assert_eq!(
+            native_tool_prompt_tokens("meta.llama3-70b-instruct-v1:0", &auto),
+            TOOL_PROMPT_ALLOWANCE
+        );
         assert_eq!(native_tool_prompt_tokens(m, &json!({})), 0);
     }
 }

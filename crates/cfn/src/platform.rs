@@ -393,7 +393,7 @@ pub fn add_platform(t: &mut Template, spec: &Spec, opts: &RenderOptions) {
 
     if spec.access.rest {
         add_rest_api(t, spec);
-        t.output("ApiUrl", "Base URL of the REST API: POST {ApiUrl}/model/{modelId}/converse with header x-api-key", sub(&format!("https://${{{}}}.execute-api.${{AWS::Region}}.${{AWS::URLSuffix}}/{STAGE_NAME}", ids::REST_API)), export(exports::API_URL));
+        t.output("ApiUrl", "Base URL of the REST API: POST {ApiUrl}/model/{modelId}/converse (or /invoke, /count-tokens) with header x-api-key", sub(&format!("https://${{{}}}.execute-api.${{AWS::Region}}.${{AWS::URLSuffix}}/{STAGE_NAME}", ids::REST_API)), export(exports::API_URL));
         t.output(
             "RestApiId",
             "ID of the REST API",
@@ -504,8 +504,10 @@ fn add_rest_api(t: &mut Template, spec: &Spec) {
             "AWS::ApiGateway::RestApi",
             json!({
                 "Name": spec.name,
-                "Description": "tokenfence: Bedrock Converse behind token and USD budgets",
-                "ApiKeySourceType": "HEADER",
+                "Description": "tokenfence: the Bedrock runtime behind token and USD budgets",
+                // The key comes from the authorizer, which reads `x-api-key` or `Authorization:
+                // Bearer` (Bedrock API keys); usage plans still validate and meter it.
+                "ApiKeySourceType": "AUTHORIZER",
                 "EndpointConfiguration": { "Types": ["REGIONAL"] },
                 "Tags": [{ "Key": "tokenfence:stack", "Value": spec.name }]
             }),
@@ -539,6 +541,20 @@ fn add_rest_api(t: &mut Template, spec: &Spec) {
             }),
         ),
     );
+    t.add(
+        "ApiKeyAuthorizer",
+        Resource::new(
+            "AWS::ApiGateway::Authorizer",
+            json!({
+                "RestApiId": r(ids::REST_API),
+                "Name": "api-key",
+                "Type": "REQUEST",
+                "AuthorizerUri": invoke_uri.clone(),
+                // No caching: the identity source may be either of two headers.
+                "AuthorizerResultTtlInSeconds": 0
+            }),
+        ),
+    );
     let resource = |parent: Value, part: &str| {
         Resource::new(
             "AWS::ApiGateway::Resource",
@@ -569,7 +585,8 @@ fn add_rest_api(t: &mut Template, spec: &Spec) {
                 "RestApiId": r(ids::REST_API),
                 "ResourceId": r("ApiConverseResource"),
                 "HttpMethod": "POST",
-                "AuthorizationType": "NONE",
+                "AuthorizationType": "CUSTOM",
+                "AuthorizerId": r("ApiKeyAuthorizer"),
                 "ApiKeyRequired": true,
                 "RequestValidatorId": r("ApiRequestValidator"),
                 "RequestModels": { "application/json": r("ConverseRequestModel") },
@@ -578,8 +595,38 @@ fn add_rest_api(t: &mut Template, spec: &Spec) {
             }),
         ),
     );
+    let mut methods = vec![
+        "ApiConverseMethod".to_string(),
+        "ApiUsageMethod".to_string(),
+    ];
     if spec.engine == Engine::StepFunctionsExpress {
         crate::workflow::route_converse_to_workflow(t);
+    } else {
+        // InvokeModel (model-native bodies, checked by the gateway's family adapters, not by a
+        // request model) and CountTokens, on the same Lambda proxy integration.
+        for (id, part) in [("Invoke", "invoke"), ("CountTokens", "count-tokens")] {
+            t.add(
+                &format!("Api{id}Resource"),
+                resource(r("ApiModelIdResource"), part),
+            );
+            t.add(
+                &format!("Api{id}Method"),
+                Resource::new(
+                    "AWS::ApiGateway::Method",
+                    json!({
+                        "RestApiId": r(ids::REST_API),
+                        "ResourceId": r(&format!("Api{id}Resource")),
+                        "HttpMethod": "POST",
+                        "AuthorizationType": "CUSTOM",
+                        "AuthorizerId": r("ApiKeyAuthorizer"),
+                        "ApiKeyRequired": true,
+                        "RequestParameters": { "method.request.path.modelId": true },
+                        "Integration": { "Type": "AWS_PROXY", "IntegrationHttpMethod": "POST", "Uri": invoke_uri.clone() }
+                    }),
+                ),
+            );
+            methods.push(format!("Api{id}Method"));
+        }
     }
     t.add(
         "ApiUsageMethod",
@@ -589,7 +636,8 @@ fn add_rest_api(t: &mut Template, spec: &Spec) {
                 "RestApiId": r(ids::REST_API),
                 "ResourceId": r("ApiUsageResource"),
                 "HttpMethod": "GET",
-                "AuthorizationType": "NONE",
+                "AuthorizationType": "CUSTOM",
+                "AuthorizerId": r("ApiKeyAuthorizer"),
                 "ApiKeyRequired": true,
                 "Integration": { "Type": "AWS_PROXY", "IntegrationHttpMethod": "POST", "Uri": invoke_uri }
             }),
@@ -601,10 +649,7 @@ fn add_rest_api(t: &mut Template, spec: &Spec) {
             "AWS::ApiGateway::Deployment",
             json!({ "RestApiId": r(ids::REST_API), "Description": "tokenfence API" }),
         )
-        .depends_on([
-            "ApiConverseMethod".to_string(),
-            "ApiUsageMethod".to_string(),
-        ]),
+        .depends_on(methods),
     );
     t.add(
         ids::API_STAGE,

@@ -288,17 +288,18 @@ impl Bedrock for SignedBedrock {
             .filter_map(|(n, v)| Some((n.as_str().to_string(), v.to_str().ok()?.to_string())))
             .collect();
         let streams = call.operation.streams() && status == 200;
-        let body = if streams {
-            AnswerBody::Stream(Box::pin(
-                response
-                    .bytes_stream()
-                    .map(|chunk| chunk.map_err(|e| format!("Bedrock's stream broke: {e}"))),
-            ))
-        } else {
-            AnswerBody::Full(response.bytes().await.map_err(|e| {
-                BedrockError::Failed(format!("Bedrock's answer was cut off: {e}"))
-            })?)
-        };
+        let body =
+            if streams {
+                AnswerBody::Stream(Box::pin(
+                    response
+                        .bytes_stream()
+                        .map(|chunk| chunk.map_err(|e| format!("Bedrock's stream broke: {e}"))),
+                ))
+            } else {
+                AnswerBody::Full(response.bytes().await.map_err(|e| {
+                    BedrockError::Failed(format!("Bedrock's answer was cut off: {e}"))
+                })?)
+            };
         Ok(Answer {
             status,
             headers,

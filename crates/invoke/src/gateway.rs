@@ -8,17 +8,17 @@ use budget::config::{self, BudgetConfig, EnforcementMode, ExceedAction};
 use budget::estimate::{PER_REQUEST_OVERHEAD, binary_document};
 use budget::forecast::{projected_usage, utilization_percent};
 use budget::{Charge, Exceeded, Limit, LimitMetric, Usage};
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
 use ledger::{
     Completion, Expired, Ledger, LedgerError, Reservation, ReserveOutcome, ReserveRequest,
     Settlement, WindowUsage,
 };
-use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
 use serde_json::{Value, json};
 
 use crate::bedrock::{Answer, AnswerBody, Bedrock, BedrockError, Call, is_refusal};
-use crate::ops::{self, Family, Operation, Shaped, StreamUsage, foundation_model};
 use crate::metrics::{MetricsSink, RequestMetrics, expired_record, request_record, window_record};
+use crate::ops::{self, Family, Operation, Shaped, StreamUsage, foundation_model};
 
 /// What to do when the ledger cannot be reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,7 +184,9 @@ impl From<BedrockError> for Failure {
     }
 }
 
-/// A stream Bedrock opened for an admitted request, to relay and settle.
+/// A stream Bedrock opened for an admitted request, to relay and settle with
+/// [`Gateway::relay`]. One that is dropped instead stays held, and the sweeper charges it its
+/// worst case when its hold ends: never less than Bedrock may have billed.
 pub struct Opened {
     /// Status and headers to send before the first event.
     pub reply: Reply,
@@ -390,12 +392,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
         (looks_like_id && valid).then(|| model.to_string())
     }
 
-    fn plan(
-        &self,
-        config: &BudgetConfig,
-        model: &str,
-        shaped: &Shaped,
-    ) -> Result<Plan, Reply> {
+    fn plan(&self, config: &BudgetConfig, model: &str, shaped: &Shaped) -> Result<Plan, Reply> {
         let price = config.price_of(model);
         if price.is_none() && config.has_usd_limit() {
             return Err(Reply::error(
@@ -446,7 +443,12 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
             )));
         }
         let mut converse = serde_json::Map::new();
-        for key in ["messages", "system", "toolConfig", "additionalModelRequestFields"] {
+        for key in [
+            "messages",
+            "system",
+            "toolConfig",
+            "additionalModelRequestFields",
+        ] {
             if let Some(v) = shaped.request.get(key) {
                 converse.insert(key.into(), v.clone());
             }
@@ -612,36 +614,44 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
         let (ticket, sent) = self.call_admitted(ticket, shaped, deadline).await;
         let answer = match sent {
             Ok(answer) => answer,
-            Err(e) => return self.complete(ticket, Err(e.into()), front, request_id).await,
+            Err(e) => {
+                return self
+                    .complete(ticket, Err(e.into()), front, request_id)
+                    .await;
+            }
         };
-        if let AnswerBody::Stream(_) = &answer.body {
-            let AnswerBody::Stream(upstream) = answer.body else {
-                unreachable!()
-            };
-            let mut reply = Reply {
-                status: answer.status,
-                headers: passed_answer_headers(&answer.headers),
-                ..Reply::default()
+        let (status, headers, upstream) = match answer {
+            Answer {
+                status,
+                headers,
+                body: AnswerBody::Stream(upstream),
+            } => (status, headers, upstream),
+            whole => {
+                let read = read_answer(family, whole);
+                return self.complete(ticket, read, front, request_id).await;
             }
-            .with_header("x-tokenfence-application", &ticket.config.application)
-            .with_header("x-tokenfence-model", &ticket.plan.model);
-            if ticket.fallback_used {
-                reply = reply.with_header("x-tokenfence-fallback", &ticket.plan.model);
-            }
-            if let Some(note) = &ticket.shadow_note {
-                reply = reply.with_header("x-tokenfence-shadow", format!("would-reject; {note}"));
-            }
-            return Outcome::Stream(Opened {
-                reply,
-                ticket,
-                family,
-                upstream,
-                deadline,
-                request_id: request_id.to_string(),
-            });
+        };
+        let mut reply = Reply {
+            status,
+            headers: passed_answer_headers(&headers),
+            ..Reply::default()
         }
-        let read = read_answer(family, answer);
-        self.complete(ticket, read, front, request_id).await
+        .with_header("x-tokenfence-application", &ticket.config.application)
+        .with_header("x-tokenfence-model", &ticket.plan.model);
+        if ticket.fallback_used {
+            reply = reply.with_header("x-tokenfence-fallback", &ticket.plan.model);
+        }
+        if let Some(note) = &ticket.shadow_note {
+            reply = reply.with_header("x-tokenfence-shadow", format!("would-reject; {note}"));
+        }
+        Outcome::Stream(Opened {
+            reply,
+            ticket,
+            family,
+            upstream,
+            deadline,
+            request_id: request_id.to_string(),
+        })
     }
 
     /// Relays an opened stream to `to` and settles it from its final usage: a caller that hangs
@@ -749,8 +759,11 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
                 .cloned()
                 .collect(),
         };
-        let sent =
-            tokio::time::timeout_at(deadline.into(), self.bedrock.send(foundation_model(&model), call)).await;
+        let sent = tokio::time::timeout_at(
+            deadline.into(),
+            self.bedrock.send(foundation_model(&model), call),
+        )
+        .await;
         match sent {
             Ok(Ok(answer)) => match read_answer(Family::Converse, answer) {
                 Ok(a) => a.reply,
@@ -1231,11 +1244,11 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
                     output
                         .reply
                         .with_header("x-tokenfence-application", application)
-                    .with_header("x-tokenfence-model", &plan.model)
-                    .with_header(
-                        "x-tokenfence-unreserved",
-                        "ledger unavailable; allowed by policy",
-                    ),
+                        .with_header("x-tokenfence-model", &plan.model)
+                        .with_header(
+                            "x-tokenfence-unreserved",
+                            "ledger unavailable; allowed by policy",
+                        ),
                 ))
             }
             Err(failure) => {
@@ -1562,7 +1575,11 @@ pub fn read_answer(family: Family, answer: Answer) -> Result<Answered, Failure> 
         AnswerBody::Full(b) => b,
         AnswerBody::Stream(_) => {
             return Err(Failure {
-                reply: Reply::error(502, "InternalServerException", "Bedrock answered a stream where it should not"),
+                reply: Reply::error(
+                    502,
+                    "InternalServerException",
+                    "Bedrock answered a stream where it should not",
+                ),
                 refundable: false,
                 reason: "an unexpected stream".into(),
             });
@@ -1674,11 +1691,31 @@ mod tests {
             "inferenceConfig": { "maxTokens": 16 },
             "additionalModelRequestFields": { "max_tokens": 30000, "thinking": { "budget_tokens": 40000 } }
         });
-        let shaped = ops::shape(Operation::Converse, "anthropic.claude-x", body.to_string().as_bytes(), &[], 1 << 20, 100).unwrap();
+        let shaped = ops::shape(
+            Operation::Converse,
+            "anthropic.claude-x",
+            body.to_string().as_bytes(),
+            &[],
+            1 << 20,
+            100,
+        )
+        .unwrap();
         assert_eq!(shaped.max_tokens, 40_000, "the largest cap anywhere");
-        assert_eq!(&shaped.body[..], body.to_string().as_bytes(), "sent as it came");
+        assert_eq!(
+            &shaped.body[..],
+            body.to_string().as_bytes(),
+            "sent as it came"
+        );
         let huge = json!({ "messages": [{ "role": "user", "content": [] }], "additionalModelRequestFields": { "max_new_tokens": 1u64 << 40 } });
-        let err = ops::shape(Operation::Converse, "anthropic.claude-x", huge.to_string().as_bytes(), &[], 1 << 20, 100).unwrap_err();
+        let err = ops::shape(
+            Operation::Converse,
+            "anthropic.claude-x",
+            huge.to_string().as_bytes(),
+            &[],
+            1 << 20,
+            100,
+        )
+        .unwrap_err();
         assert_eq!(
             (err.status, err.body["field"].as_str()),
             (400, Some("inferenceConfig.maxTokens"))

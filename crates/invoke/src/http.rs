@@ -57,7 +57,7 @@ pub fn new_request_id() -> String {
 
 /// The caller's key: `x-api-key`, or `Authorization: Bearer <key>` (the Bedrock API key
 /// convention, which SDKs and coding agents in Bedrock mode send).
-fn presented_key(headers: &HeaderMap) -> Option<&str> {
+pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
     if let Some(key) = headers.get("x-api-key") {
         return key.to_str().ok();
     }
@@ -201,10 +201,7 @@ fn set_headers(response: &mut Response, headers: Vec<(String, String)>) {
 pub type TlsConfig = tokio_rustls::rustls::ServerConfig;
 
 /// Loads a PEM certificate chain and private key for `invoke serve --tls-cert --tls-key`.
-pub fn tls_config(
-    cert: &std::path::Path,
-    key: &std::path::Path,
-) -> Result<Arc<TlsConfig>, String> {
+pub fn tls_config(cert: &std::path::Path, key: &std::path::Path) -> Result<Arc<TlsConfig>, String> {
     use tokio_rustls::rustls;
     use tokio_rustls::rustls::pki_types::pem::PemObject;
     use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -255,10 +252,8 @@ pub async fn serve_tls(
         let router = router.clone();
         let mut stop = stop_rx.clone();
         connections.spawn(async move {
-            let handshake = tokio::time::timeout(
-                std::time::Duration::from_secs(10),
-                acceptor.accept(tcp),
-            );
+            let handshake =
+                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp));
             let Ok(Ok(stream)) = handshake.await else {
                 return;
             };

@@ -7,7 +7,9 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use aws_lambda_events::apigw::{ApiGatewayProxyRequest, ApiGatewayProxyResponse};
+use aws_lambda_events::apigw::{
+    ApiGatewayCustomAuthorizerRequestTypeRequest, ApiGatewayProxyRequest, ApiGatewayProxyResponse,
+};
 use aws_lambda_events::encodings::Body;
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use ledger::{Identity, Ledger};
@@ -160,6 +162,14 @@ pub async fn handle<L: Ledger, B: Bedrock, Q: Queues>(
         let expired = gateway.sweep().await.map_err(|e| e.to_string())?;
         return Ok(serde_json::json!({ "expired": expired.len() }));
     }
+    if event.get("type").and_then(Value::as_str) == Some("REQUEST")
+        && event.get("methodArn").is_some()
+    {
+        let request: ApiGatewayCustomAuthorizerRequestTypeRequest =
+            serde_json::from_value(event)
+                .map_err(|e| format!("not an API Gateway REQUEST authorizer event: {e}"))?;
+        return authorize(&request);
+    }
     if event.get("Records").is_some() {
         let event: SqsEvent =
             serde_json::from_value(event).map_err(|e| format!("not an SQS event: {e}"))?;
@@ -176,6 +186,27 @@ pub async fn handle<L: Ledger, B: Bedrock, Q: Queues>(
         "unsupported event: expected an API Gateway REST proxy event, an SQS event or a sweep"
             .into(),
     )
+}
+
+/// The REST API's REQUEST authorizer (`ApiKeySourceType: AUTHORIZER`): hands API Gateway the key
+/// the caller presented, as `x-api-key` or as `Authorization: Bearer KEY` (the Bedrock API key
+/// convention coding agents and SDKs send), for API Gateway to check against its usage plans as
+/// it checks `x-api-key` itself. It decides nothing: an unknown key is still refused by API
+/// Gateway (403), and the application still comes from the key API Gateway validated. No key:
+/// `Unauthorized` (401). The key is never logged.
+pub fn authorize(request: &ApiGatewayCustomAuthorizerRequestTypeRequest) -> Result<Value, String> {
+    let Some(key) = crate::http::presented_key(&request.headers) else {
+        return Err("Unauthorized".into());
+    };
+    let resource = request.method_arn.clone().unwrap_or_default();
+    Ok(serde_json::json!({
+        "principalId": "api-key",
+        "policyDocument": {
+            "Version": "2012-10-17",
+            "Statement": [{ "Action": "execute-api:Invoke", "Effect": "Allow", "Resource": resource }]
+        },
+        "usageIdentifierKey": key
+    }))
 }
 
 fn api_response(reply: Reply) -> ApiGatewayProxyResponse {
@@ -495,7 +526,9 @@ pub async fn queued_admit<L: Ledger, B: Bedrock, Q: Queues>(
             let reply = Reply::error(
                 400,
                 "ValidationException",
-                format!("`operation` `{other}` is not one the queue serves: `converse` or `invoke`"),
+                format!(
+                    "`operation` `{other}` is not one the queue serves: `converse` or `invoke`"
+                ),
             );
             queued_finish(queues, &context, Outcome::Reply(reply)).await?;
             return Ok(QueuedAdmission::Handled);
@@ -561,7 +594,10 @@ pub fn is_transient(reply: &Reply) -> bool {
                     | "CountTokensUnavailable"
                     | "ServiceUnavailableException"
             )
-            | (_, "InternalServerException" | "ModelTimeoutException" | "ModelErrorException")
+            | (
+                _,
+                "InternalServerException" | "ModelTimeoutException" | "ModelErrorException"
+            )
             | (502, _)
             | (504, _)
     )

@@ -209,8 +209,8 @@ pub fn shape(
         ));
     }
     let family = Family::of(operation, model)?;
-    let mut request: Value = serde_json::from_slice(body)
-        .map_err(|e| invalid(&format!("the body is not JSON: {e}")))?;
+    let mut request: Value =
+        serde_json::from_slice(body).map_err(|e| invalid(&format!("the body is not JSON: {e}")))?;
     if !request.is_object() {
         return Err(invalid("the body must be a JSON object"));
     }
@@ -222,11 +222,16 @@ pub fn shape(
         Family::Llama => llama_bounds(&request)?,
     };
     let (set, extra) = caps;
-    let max_tokens = set.unwrap_or(u64::from(default_max_tokens)).max(extra.unwrap_or(0));
+    let max_tokens = set
+        .unwrap_or(u64::from(default_max_tokens))
+        .max(extra.unwrap_or(0));
     if max_tokens > i32::MAX as u64 {
         return Err(field(
             400,
-            &family.cap_pointer().trim_start_matches('/').replace('/', "."),
+            &family
+                .cap_pointer()
+                .trim_start_matches('/')
+                .replace('/', "."),
             "an output cap is larger than any model generates",
         ));
     }
@@ -345,7 +350,10 @@ fn unseen_media(request: &Value) -> Result<(), Reply> {
         };
         for (j, block) in content.iter().enumerate() {
             for kind in ["document", "video", "audio"] {
-                if block.pointer(&format!("/{kind}/source/s3Location")).is_some() {
+                if block
+                    .pointer(&format!("/{kind}/source/s3Location"))
+                    .is_some()
+                {
                     return Err(field(
                         400,
                         &format!("messages[{i}].content[{j}].{kind}.source.s3Location"),
@@ -668,7 +676,9 @@ impl StreamUsage {
                             .and_then(|m| native_usage(Family::Anthropic, m));
                     }
                     Some("message_delta") if self.family == Family::Anthropic => {
-                        if let Some(n) = inner.pointer("/usage/output_tokens").and_then(Value::as_u64)
+                        if let Some(n) = inner
+                            .pointer("/usage/output_tokens")
+                            .and_then(Value::as_u64)
                         {
                             self.anthropic_output = Some(n);
                         }
@@ -719,8 +729,15 @@ mod tests {
     #[test]
     fn bodies_with_a_cap_go_out_byte_for_byte() {
         let raw = br#"{"messages":[{"role":"user","content":[{"text":"hi"}]}],"inferenceConfig":{"maxTokens":50},"requestMetadata":{"team":"a"},"zzNewField":{"x":1}}"#;
-        let s = shape(Operation::Converse, "amazon.nova-lite-v1:0", raw, &[], 1 << 20, 1024)
-            .unwrap();
+        let s = shape(
+            Operation::Converse,
+            "amazon.nova-lite-v1:0",
+            raw,
+            &[],
+            1 << 20,
+            1024,
+        )
+        .unwrap();
         assert_eq!(&s.body[..], &raw[..]);
         assert_eq!(s.max_tokens, 50);
     }
@@ -729,10 +746,30 @@ mod tests {
     fn a_cap_is_inserted_in_the_familys_own_field() {
         let m = json!([{"role": "user", "content": [{"text": "hi"}]}]);
         for (op, model, body, pointer) in [
-            (Operation::Converse, "amazon.nova-lite-v1:0", json!({"messages": m}), "/inferenceConfig/maxTokens"),
-            (Operation::Invoke, "anthropic.claude-3-haiku-20240307-v1:0", json!({"messages": m, "anthropic_version": "bedrock-2023-05-31"}), "/max_tokens"),
-            (Operation::InvokeStream, "us.amazon.nova-pro-v1:0", json!({"messages": m, "schemaVersion": "messages-v1"}), "/inferenceConfig/max_new_tokens"),
-            (Operation::Invoke, "meta.llama3-8b-instruct-v1:0", json!({"prompt": "hi"}), "/max_gen_len"),
+            (
+                Operation::Converse,
+                "amazon.nova-lite-v1:0",
+                json!({"messages": m}),
+                "/inferenceConfig/maxTokens",
+            ),
+            (
+                Operation::Invoke,
+                "anthropic.claude-3-haiku-20240307-v1:0",
+                json!({"messages": m, "anthropic_version": "bedrock-2023-05-31"}),
+                "/max_tokens",
+            ),
+            (
+                Operation::InvokeStream,
+                "us.amazon.nova-pro-v1:0",
+                json!({"messages": m, "schemaVersion": "messages-v1"}),
+                "/inferenceConfig/max_new_tokens",
+            ),
+            (
+                Operation::Invoke,
+                "meta.llama3-8b-instruct-v1:0",
+                json!({"prompt": "hi"}),
+                "/max_gen_len",
+            ),
         ] {
             let s = shaped(op, model, body).unwrap();
             let sent: Value = serde_json::from_slice(&s.body).unwrap();
@@ -762,16 +799,50 @@ mod tests {
     #[test]
     fn what_cannot_be_bounded_is_refused_naming_the_field() {
         let cases = [
-            (Operation::Invoke, "mistral.mistral-large-2407-v1:0", json!({"prompt": "x"}), "modelId"),
-            (Operation::Invoke, "anthropic.claude-3-haiku-20240307-v1:0", json!({"messages": [], "max_tokens": 5}), "messages"),
-            (Operation::Invoke, "anthropic.claude-3-haiku-20240307-v1:0", json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}), "max_tokens"),
-            (Operation::Invoke, "meta.llama3-8b-instruct-v1:0", json!({"max_gen_len": 5}), "prompt"),
-            (Operation::Converse, "amazon.nova-lite-v1:0", json!({"messages": [{"role": "user", "content": [{"text": "x"}]}], "promptVariables": {"a": {"text": "b"}}}), "promptVariables"),
-            (Operation::Converse, "amazon.nova-lite-v1:0", json!({"messages": [{"role": "user", "content": [{"video": {"format": "mp4", "source": {"s3Location": {"uri": "s3://b/k"}}}}]}]}), "messages[0].content[0].video.source.s3Location"),
+            (
+                Operation::Invoke,
+                "mistral.mistral-large-2407-v1:0",
+                json!({"prompt": "x"}),
+                "modelId",
+            ),
+            (
+                Operation::Invoke,
+                "anthropic.claude-3-haiku-20240307-v1:0",
+                json!({"messages": [], "max_tokens": 5}),
+                "messages",
+            ),
+            (
+                Operation::Invoke,
+                "anthropic.claude-3-haiku-20240307-v1:0",
+                json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}),
+                "max_tokens",
+            ),
+            (
+                Operation::Invoke,
+                "meta.llama3-8b-instruct-v1:0",
+                json!({"max_gen_len": 5}),
+                "prompt",
+            ),
+            (
+                Operation::Converse,
+                "amazon.nova-lite-v1:0",
+                json!({"messages": [{"role": "user", "content": [{"text": "x"}]}], "promptVariables": {"a": {"text": "b"}}}),
+                "promptVariables",
+            ),
+            (
+                Operation::Converse,
+                "amazon.nova-lite-v1:0",
+                json!({"messages": [{"role": "user", "content": [{"video": {"format": "mp4", "source": {"s3Location": {"uri": "s3://b/k"}}}}]}]}),
+                "messages[0].content[0].video.source.s3Location",
+            ),
         ];
         for (op, model, body, name) in cases {
             let err = shaped(op, model, body).unwrap_err();
-            assert_eq!((err.status, err.body["field"].as_str()), (400, Some(name)), "{err:?}");
+            assert_eq!(
+                (err.status, err.body["field"].as_str()),
+                (400, Some(name)),
+                "{err:?}"
+            );
         }
     }
 
@@ -808,13 +879,25 @@ mod tests {
     #[test]
     fn invoke_usage_takes_the_larger_report() {
         let headers = vec![
-            ("x-amzn-bedrock-input-token-count".to_string(), "10".to_string()),
-            ("x-amzn-bedrock-output-token-count".to_string(), "5".to_string()),
+            (
+                "x-amzn-bedrock-input-token-count".to_string(),
+                "10".to_string(),
+            ),
+            (
+                "x-amzn-bedrock-output-token-count".to_string(),
+                "5".to_string(),
+            ),
         ];
-        let body = br#"{"usage":{"input_tokens":10,"output_tokens":7,"cache_read_input_tokens":3}}"#;
+        let body =
+            br#"{"usage":{"input_tokens":10,"output_tokens":7,"cache_read_input_tokens":3}}"#;
         assert_eq!(
             invoke_usage(Family::Anthropic, &headers, body),
-            Some(Usage { input_tokens: 10, output_tokens: 7, cache_read_tokens: 3, cache_write_tokens: 0 })
+            Some(Usage {
+                input_tokens: 10,
+                output_tokens: 7,
+                cache_read_tokens: 3,
+                cache_write_tokens: 0
+            })
         );
         assert_eq!(invoke_usage(Family::Anthropic, &[], b"{}"), None);
     }
@@ -823,7 +906,10 @@ mod tests {
         use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
         let mut m = Message::new(Bytes::copy_from_slice(payload));
         for (n, v) in headers {
-            m = m.add_header(Header::new(n.to_string(), HeaderValue::String(v.to_string().into())));
+            m = m.add_header(Header::new(
+                n.to_string(),
+                HeaderValue::String(v.to_string().into()),
+            ));
         }
         let mut out = Vec::new();
         aws_smithy_eventstream::frame::write_message_to(&m, &mut out).unwrap();
@@ -841,7 +927,10 @@ mod tests {
     #[test]
     fn stream_usage_is_read_from_split_frames() {
         let mut bytes = frame(
-            &[(":message-type", "event"), (":event-type", "contentBlockDelta")],
+            &[
+                (":message-type", "event"),
+                (":event-type", "contentBlockDelta"),
+            ],
             br#"{"delta":{"text":"hi"}}"#,
         );
         bytes.extend(frame(
@@ -854,20 +943,38 @@ mod tests {
         }
         assert_eq!(
             reader.finish(),
-            (Some(Usage { input_tokens: 12, output_tokens: 3, ..Usage::default() }), None)
+            (
+                Some(Usage {
+                    input_tokens: 12,
+                    output_tokens: 3,
+                    ..Usage::default()
+                }),
+                None
+            )
         );
     }
 
     #[test]
     fn anthropic_streams_report_usage_only_when_they_finish() {
-        let start = chunk(json!({"type": "message_start", "message": {"usage": {"input_tokens": 20, "output_tokens": 1}}}));
+        let start = chunk(
+            json!({"type": "message_start", "message": {"usage": {"input_tokens": 20, "output_tokens": 1}}}),
+        );
         let delta = chunk(json!({"type": "message_delta", "usage": {"output_tokens": 40}}));
-        let stop = chunk(json!({"type": "message_stop", "amazon-bedrock-invocationMetrics": {"inputTokenCount": 20, "outputTokenCount": 40}}));
+        let stop = chunk(
+            json!({"type": "message_stop", "amazon-bedrock-invocationMetrics": {"inputTokenCount": 20, "outputTokenCount": 40}}),
+        );
         let mut full = StreamUsage::new(Family::Anthropic);
         for part in [&start, &delta, &stop] {
             full.feed(part);
         }
-        assert_eq!(full.finish().0, Some(Usage { input_tokens: 20, output_tokens: 40, ..Usage::default() }));
+        assert_eq!(
+            full.finish().0,
+            Some(Usage {
+                input_tokens: 20,
+                output_tokens: 40,
+                ..Usage::default()
+            })
+        );
         let mut cut = StreamUsage::new(Family::Anthropic);
         cut.feed(&start);
         cut.feed(&delta);
@@ -875,7 +982,10 @@ mod tests {
         let mut failed = StreamUsage::new(Family::Anthropic);
         failed.feed(&start);
         failed.feed(&frame(
-            &[(":message-type", "exception"), (":exception-type", "modelStreamErrorException")],
+            &[
+                (":message-type", "exception"),
+                (":exception-type", "modelStreamErrorException"),
+            ],
             br#"{"message":"boom"}"#,
         ));
         let (usage, error) = failed.finish();
@@ -888,6 +998,9 @@ mod tests {
         for op in Operation::ALL {
             assert_eq!(Operation::from_path(op.path()), Some(op));
         }
-        assert_eq!(foundation_model("us.anthropic.claude-x"), "anthropic.claude-x");
+        assert_eq!(
+            foundation_model("us.anthropic.claude-x"),
+            "anthropic.claude-x"
+        );
     }
 }

@@ -23,10 +23,10 @@ use serde_json::{Map, Value, json};
 
 use crate::bedrock::{BedrockError, SignedBedrock};
 use crate::gateway::{Admission, Answered, Failure, Front, Gateway, Outcome, Reply, Ticket};
-use crate::ops::Operation;
 use crate::lambda::{
     QueueContext, QueuedAdmission, Queues, application_of_key, queued_admit, queued_finish,
 };
+use crate::ops::Operation;
 
 /// Step Functions keeps at most 256 KB of state; the prompt travels in it twice (the request
 /// and the Converse parameters), so the engine takes bodies up to 96 KB.
@@ -477,7 +477,10 @@ mod tests {
         let e =
             |error: &str, cause: &str| error_from_sfn(&json!({ "Error": error, "Cause": cause }));
         let kind = |f: Failure| f.reply.header("x-amzn-errortype").unwrap_or("").to_string();
-        assert_eq!(kind(e("BedrockRuntime.ThrottlingException", "slow down")), "ThrottlingException");
+        assert_eq!(
+            kind(e("BedrockRuntime.ThrottlingException", "slow down")),
+            "ThrottlingException"
+        );
         // moto names every aws-sdk error after the service; the cause still carries the code.
         assert_eq!(
             kind(e(
@@ -486,11 +489,23 @@ mod tests {
             )),
             "ValidationException"
         );
-        assert_eq!(e("BedrockRuntime.AccessDeniedException", "").reply.status, 403);
+        assert_eq!(
+            e("BedrockRuntime.AccessDeniedException", "").reply.status,
+            403
+        );
         assert_eq!(e("States.Timeout", "").reply.status, 504);
-        assert_eq!(e("States.TaskFailed", "boom").reason, "States.TaskFailed: boom");
+        assert_eq!(
+            e("States.TaskFailed", "boom").reason,
+            "States.TaskFailed: boom"
+        );
         // A States error is the workflow's, whatever its cause says: never a refusal.
-        assert!(!e("States.DataLimitExceeded", "ThrottlingException in the output").refundable);
+        assert!(
+            !e(
+                "States.DataLimitExceeded",
+                "ThrottlingException in the output"
+            )
+            .refundable
+        );
         assert!(!e("States.Timeout", "").refundable);
         assert!(!e("BedrockRuntime.InternalServerException", "").refundable);
         assert!(!e("BedrockRuntime.ModelTimeoutException", "").refundable);

@@ -80,17 +80,16 @@ async fn run(client: &str) -> (Value, common::Env<MemoryLedger>) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(
-        ledger.open_reservations() == 0,
-        "reservations left open"
-    );
+    assert!(ledger.open_reservations() == 0, "reservations left open");
     (seen, env)
 }
 
 /// Tokens the ledger counted for `key` in its day window.
 async fn used(env: &common::Env<MemoryLedger>, key: &str) -> u64 {
     let usage = env.usage(key).await;
-    usage["windows"][0]["usedTokens"].as_u64().expect("used tokens")
+    usage["windows"][0]["usedTokens"]
+        .as_u64()
+        .expect("used tokens")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,10 +106,15 @@ async fn boto3_calls_all_five_operations_unchanged() {
     );
     // Everything billed was charged to the caller's applications, exactly.
     let billed = env.stub.billed_tokens();
-    let charged =
-        used(&env, "key-agents").await + used(&env, "key-tight").await + used(&env, "key-priced").await;
+    let charged = used(&env, "key-agents").await
+        + used(&env, "key-tight").await
+        + used(&env, "key-priced").await;
     assert_eq!(charged, billed, "ledger equals the stub's bill");
-    assert_eq!(used(&env, "key-tight").await, 0, "refused requests cost nothing");
+    assert_eq!(
+        used(&env, "key-tight").await,
+        0,
+        "refused requests cost nothing"
+    );
     // converse, converse_stream, three invoke_model, one invoke stream; count_tokens is free and
     // not a generation.
     let calls: u64 = env.stub.billed().values().map(|b| b.calls).sum();
@@ -121,7 +125,10 @@ async fn boto3_calls_all_five_operations_unchanged() {
 async fn the_anthropic_sdk_creates_and_streams() {
     let (seen, env) = run("anthropic").await;
     assert!(seen["stream_output_tokens"].as_u64().unwrap() > 0);
-    assert!(seen["refused"].as_str().unwrap().contains("BudgetExceeded"), "{seen}");
+    assert!(
+        seen["refused"].as_str().unwrap().contains("BudgetExceeded"),
+        "{seen}"
+    );
     assert_eq!(used(&env, "key-agents").await, env.stub.billed_tokens());
 }
 

@@ -81,7 +81,14 @@ async fn scenario<L: Held>(
                 match req.send().await {
                     // The gateway's own 500 (InternalError) is 599 here; a 500 from Bedrock
                     // (InternalServerException) is passed on as Bedrock sent it.
-                    Ok(resp) if resp.headers().get("x-amzn-errortype").is_some_and(|t| t == "InternalError") => statuses.push(599),
+                    Ok(resp)
+                        if resp
+                            .headers()
+                            .get("x-amzn-errortype")
+                            .is_some_and(|t| t == "InternalError") =>
+                    {
+                        statuses.push(599)
+                    }
                     Ok(resp) => statuses.push(resp.status().as_u16()),
                     // The caller hung up: status 0.
                     Err(e) if e.is_timeout() => statuses.push(0),

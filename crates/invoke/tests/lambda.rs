@@ -156,8 +156,14 @@ async fn api_gateway_requests_are_identified_by_their_api_key_id() {
     event["body"] = json!(json!({ "applicationId": "batch", "messages": [{ "role": "user", "content": [{ "text": "x" }] }] }).to_string());
     let (status, headers, body) = api(&env, event).await;
     assert_eq!(status, 400, "{body}");
-    assert!(body["message"].as_str().unwrap().contains("applicationId"), "{body}");
-    assert!(format!("{headers:?}").contains("ValidationException"), "{headers:?}");
+    assert!(
+        body["message"].as_str().unwrap().contains("applicationId"),
+        "{body}"
+    );
+    assert!(
+        format!("{headers:?}").contains("ValidationException"),
+        "{headers:?}"
+    );
 
     for (mutate, status, code) in [
         (json!({ "apiKeyId": "someone-else" }), 403, "InvalidApiKey"),
@@ -502,4 +508,43 @@ async fn unknown_events_are_errors() {
     .await
     .unwrap_err();
     assert!(err.contains("unsupported event"));
+}
+
+/// The REST API's REQUEST authorizer hands API Gateway the key the caller presented, as a bearer
+/// token or `x-api-key`, for its usage plans to validate; no key is `Unauthorized` (401).
+#[tokio::test]
+async fn the_authorizer_passes_bearer_and_header_keys_to_usage_plans() {
+    let env = env().await;
+    let bearer = fixture("apigw-authorizer-request.json");
+    let out = handle(&env.gateway, &env.queues, bearer.clone(), soon())
+        .await
+        .expect("authorized");
+    assert_eq!(out["usageIdentifierKey"], "tf-key-0123456789");
+    let statement = &out["policyDocument"]["Statement"][0];
+    assert_eq!(
+        (
+            &statement["Effect"],
+            &statement["Action"],
+            &statement["Resource"]
+        ),
+        (
+            &json!("Allow"),
+            &json!("execute-api:Invoke"),
+            &bearer["methodArn"]
+        )
+    );
+    let mut header = bearer.clone();
+    header["headers"] = json!({ "x-api-key": "tf-key-header" });
+    header["multiValueHeaders"] = json!({ "x-api-key": ["tf-key-header"] });
+    let out = handle(&env.gateway, &env.queues, header, soon())
+        .await
+        .unwrap();
+    assert_eq!(out["usageIdentifierKey"], "tf-key-header");
+    let mut none = bearer;
+    none["headers"] = json!({ "Authorization": "Basic dXNlcjpwYXNz" });
+    none["multiValueHeaders"] = json!({});
+    let err = handle(&env.gateway, &env.queues, none, soon())
+        .await
+        .unwrap_err();
+    assert_eq!(err, "Unauthorized");
 }

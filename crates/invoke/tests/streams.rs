@@ -29,7 +29,10 @@ applications:
 
 async fn env() -> (common::Env<MemoryLedger>, Arc<MemoryLedger>) {
     let ledger = Arc::new(MemoryLedger::new());
-    (common::start(Arc::clone(&ledger), SPEC, |_| {}).await, ledger)
+    (
+        common::start(Arc::clone(&ledger), SPEC, |_| {}).await,
+        ledger,
+    )
 }
 
 async fn settled(ledger: &MemoryLedger) {
@@ -85,27 +88,45 @@ async fn bodies_reach_bedrock_byte_for_byte_and_answers_come_back_unchanged() {
     assert_eq!(path, "amazon.nova-lite-v1:0/converse");
     assert_eq!(&sent[..], raw.as_bytes());
     // InvokeModel: Bedrock's usage headers reach the caller too.
-    let resp = post(&env, "key-open", "sonnet", "invoke", &anthropic("hello", 50))
-        .send()
-        .await
-        .unwrap();
+    let resp = post(
+        &env,
+        "key-open",
+        "sonnet",
+        "invoke",
+        &anthropic("hello", 50),
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(resp.status(), 200);
-    assert!(resp.headers().contains_key("x-amzn-bedrock-input-token-count"));
+    assert!(
+        resp.headers()
+            .contains_key("x-amzn-bedrock-input-token-count")
+    );
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["type"], "message");
     // A body without a cap gets one, in its family's own field.
     let mut uncapped = anthropic("hello", 1);
     uncapped.as_object_mut().unwrap().remove("max_tokens");
-    let resp = post(&env, "key-open", "sonnet", "invoke", &uncapped).send().await.unwrap();
+    let resp = post(&env, "key-open", "sonnet", "invoke", &uncapped)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let sent: Value = serde_json::from_slice(&env.stub.last_request().unwrap().1).unwrap();
     assert_eq!(sent["max_tokens"], 100);
     // A family the gateway cannot bound: 400 naming it, nothing sent.
     let before = env.stub.requests();
-    let resp = post(&env, "key-open", "mistral", "invoke", &json!({ "prompt": "x" }))
-        .send()
-        .await
-        .unwrap();
+    let resp = post(
+        &env,
+        "key-open",
+        "mistral",
+        "invoke",
+        &json!({ "prompt": "x" }),
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(resp.status(), 400);
     assert_eq!(resp.headers()["x-amzn-errortype"], "ValidationException");
     let body: Value = resp.json().await.unwrap();
@@ -113,10 +134,16 @@ async fn bodies_reach_bedrock_byte_for_byte_and_answers_come_back_unchanged() {
     assert!(body["message"].as_str().unwrap().contains("`mistral`"));
     assert_eq!(env.stub.requests(), before);
     // Bedrock's own errors come back as Bedrock sent them, and refusals are refunded.
-    let resp = post(&env, "key-open", "lite", "converse", &common::prompt("[[stub:throttle]]"))
-        .send()
-        .await
-        .unwrap();
+    let resp = post(
+        &env,
+        "key-open",
+        "lite",
+        "converse",
+        &common::prompt("[[stub:throttle]]"),
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(resp.status(), 429);
     assert_eq!(resp.headers()["x-amzn-errortype"], "ThrottlingException");
     settled(&ledger).await;
@@ -128,14 +155,21 @@ async fn streams_are_relayed_and_settled_from_their_final_usage() {
     let (env, ledger) = env().await;
     for (model, op, body) in [
         ("lite", "converse-stream", common::prompt("stream me")),
-        ("sonnet", "invoke-with-response-stream", anthropic("stream me", 80)),
+        (
+            "sonnet",
+            "invoke-with-response-stream",
+            anthropic("stream me", 80),
+        ),
         (
             "lite",
             "invoke-with-response-stream",
             json!({ "messages": [{ "role": "user", "content": [{ "text": "nova" }] }] }),
         ),
     ] {
-        let resp = post(&env, "key-open", model, op, &body).send().await.unwrap();
+        let resp = post(&env, "key-open", model, op, &body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 200, "{op}");
         assert_eq!(
             resp.headers()["content-type"],
@@ -144,7 +178,11 @@ async fn streams_are_relayed_and_settled_from_their_final_usage() {
         let bytes = resp.bytes().await.unwrap();
         assert!(bytes.len() > 100, "{op}: the events came through");
         settled(&ledger).await;
-        assert_eq!(used(&env, "key-open").await, env.stub.billed_tokens(), "{op}");
+        assert_eq!(
+            used(&env, "key-open").await,
+            env.stub.billed_tokens(),
+            "{op}"
+        );
         assert!(
             env.stub.billed_tokens() < 1000,
             "settled to the usage, not the worst case"
@@ -154,7 +192,11 @@ async fn streams_are_relayed_and_settled_from_their_final_usage() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_that_break_or_report_nothing_are_charged_their_worst_case() {
-    for marker in ["[[stub:nousage]]", "[[stub:streamerror]]", "[[stub:streamcut]]"] {
+    for marker in [
+        "[[stub:nousage]]",
+        "[[stub:streamerror]]",
+        "[[stub:streamcut]]",
+    ] {
         let (env, ledger) = env().await;
         let body = json!({ "messages": [{ "role": "user", "content": [{ "text": marker }] }], "inferenceConfig": { "maxTokens": 5000 } });
         let resp = post(&env, "key-open", "lite", "converse-stream", &body)
@@ -230,5 +272,9 @@ async fn concurrent_streams_with_hang_ups_never_pass_the_limit() {
     let billed = env.stub.billed_tokens();
     assert!(ok > 10, "enough streams ran: {ok}");
     assert!(billed <= 20_000, "billed {billed} over the limit");
-    assert_eq!(used(&env, "key-tight").await, billed, "ledger equals the bill");
+    assert_eq!(
+        used(&env, "key-tight").await,
+        billed,
+        "ledger equals the bill"
+    );
 }

@@ -263,7 +263,9 @@ fn as_converse(family: &str, body: &Value) -> Value {
             }
             out
         }
-        "llama" => json!({ "messages": [{ "role": "user", "content": [{ "text": body["prompt"] }] }] }),
+        "llama" => {
+            json!({ "messages": [{ "role": "user", "content": [{ "text": body["prompt"] }] }] })
+        }
         _ => body.clone(),
     }
 }
@@ -437,7 +439,8 @@ async fn operation(
     Path((model_id, operation)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> Response {
-    *state.0.last.lock().expect("stub lock") = Some((format!("{model_id}/{operation}"), body.clone()));
+    *state.0.last.lock().expect("stub lock") =
+        Some((format!("{model_id}/{operation}"), body.clone()));
     match operation.as_str() {
         "count-tokens" => count_tokens(state, model_id, body),
         "converse" | "converse-stream" | "invoke" | "invoke-with-response-stream" => {
@@ -451,11 +454,7 @@ async fn operation(
     }
 }
 
-fn count_tokens(
-    (shared, _): AppState,
-    model_id: String,
-    body: axum::body::Bytes,
-) -> Response {
+fn count_tokens((shared, _): AppState, model_id: String, body: axum::body::Bytes) -> Response {
     *shared.requests.lock().expect("stub lock") += 1;
     let Some(request) = serde_json::from_slice::<Value>(&body)
         .ok()
@@ -529,7 +528,11 @@ async fn generate(
         );
     };
     let native = operation.starts_with("invoke");
-    let family = if native { family_of(&model_id) } else { "converse" };
+    let family = if native {
+        family_of(&model_id)
+    } else {
+        "converse"
+    };
     if native && family == "other" {
         return error(
             StatusCode::BAD_REQUEST,
@@ -541,7 +544,9 @@ async fn generate(
     // validation refuses one ("extraneous key [...] is not permitted").
     if !native
         && let Some(unknown) = raw.as_object().and_then(|o| {
-            o.keys().find(|k| !CONVERSE_FIELDS.contains(&k.as_str())).cloned()
+            o.keys()
+                .find(|k| !CONVERSE_FIELDS.contains(&k.as_str()))
+                .cloned()
         })
     {
         return error(
@@ -764,18 +769,29 @@ fn invoke_answer(g: &Generation) -> Response {
         headers.extend([
             ("x-amzn-bedrock-input-token-count", g.input.to_string()),
             ("x-amzn-bedrock-output-token-count", g.output.to_string()),
-            ("x-amzn-bedrock-invocation-latency", g.latency.as_millis().to_string()),
+            (
+                "x-amzn-bedrock-invocation-latency",
+                g.latency.as_millis().to_string(),
+            ),
         ]);
         if g.cache_read > 0 {
-            headers.push(("x-amzn-bedrock-cache-read-input-token-count", g.cache_read.to_string()));
+            headers.push((
+                "x-amzn-bedrock-cache-read-input-token-count",
+                g.cache_read.to_string(),
+            ));
         }
         if g.cache_write > 0 {
-            headers.push(("x-amzn-bedrock-cache-write-input-token-count", g.cache_write.to_string()));
+            headers.push((
+                "x-amzn-bedrock-cache-write-input-token-count",
+                g.cache_write.to_string(),
+            ));
         }
     }
     let mut response = body.to_string().into_response();
     for (name, value) in headers {
-        response.headers_mut().insert(name, HeaderValue::from_str(&value).expect("ascii"));
+        response
+            .headers_mut()
+            .insert(name, HeaderValue::from_str(&value).expect("ascii"));
     }
     response
 }
@@ -783,11 +799,21 @@ fn invoke_answer(g: &Generation) -> Response {
 /// One event-stream frame (`:message-type`, `:event-type` or `:exception-type`, JSON payload).
 fn frame(kind: &str, name: &str, payload: &Value) -> bytes::Bytes {
     use aws_smithy_types::event_stream::{Header, HeaderValue as H, Message};
-    let type_header = if kind == "exception" { ":exception-type" } else { ":event-type" };
+    let type_header = if kind == "exception" {
+        ":exception-type"
+    } else {
+        ":event-type"
+    };
     let message = Message::new(bytes::Bytes::from(payload.to_string()))
-        .add_header(Header::new(":message-type", H::String(kind.to_string().into())))
+        .add_header(Header::new(
+            ":message-type",
+            H::String(kind.to_string().into()),
+        ))
         .add_header(Header::new(type_header, H::String(name.to_string().into())))
-        .add_header(Header::new(":content-type", H::String("application/json".into())));
+        .add_header(Header::new(
+            ":content-type",
+            H::String("application/json".into()),
+        ));
     let mut out = Vec::new();
     aws_smithy_eventstream::frame::write_message_to(&message, &mut out).expect("a frame");
     bytes::Bytes::from(out)
@@ -813,11 +839,23 @@ fn stream_events(g: &Generation, converse: bool) -> (Vec<bytes::Bytes>, Vec<byte
     if converse {
         let head = vec![
             frame("event", "messageStart", &json!({ "role": "assistant" })),
-            frame("event", "contentBlockDelta", &json!({ "contentBlockIndex": 0, "delta": { "text": first } })),
+            frame(
+                "event",
+                "contentBlockDelta",
+                &json!({ "contentBlockIndex": 0, "delta": { "text": first } }),
+            ),
         ];
         let mut tail = vec![
-            frame("event", "contentBlockDelta", &json!({ "contentBlockIndex": 0, "delta": { "text": second } })),
-            frame("event", "contentBlockStop", &json!({ "contentBlockIndex": 0 })),
+            frame(
+                "event",
+                "contentBlockDelta",
+                &json!({ "contentBlockIndex": 0, "delta": { "text": second } }),
+            ),
+            frame(
+                "event",
+                "contentBlockStop",
+                &json!({ "contentBlockIndex": 0 }),
+            ),
             frame("event", "messageStop", &json!({ "stopReason": g.stop })),
         ];
         if !nousage {
@@ -828,17 +866,25 @@ fn stream_events(g: &Generation, converse: bool) -> (Vec<bytes::Bytes>, Vec<byte
     match g.family {
         "anthropic" => {
             let head = vec![
-                chunk(&json!({ "type": "message_start", "message": { "id": format!("msg_{}", request_id()), "type": "message", "role": "assistant", "model": g.model_id, "content": [], "stop_reason": null, "stop_sequence": null,
-                    "usage": { "input_tokens": g.input, "output_tokens": 1, "cache_read_input_tokens": g.cache_read, "cache_creation_input_tokens": g.cache_write } } })),
-                chunk(&json!({ "type": "content_block_start", "index": 0, "content_block": { "type": "text", "text": "" } })),
-                chunk(&json!({ "type": "content_block_delta", "index": 0, "delta": { "type": "text_delta", "text": first } })),
+                chunk(
+                    &json!({ "type": "message_start", "message": { "id": format!("msg_{}", request_id()), "type": "message", "role": "assistant", "model": g.model_id, "content": [], "stop_reason": null, "stop_sequence": null,
+                    "usage": { "input_tokens": g.input, "output_tokens": 1, "cache_read_input_tokens": g.cache_read, "cache_creation_input_tokens": g.cache_write } } }),
+                ),
+                chunk(
+                    &json!({ "type": "content_block_start", "index": 0, "content_block": { "type": "text", "text": "" } }),
+                ),
+                chunk(
+                    &json!({ "type": "content_block_delta", "index": 0, "delta": { "type": "text_delta", "text": first } }),
+                ),
             ];
             let mut stop = json!({ "type": "message_stop" });
             if !nousage {
                 stop["amazon-bedrock-invocationMetrics"] = metrics;
             }
             let mut tail = vec![
-                chunk(&json!({ "type": "content_block_delta", "index": 0, "delta": { "type": "text_delta", "text": second } })),
+                chunk(
+                    &json!({ "type": "content_block_delta", "index": 0, "delta": { "type": "text_delta", "text": second } }),
+                ),
                 chunk(&json!({ "type": "content_block_stop", "index": 0 })),
             ];
             if !nousage {
@@ -850,11 +896,15 @@ fn stream_events(g: &Generation, converse: bool) -> (Vec<bytes::Bytes>, Vec<byte
         "nova" => {
             let head = vec![
                 chunk(&json!({ "messageStart": { "role": "assistant" } })),
-                chunk(&json!({ "contentBlockDelta": { "delta": { "text": first }, "contentBlockIndex": 0 } })),
+                chunk(
+                    &json!({ "contentBlockDelta": { "delta": { "text": first }, "contentBlockIndex": 0 } }),
+                ),
             ];
             let mut last = json!({ "metadata": { "usage": { "inputTokens": g.input, "outputTokens": g.output } } });
             let mut tail = vec![
-                chunk(&json!({ "contentBlockDelta": { "delta": { "text": second }, "contentBlockIndex": 0 } })),
+                chunk(
+                    &json!({ "contentBlockDelta": { "delta": { "text": second }, "contentBlockIndex": 0 } }),
+                ),
                 chunk(&json!({ "contentBlockStop": { "contentBlockIndex": 0 } })),
                 chunk(&json!({ "messageStop": { "stopReason": g.stop } })),
             ];
@@ -865,7 +915,9 @@ fn stream_events(g: &Generation, converse: bool) -> (Vec<bytes::Bytes>, Vec<byte
             (head, tail)
         }
         _ => {
-            let head = vec![chunk(&json!({ "generation": first, "prompt_token_count": g.input, "generation_token_count": 1, "stop_reason": null }))];
+            let head = vec![chunk(
+                &json!({ "generation": first, "prompt_token_count": g.input, "generation_token_count": 1, "stop_reason": null }),
+            )];
             let mut last = json!({ "generation": second, "prompt_token_count": null, "generation_token_count": g.output,
                 "stop_reason": if g.stop == "max_tokens" { "length" } else { "stop" } });
             if nousage {
@@ -910,7 +962,13 @@ fn stream_answer(g: Generation, converse: bool) -> Response {
     });
     let mut response = axum::body::Body::from_stream(stream).into_response();
     let headers = response.headers_mut();
-    headers.insert("content-type", HeaderValue::from_static("application/vnd.amazon.eventstream"));
-    headers.insert("x-amzn-requestid", HeaderValue::from_str(&request_id()).expect("ascii"));
+    headers.insert(
+        "content-type",
+        HeaderValue::from_static("application/vnd.amazon.eventstream"),
+    );
+    headers.insert(
+        "x-amzn-requestid",
+        HeaderValue::from_str(&request_id()).expect("ascii"),
+    );
     response
 }

@@ -228,6 +228,31 @@ async fn quickstart_renders_deploys_enforces_updates_and_deletes() {
     let body: Value = serde_json::from_str(ok["body"].as_str().unwrap()).unwrap();
     assert!(body["usage"]["totalTokens"].as_u64().unwrap() > 0, "{body}");
 
+    // InvokeModel with an Anthropic Messages body, passed through as sent; the streaming paths
+    // are refused on REST with a 400 that says where streams are served.
+    let native = serde_json::json!({ "anthropic_version": "bedrock-2023-05-31", "max_tokens": 100,
+        "messages": [{ "role": "user", "content": "Summarise our refund policy." }] });
+    for (op, status) in [("invoke", 200), ("invoke-with-response-stream", 400)] {
+        let mut event = api_event(&key, "haiku", &native);
+        event["path"] = serde_json::json!(format!("/model/haiku/{op}"));
+        event["requestContext"]["path"] = serde_json::json!(format!("/v1/model/haiku/{op}"));
+        let answer = local.invoke(invoke, &event);
+        assert_eq!(answer["statusCode"], status, "{op}: {answer}");
+        let body: Value = serde_json::from_str(answer["body"].as_str().unwrap()).unwrap();
+        if status == 200 {
+            assert_eq!(body["type"], "message", "{body}");
+            assert!(
+                body["usage"]["input_tokens"].as_u64().unwrap() > 0,
+                "{body}"
+            );
+        } else {
+            assert!(
+                body["message"].as_str().unwrap().contains("invoke serve"),
+                "{body}"
+            );
+        }
+    }
+
     // A request whose worst case would cross the minute's token limit (the fallback model is
     // under the same token limit) is refused before Bedrock is called.
     let billed_before = local.stub.requests();

@@ -92,15 +92,23 @@ pub fn provider_event(data: &[u8]) {
 pub fn converse(data: &[u8]) {
     use invoke::ops::{Operation, shape};
     for (operation, model) in [
-        (Operation::Invoke, "anthropic.claude-3-5-haiku-20241022-v1:0"),
+        (
+            Operation::Invoke,
+            "anthropic.claude-3-5-haiku-20241022-v1:0",
+        ),
         (Operation::InvokeStream, "amazon.nova-lite-v1:0"),
         (Operation::Invoke, "meta.llama3-8b-instruct-v1:0"),
     ] {
         if let Ok(s) = shape(operation, model, data, &[], 6 * 1024 * 1024, 1024) {
             assert!(s.max_tokens > 0 && s.content_bound > 0);
             let sent: serde_json::Value = serde_json::from_slice(&s.body).expect("JSON is sent");
-            let cap = sent.pointer(s.family.cap_pointer()).and_then(|v| v.as_u64());
-            assert!(cap.is_some_and(|c| c <= s.max_tokens), "the family's cap is held to the reservation");
+            let cap = sent
+                .pointer(s.family.cap_pointer())
+                .and_then(|v| v.as_u64());
+            assert!(
+                cap.is_some_and(|c| c <= s.max_tokens),
+                "the family's cap is held to the reservation"
+            );
         }
     }
     let shaped = match shape(

@@ -122,7 +122,8 @@ pub async fn start<L: Ledger>(
 async fn serve_tls(router: axum::Router) -> (String, std::path::PathBuf) {
     let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()])
         .expect("a self-signed certificate");
-    let dir = std::env::temp_dir().join(format!("tokenfence-tls-{}", invoke::http::new_request_id()));
+    let dir =
+        std::env::temp_dir().join(format!("tokenfence-tls-{}", invoke::http::new_request_id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     std::fs::write(&cert, certified.cert.pem()).unwrap();
