@@ -91,6 +91,29 @@ for latency in (0, 50):
                       "stays at that bound, LiteLLM falls below it because its core saturates; throughput per "
                       "core is judged at 0 ms.", ""]
 
+rss = {}
+if os.path.exists(os.path.join(out, "rss.jsonl")):
+    rss = {r["name"]: r["kib"] for r in map(json.loads, open(os.path.join(out, "rss.jsonl")))}
+lines += ["## Streams: added time to first byte", "",
+          "ConverseStream through tokenfence (`POST /model/nova-micro/converse-stream`, the same mix) and a",
+          "streamed chat completion through LiteLLM (`stream: true`, Bedrock ConverseStream to the same stub),",
+          "at c=1, timed from the request to the first body bytes; the floor is the client straight to the",
+          "stub's `converse-stream`. Peak RSS is each gateway process's `VmHWM` after all its runs at that latency.",
+          "",
+          "| stub latency | target | TTFB p50 (ms) | TTFB p99 (ms) | added p50 | added p99 | peak RSS (MiB) |",
+          "|---|---|---|---|---|---|---|"]
+for latency in (0, 50):
+    floor = point("stream-floor", latency, 1)
+    for target, label, key in (("stream-floor", "floor", None), ("stream-tokenfence-memory", "tokenfence (memory)", "tf"),
+                               ("stream-litellm", "LiteLLM", "ll")):
+        p = point(target, latency, 1)
+        mem = rss.get(f"rss-{key}/{latency}") if key else None
+        lines.append(f"| {latency} ms | {label} | {p['p50']:.2f} | {p['p99']:.2f} | {p['p50'] - floor['p50']:+.2f} | "
+                     f"{p['p99'] - floor['p99']:+.2f} | {mem / 1024:.0f} |" if mem else
+                     f"| {latency} ms | {label} | {p['p50']:.2f} | {p['p99']:.2f} | {p['p50'] - floor['p50']:+.2f} | "
+                     f"{p['p99'] - floor['p99']:+.2f} | |")
+lines.append("")
+
 u, c = decision["uncontended"], decision["contended"]
 up = decision.get("uncontended_parsed")
 lines += [

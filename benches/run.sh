@@ -83,6 +83,14 @@ for latency in 0 50; do
       load "litellm/$latency/$round" "http://127.0.0.1:$ll_port/v1/chat/completions" openai "$conc" "authorization: Bearer sk-bench"
       load "tokenfence-dynamodb/$latency/$round" "http://127.0.0.1:$td_port/model/nova-micro/converse" converse "$conc" "x-api-key: bench-key"
     done
+    # Streams: time to first byte at c=1, the same stream mix through each gateway.
+    load "stream-floor/$latency/$round" "$stub_url/model/amazon.nova-micro-v1:0/converse-stream" converse-stream 1
+    load "stream-tokenfence-memory/$latency/$round" "http://127.0.0.1:$tf_port/model/nova-micro/converse-stream" converse-stream 1 "x-api-key: bench-key"
+    load "stream-litellm/$latency/$round" "http://127.0.0.1:$ll_port/v1/chat/completions" openai-stream 1 "authorization: Bearer sk-bench"
+  done
+  # Peak RSS of each gateway over the whole run at this latency.
+  for p in tf:$tf_pid ll:$ll_pid; do
+    echo "{\"name\": \"rss-${p%%:*}/$latency\", \"kib\": $(awk '/VmHWM/ {print $2}' /proc/${p##*:}/status)}" >> "$out/rss.jsonl"
   done
   kill "$tf_pid" "$td_pid" "$ll_pid" 2>/dev/null || true
 done

@@ -1,7 +1,7 @@
 //! `bench decision [--iterations N]`: per-request percentiles of the in-process decision,
 //! uncontended and with every core on one application.
 //!
-//! `bench load --url URL --concurrency C --seconds S --format converse|openai [--header K:V]...`:
+//! `bench load --url URL --concurrency C --seconds S --format converse|converse-stream|openai|openai-stream [--header K:V]...`:
 //! a closed-loop load generator. Each of C connections sends the request mix (bodies of 200 to
 //! 4,000 characters, maxTokens 64 to 256, round robin) back to back for S seconds. Prints one JSON
 //! line: requests, per-second rate, status counts, latency percentiles in microseconds.
@@ -21,7 +21,7 @@ fn main() {
         Some("load") => load(&args[1..]),
         _ => {
             eprintln!(
-                "usage: bench decision [--iterations N] | bench load --url URL --concurrency C --seconds S --format converse|openai [--header K:V]..."
+                "usage: bench decision [--iterations N] | bench load --url URL --concurrency C --seconds S --format converse|converse-stream|openai|openai-stream [--header K:V]..."
             );
             std::process::exit(2);
         }
@@ -118,7 +118,10 @@ fn load(args: &[String]) {
         .unwrap_or("10")
         .parse()
         .expect("--seconds");
-    let openai = flag(args, "--format").unwrap_or("converse") == "openai";
+    let format = flag(args, "--format").unwrap_or("converse");
+    let openai = format.starts_with("openai");
+    // Streams are timed to their first body bytes (time to first byte), then read to the end.
+    let streaming = format.ends_with("-stream");
     let mut headers = reqwest::header::HeaderMap::new();
     for (i, a) in args.iter().enumerate() {
         if a == "--header" {
@@ -145,7 +148,8 @@ fn load(args: &[String]) {
                 serde_json::to_vec(&json!({
                     "model": "nova-micro",
                     "messages": [{ "role": "user", "content": text }],
-                    "max_tokens": max_tokens
+                    "max_tokens": max_tokens,
+                    "stream": streaming
                 }))
                 .unwrap()
             } else {
@@ -177,15 +181,22 @@ fn load(args: &[String]) {
                         let body = mix[n % mix.len()].clone();
                         n += 1;
                         let t = Instant::now();
-                        let status = match client.post(&url).body(body).send().await {
+                        let (status, elapsed) = match client.post(&url).body(body).send().await {
+                            Ok(mut response) if streaming => {
+                                let status = response.status().as_u16();
+                                let _ = response.chunk().await;
+                                let first = t.elapsed();
+                                while let Ok(Some(_)) = response.chunk().await {}
+                                (status, first)
+                            }
                             Ok(response) => {
                                 let status = response.status().as_u16();
                                 let _ = response.bytes().await;
-                                status
+                                (status, t.elapsed())
                             }
-                            Err(_) => 0,
+                            Err(_) => (0, t.elapsed()),
                         };
-                        samples.push(t.elapsed().as_micros() as u64);
+                        samples.push(elapsed.as_micros() as u64);
                         *statuses.entry(status).or_default() += 1;
                     }
                     (samples, statuses)

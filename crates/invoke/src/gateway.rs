@@ -51,6 +51,9 @@ pub struct Settings {
     /// The longest a synchronous call to Bedrock may take (`invoke serve`); the Lambda fronts use
     /// the invocation's own deadline. A call cut off is settled at its worst case.
     pub call_timeout: Duration,
+    /// The longest a stream may run on `invoke serve` (long thinking generations stream for many
+    /// minutes); a stream still running then is cut off and charged at its worst case.
+    pub stream_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -64,6 +67,7 @@ impl Default for Settings {
             max_body_bytes: 6 * 1024 * 1024,
             remember_seconds: 86_400,
             call_timeout: Duration::from_secs(300),
+            stream_timeout: Duration::from_secs(3600),
         }
     }
 }
@@ -572,7 +576,8 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
     /// CountTokens is passed through uncharged; the others are admitted, sent and settled. A
     /// stream Bedrock opened comes back as [`Outcome::Stream`], to relay with [`Gateway::relay`].
     /// `headers` are the caller's (`content-type`, `accept` and `x-amzn-bedrock-*` are passed
-    /// on). Bedrock gets until `deadline`, or [`Settings::call_timeout`] from the call's start.
+    /// on). Bedrock gets until `deadline`, or [`Settings::call_timeout`] from the call's start
+    /// ([`Settings::stream_timeout`] for a stream).
     #[allow(clippy::too_many_arguments)]
     pub async fn call(
         &self,
@@ -585,8 +590,12 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
         request_id: &str,
         deadline: Option<Instant>,
     ) -> Outcome {
-        let call_deadline =
-            || deadline.unwrap_or_else(|| Instant::now() + self.settings.call_timeout);
+        let timeout = if operation.streams() {
+            self.settings.stream_timeout
+        } else {
+            self.settings.call_timeout
+        };
+        let call_deadline = || deadline.unwrap_or_else(|| Instant::now() + timeout);
         if operation == Operation::CountTokens {
             return Outcome::Reply(
                 self.count_tokens(application, model_param, body, headers, call_deadline())
@@ -919,8 +928,10 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
                     }
                 } else {
                     match (&config.on_exceed, front) {
+                        // A model-native body only goes to a model of its own family.
                         (ExceedAction::Fallback { model: fallback }, _)
-                            if *fallback != plan.model =>
+                            if *fallback != plan.model
+                                && Family::of(operation, fallback).ok() == Some(shaped.family) =>
                         {
                             plan = self.plan(&config, fallback, &shaped)?;
                             match self

@@ -25,6 +25,10 @@ applications:
   tight:
     models: [lite]
     limits: [{ window: day, tokens: 20000 }]
+  falls:
+    models: [sonnet]
+    limits: [{ window: day, usd: 0.01 }]
+    on_exceed: { action: fallback, model: lite }
 "#;
 
 async fn env() -> (common::Env<MemoryLedger>, Arc<MemoryLedger>) {
@@ -277,4 +281,36 @@ async fn concurrent_streams_with_hang_ups_never_pass_the_limit() {
         billed,
         "ledger equals the bill"
     );
+}
+
+/// Over a USD limit with `fallback`: a Converse body is served by the cheaper model, but an
+/// Anthropic Messages body cannot go to a Nova model, so it is refused rather than sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fallback_keeps_model_native_bodies_in_their_family() {
+    let (env, _) = env().await;
+    let body = json!({ "messages": [{ "role": "user", "content": [{ "text": "hi" }] }], "inferenceConfig": { "maxTokens": 2000 } });
+    let resp = post(&env, "key-falls", "sonnet", "converse", &body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let fallback = resp.headers()["x-tokenfence-fallback"].to_str().unwrap();
+    assert!(fallback.contains("nova-lite"), "{fallback}");
+    assert_eq!(
+        env.stub.last_request().unwrap().0,
+        "amazon.nova-lite-v1:0/converse"
+    );
+    let before = env.stub.requests();
+    let resp = post(
+        &env,
+        "key-falls",
+        "sonnet",
+        "invoke",
+        &anthropic("hi", 2000),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 429);
+    assert_eq!(env.stub.requests(), before, "nothing was sent");
 }

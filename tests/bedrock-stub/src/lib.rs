@@ -421,8 +421,19 @@ fn output_cap(request: &Value) -> u64 {
     max.unwrap_or(4096)
 }
 
-fn family_of(model_id: &str) -> &'static str {
+/// The family of a model, by its ID; for an application inference profile ARN (which Bedrock
+/// resolves to its model, and the stub cannot) by the body's shape.
+fn family_of(model_id: &str, body: &Value) -> &'static str {
     let base = model_id.rsplit('/').next().unwrap_or(model_id);
+    if model_id.contains(":application-inference-profile/") {
+        return if body.get("anthropic_version").is_some() {
+            "anthropic"
+        } else if body.get("prompt").is_some() {
+            "llama"
+        } else {
+            "nova"
+        };
+    }
     if base.contains("anthropic.") {
         "anthropic"
     } else if base.contains("amazon.nova") {
@@ -529,7 +540,7 @@ async fn generate(
     };
     let native = operation.starts_with("invoke");
     let family = if native {
-        family_of(&model_id)
+        family_of(&model_id, &raw)
     } else {
         "converse"
     };
