@@ -168,7 +168,7 @@ impl Shaped {
 }
 
 /// Client headers passed on to Bedrock: the body's type, the answer's, and Bedrock's own.
-fn passed_headers(client: &[(String, String)], family: Family) -> Vec<(String, String)> {
+fn passed_headers(client: &[(String, String)], operation: Operation) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = client
         .iter()
         .filter(|(n, _)| {
@@ -180,7 +180,7 @@ fn passed_headers(client: &[(String, String)], family: Family) -> Vec<(String, S
     if !out.iter().any(|(n, _)| n == "content-type") {
         out.push(("content-type".into(), "application/json".into()));
     }
-    if family != Family::Converse && !out.iter().any(|(n, _)| n == "accept") {
+    if operation == Operation::Invoke && !out.iter().any(|(n, _)| n == "accept") {
         out.push(("accept".into(), "application/json".into()));
     }
     out
@@ -214,7 +214,7 @@ pub fn shape(
     if !request.is_object() {
         return Err(invalid("the body must be a JSON object"));
     }
-    let headers = passed_headers(client_headers, family);
+    let headers = passed_headers(client_headers, operation);
     let mut price_fields = price_headers(&headers);
     let (content_bound, caps) = match family {
         Family::Converse => converse_bounds(&request, &mut price_fields)?,
