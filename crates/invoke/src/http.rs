@@ -248,6 +248,8 @@ pub async fn serve_tls(
                 }
             },
         };
+        // No Nagle delay: a stream's events are small writes that must leave as they come.
+        let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let router = router.clone();
         let mut stop = stop_rx.clone();

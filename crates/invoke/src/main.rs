@@ -273,10 +273,16 @@ async fn serve<L: Ledger>(
     let router = invoke::http::router(gateway, keys);
     match tls {
         Some(tls) => invoke::http::serve_tls(listener, router, tls, shutdown_signal()).await,
-        None => axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .map_err(|e| e.to_string()),
+        // No Nagle delay: a stream's events are small writes that must leave as they come.
+        None => axum::serve(
+            axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            }),
+            router,
+        )
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| e.to_string()),
     }
 }
 
