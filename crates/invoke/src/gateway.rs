@@ -525,7 +525,8 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
     }
 
     /// Handles a Converse request of `application` for `model_param` (alias or ID), giving the
-    /// call to Bedrock at most [`Settings::call_timeout`] from when it is sent.
+    /// call to Bedrock at most [`Settings::call_timeout`] from when it is sent: [`Gateway::call`]
+    /// for its commonest use.
     pub async fn converse(
         &self,
         application: &str,
@@ -543,31 +544,6 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
             front,
             request_id,
             None,
-        )
-        .await
-    }
-
-    /// [`Gateway::converse`] with an explicit deadline when there is one (a Lambda invocation's,
-    /// less the time settlement needs): a call to Bedrock still running then is cut off and
-    /// charged at its worst case. Without one, [`Settings::call_timeout`] from the call's start.
-    pub async fn converse_by(
-        &self,
-        application: &str,
-        model_param: &str,
-        body: &[u8],
-        front: Front,
-        request_id: &str,
-        deadline: Option<Instant>,
-    ) -> Outcome {
-        self.call(
-            application,
-            Operation::Converse,
-            model_param,
-            body,
-            &[],
-            front,
-            request_id,
-            deadline,
         )
         .await
     }
