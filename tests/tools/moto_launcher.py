@@ -22,6 +22,10 @@ It is moto (pinned in requirements.txt) with the gaps that matter here handled a
   stopped when it asks for its next event (Lambda freezes it there) or at the deadline. Its output
   goes to the function's CloudWatch Logs group in moto, as Lambda's does. `--lambda-env KEY=VALUE`
   adds variables to every function: what the sandbox's network provides (where Bedrock is).
+  Streamed answers (`Lambda-Runtime-Function-Response-Mode: streaming`, chunked, with error
+  trailers) are read chunk by chunk; Lambda's InvokeWithResponseStream, which moto lacks, is
+  served in front of moto: each chunk is relayed as a `PayloadChunk` event when the function
+  writes it, and `InvokeComplete` (with `ErrorCode` / `ErrorDetails` on failure) ends the stream.
 - AWS::Bedrock::ApplicationInferenceProfile: moto has no Bedrock control plane, and its
   CloudFormation rejects a template that uses `Fn::GetAtt` on a type it does not know. The launcher
   adds the type to moto's CloudFormation: it issues an application inference profile ARN and ID
@@ -59,6 +63,9 @@ import hashlib
 import io
 import json
 import os
+import queue
+import re
+import struct
 import subprocess
 import sys
 import tempfile
@@ -66,6 +73,7 @@ import threading
 import time
 import uuid
 import zipfile
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from werkzeug.serving import run_simple
@@ -349,6 +357,9 @@ class _Invocation:
         self.errored = False
         self.done = threading.Event()
         self.released = threading.Event()
+        # Set by InvokeWithResponseStream: given each chunk of a streamed answer as it arrives.
+        self.on_chunk = None
+        self.streamed = False
 
 
 def _handler_for(invocation: _Invocation):
@@ -389,11 +400,42 @@ def _handler_for(invocation: _Invocation):
                 ],
             )
 
+        def _read_chunked(self, on_chunk):
+            # A streamed answer (`Lambda-Runtime-Function-Response-Mode: streaming`): chunks as
+            # the function writes them, then trailers that may name a mid-stream error.
+            body, trailers = bytearray(), {}
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while (line := self.rfile.readline()) not in (b"\r\n", b"\n", b""):
+                        name, _, value = line.decode("utf-8", "replace").partition(":")
+                        trailers[name.strip().lower()] = value.strip()
+                    return bytes(body), trailers
+                chunk = self.rfile.read(size)
+                self.rfile.readline()
+                body += chunk
+                if on_chunk is not None:
+                    on_chunk(chunk)
+
         def do_POST(self):
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length)
-            if self.path == f"{RUNTIME}/invocation/{invocation.request_id}/response":
+            responding = self.path == f"{RUNTIME}/invocation/{invocation.request_id}/response"
+            trailers = {}
+            if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+                body, trailers = self._read_chunked(invocation.on_chunk if responding else None)
+                invocation.streamed = responding
+            else:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+            if responding:
                 invocation.result = body.decode("utf-8", "replace")
+                if "lambda-runtime-function-error-type" in trailers:
+                    invocation.errored = True
+                    invocation.result = json.dumps(
+                        {
+                            "errorType": trailers["lambda-runtime-function-error-type"],
+                            "errorMessage": trailers.get("lambda-runtime-function-error-body", ""),
+                        }
+                    )
             elif self.path in (f"{RUNTIME}/invocation/{invocation.request_id}/error", f"{RUNTIME}/init/error"):
                 invocation.result = body.decode("utf-8", "replace")
                 invocation.errored = True
@@ -406,13 +448,17 @@ def _handler_for(invocation: _Invocation):
     return Handler
 
 
-def _invoke_lambda(self, event=None):
-    """Runs the function's bootstrap for one event; returns (payload, errored, logs)."""
+def _invoke_lambda(self, event=None, on_chunk=None):
+    """Runs the function's bootstrap for one event; returns (payload, errored, logs).
+
+    `on_chunk`, when given, receives each chunk of a streamed answer as the function writes it
+    (InvokeWithResponseStream); the returned payload is then the whole stream."""
     self.logs_backend.ensure_log_group(self.logs_group_name)
     if event is None:
         event = {}
     payload = event if isinstance(event, str) else json.dumps(event)
     invocation = _Invocation(self, payload)
+    invocation.on_chunk = on_chunk
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(invocation))
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -470,7 +516,87 @@ def _invoke_lambda(self, event=None):
             else {"errorType": "Runtime.ExitError", "errorMessage": f"RequestId: {invocation.request_id} Error: Runtime exited with {exit_code}"}
         )
     self.save_logs(logs or "(no output)")
+    if on_chunk is not None and not invocation.streamed and not invocation.errored:
+        # A whole answer reaches a streaming caller as one chunk, as on Lambda.
+        on_chunk(invocation.result.encode("utf-8"))
     return invocation.result, invocation.errored, logs
+
+
+def _event_frame(event_type: str, payload: bytes, content_type: str) -> bytes:
+    """One `application/vnd.amazon.eventstream` message: prelude (total and headers length,
+    CRC32), string headers (type 7), payload, CRC32 of all before."""
+    headers = b""
+    for name, value in ((":event-type", event_type), (":content-type", content_type), (":message-type", "event")):
+        n, v = name.encode(), value.encode()
+        headers += bytes([len(n)]) + n + b"\x07" + struct.pack(">H", len(v)) + v
+    prelude = struct.pack(">II", 16 + len(headers) + len(payload), len(headers))
+    message = prelude + struct.pack(">I", zlib.crc32(prelude)) + headers + payload
+    return message + struct.pack(">I", zlib.crc32(message))
+
+
+class _ResponseStreaming:
+    """Lambda's InvokeWithResponseStream (`POST /2021-11-15/functions/NAME/response-streaming-invocations`),
+    which moto lacks, in front of moto's app: the function runs as for Invoke, and each chunk it
+    streams is relayed as a `PayloadChunk` event when it arrives; an `InvokeComplete` event ends
+    the stream, with `ErrorCode` / `ErrorDetails` when the function failed."""
+
+    PATH = re.compile(r"^/2021-11-15/functions/([^/]+)/response-streaming-invocations/?$")
+
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        match = self.PATH.match(environ.get("PATH_INFO", ""))
+        if not match or environ.get("REQUEST_METHOD") != "POST":
+            return self.app(environ, start_response)
+        from urllib.parse import parse_qs, unquote
+
+        from moto.awslambda.models import lambda_backends
+        from moto.core import DEFAULT_ACCOUNT_ID
+
+        scope = re.search(r"Credential=[^/]+/[^/]+/([^/]+)/", environ.get("HTTP_AUTHORIZATION", ""))
+        region = scope.group(1) if scope else "us-east-1"
+        qualifier = parse_qs(environ.get("QUERY_STRING", "")).get("Qualifier", [None])[0]
+        try:
+            fn = lambda_backends[DEFAULT_ACCOUNT_ID][region].get_function(unquote(match.group(1)), qualifier)
+        except Exception as error:  # moto's not-found errors differ by version
+            body = json.dumps({"Type": "User", "Message": f"Function not found: {error}"}).encode()
+            start_response(
+                "404 Not Found",
+                [("Content-Type", "application/json"), ("x-amzn-ErrorType", "ResourceNotFoundException")],
+            )
+            return [body]
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        event = environ["wsgi.input"].read(length).decode("utf-8") if length else "{}"
+        chunks: queue.Queue = queue.Queue()
+        outcome = {}
+
+        def run():
+            try:
+                outcome["result"] = fn._invoke_lambda(event=event, on_chunk=chunks.put)
+            finally:
+                chunks.put(None)
+
+        threading.Thread(target=run, daemon=True).start()
+        start_response(
+            "200 OK",
+            [("Content-Type", "application/vnd.amazon.eventstream"), ("X-Amz-Executed-Version", str(fn.version))],
+        )
+
+        def events():
+            while (chunk := chunks.get()) is not None:
+                yield _event_frame("PayloadChunk", chunk, "application/octet-stream")
+            complete = {}
+            result, errored, _logs = outcome.get("result", ("{}", True, ""))
+            if errored:
+                try:
+                    error = json.loads(result)
+                except ValueError:
+                    error = {"errorType": "Runtime.Unknown", "errorMessage": result}
+                complete = {"ErrorCode": error.get("errorType", ""), "ErrorDetails": error.get("errorMessage", "")}
+            yield _event_frame("InvokeComplete", json.dumps(complete).encode(), "application/json")
+
+        return events()
 
 
 def _install_step_functions():
@@ -598,5 +724,5 @@ if __name__ == "__main__":
     _install_custom_resource_lifecycle()
     LambdaFunction._invoke_lambda = _invoke_lambda
     _install_step_functions()
-    app = DomainDispatcherApplication(create_backend_app)
+    app = _ResponseStreaming(DomainDispatcherApplication(create_backend_app))
     run_simple(host, port, app, threaded=not serial, use_reloader=False)

@@ -242,7 +242,15 @@ impl AwsCli {
 
     /// The command, for callers that need its exit status.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(&self.program);
+        self.with_env(Command::new(&self.program), args)
+    }
+
+    /// The venv's Python (boto3 and the test tools) with the same endpoint and credentials.
+    pub fn python(&self, args: &[&str]) -> Command {
+        self.with_env(Command::new(self.program.with_file_name("python")), args)
+    }
+
+    fn with_env(&self, mut command: Command, args: &[&str]) -> Command {
         command
             .args(args)
             .env("AWS_ENDPOINT_URL", &self.endpoint)
