@@ -27,6 +27,10 @@ pub const MAX_DELAY_SECONDS: i64 = 900;
 /// of up to 15 minutes wait out a day's window.
 pub const MAX_DEFERRALS: u32 = 96;
 
+/// How long the queue front spends on one SQS batch, whatever the function's timeout (sized
+/// for 15-minute streams): the request queues' visibility timeout is six times this.
+pub const QUEUE_BATCH: Duration = Duration::from_secs(112);
+
 /// Time kept back from a Lambda invocation's deadline to settle and answer after Bedrock: a
 /// call still running then is cut off and charged at its worst case, and the handler returns
 /// with every reservation settled (a frozen sandbox runs nothing in the background).
@@ -173,6 +177,9 @@ pub async fn handle<L: Ledger, B: Bedrock, Q: Queues>(
     if event.get("Records").is_some() {
         let event: SqsEvent =
             serde_json::from_value(event).map_err(|e| format!("not an SQS event: {e}"))?;
+        // The function's timeout is sized for streams; a batch keeps to its own bound, which
+        // the queues' visibility timeout is sized for.
+        let deadline = deadline.min(Instant::now() + QUEUE_BATCH);
         let response = handle_sqs(gateway, queues, event, deadline).await;
         return serde_json::to_value(response).map_err(|e| e.to_string());
     }
@@ -232,25 +239,28 @@ fn api_response(reply: Reply) -> ApiGatewayProxyResponse {
     response
 }
 
-/// Handles an API Gateway REST proxy request.
-pub async fn handle_api<L: Ledger, B: Bedrock>(
+/// A REST proxy request read: who asks, for what, with which bytes.
+struct ApiRequest {
+    application: String,
+    operation: Operation,
+    model: String,
+    body: Vec<u8>,
+    headers: Vec<(String, String)>,
+    reservation_id: String,
+}
+
+/// What a REST proxy request asks for, or the answer to give without calling Bedrock
+/// (`Err`): `/usage` is answered here too.
+async fn read_api<L: Ledger, B: Bedrock>(
     gateway: &Gateway<L, B>,
     request: ApiGatewayProxyRequest,
-    deadline: Instant,
-) -> ApiGatewayProxyResponse {
-    let application = match application_of_key(
-        gateway,
-        request.request_context.identity.api_key_id.clone(),
-    )
-    .await
-    {
-        Ok(app) => app,
-        Err(reply) => return api_response(reply),
-    };
+) -> Result<ApiRequest, Reply> {
+    let application =
+        application_of_key(gateway, request.request_context.identity.api_key_id.clone()).await?;
     let method = request.http_method.as_str();
     let path = request.path.clone().unwrap_or_default();
     if method == "GET" && path.ends_with("/usage") {
-        return api_response(gateway.usage(&application).await);
+        return Err(gateway.usage(&application).await);
     }
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (model, operation) = match parts.as_slice() {
@@ -265,22 +275,12 @@ pub async fn handle_api<L: Ledger, B: Bedrock>(
         _ => (String::new(), None),
     };
     let Some(operation) = operation.filter(|_| method == "POST") else {
-        return api_response(Reply::error(
+        return Err(Reply::error(
             404,
             "UnknownOperationException",
-            "routes: POST /model/{modelId}/converse, /invoke, /count-tokens; GET /usage",
+            "routes: POST /model/{modelId}/converse, /converse-stream, /invoke, /invoke-with-response-stream, /count-tokens; GET /usage",
         ));
     };
-    if operation.streams() {
-        return api_response(Reply::error(
-            400,
-            "ValidationException",
-            format!(
-                "`{}` streams, and this REST API answers whole responses only; call `converse` or `invoke`, or stream through `invoke serve`",
-                operation.path()
-            ),
-        ));
-    }
     let headers: Vec<(String, String)> = request
         .headers
         .iter()
@@ -289,16 +289,8 @@ pub async fn handle_api<L: Ledger, B: Bedrock>(
     let body = match (request.body.as_deref(), request.is_base64_encoded) {
         (None, _) => Vec::new(),
         (Some(b), false) => b.as_bytes().to_vec(),
-        (Some(b), true) => match aws_smithy_types::base64::decode(b) {
-            Ok(bytes) => bytes,
-            Err(_) => {
-                return api_response(Reply::error(
-                    400,
-                    "ValidationError",
-                    "the body is not valid base64",
-                ));
-            }
-        },
+        (Some(b), true) => aws_smithy_types::base64::decode(b)
+            .map_err(|_| Reply::error(400, "ValidationError", "the body is not valid base64"))?,
     };
     // Reservation IDs of synchronous requests only need to be unique; API Gateway's request ID
     // goes to the logs.
@@ -310,15 +302,47 @@ pub async fn handle_api<L: Ledger, B: Bedrock>(
         operation = operation.path(),
         "request"
     );
+    Ok(ApiRequest {
+        application,
+        operation,
+        model,
+        body,
+        headers,
+        reservation_id,
+    })
+}
+
+/// Handles an API Gateway REST proxy request with a whole (buffered) answer. A streaming
+/// operation is answered 400 here: the Lambda engine serves them through [`handle_stream`]
+/// (the REST API's `STREAM` integrations); the Step Functions Express engine cannot stream.
+pub async fn handle_api<L: Ledger, B: Bedrock>(
+    gateway: &Gateway<L, B>,
+    request: ApiGatewayProxyRequest,
+    deadline: Instant,
+) -> ApiGatewayProxyResponse {
+    let asked = match read_api(gateway, request).await {
+        Ok(asked) => asked,
+        Err(reply) => return api_response(reply),
+    };
+    if asked.operation.streams() {
+        return api_response(Reply::error(
+            400,
+            "ValidationException",
+            format!(
+                "`{}` streams, and this API answers whole responses only (the Step Functions Express engine cannot stream); call `converse` or `invoke`, or deploy with the Lambda engine",
+                asked.operation.path()
+            ),
+        ));
+    }
     match gateway
         .call(
-            &application,
-            operation,
-            &model,
-            &body,
-            &headers,
+            &asked.application,
+            asked.operation,
+            &asked.model,
+            &asked.body,
+            &asked.headers,
             Front::Sync,
-            &reservation_id,
+            &asked.reservation_id,
             Some(deadline),
         )
         .await
@@ -330,6 +354,168 @@ pub async fn handle_api<L: Ledger, B: Bedrock>(
             "unexpected async outcome on the sync front",
         )),
     }
+}
+
+/// The bytes of a streamed Lambda answer.
+pub type BodyStream = std::pin::Pin<
+    Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send>,
+>;
+
+/// A Lambda answer: whole (API Gateway `BUFFERED` integrations, SQS, the authorizer, the
+/// sweeper) or streamed (`STREAM` integrations).
+pub type LambdaResponse = lambda_runtime::FunctionResponse<Value, BodyStream>;
+
+/// Whether `event` is a REST proxy request for a streaming operation, which the REST API sends
+/// through a `STREAM` integration (Lambda's InvokeWithResponseStream) and which must be answered
+/// in its format ([`handle_stream`]), errors included.
+pub fn is_stream_request(event: &Value) -> bool {
+    event.get("requestContext").is_some()
+        && event.get("httpMethod").and_then(Value::as_str) == Some("POST")
+        && event
+            .get("path")
+            .and_then(Value::as_str)
+            .and_then(|p| p.trim_end_matches('/').rsplit('/').next())
+            .and_then(Operation::from_path)
+            .is_some_and(Operation::streams)
+}
+
+/// Handles a REST proxy request for a streaming operation in the format of API Gateway's
+/// response streaming (Lambda proxy integrations with `ResponseTransferMode: STREAM`): a JSON
+/// prelude with the status and headers, eight NUL bytes, then the body as it comes. An error
+/// before the stream opens (over budget, bad key) is an ordinary status with a JSON body.
+///
+/// The stream ends only after its settlement: Lambda freezes the sandbox once the answer is
+/// complete, and nothing runs in a frozen sandbox. A caller that hangs up does not end it early
+/// ([`Gateway::relay`] reads on to the usage); if the sandbox is frozen or stopped before that,
+/// the reservation is held until its hold expires and charged at its worst case by the sweeper.
+pub async fn handle_stream<L: Ledger, B: Bedrock>(
+    gateway: std::sync::Arc<Gateway<L, B>>,
+    event: Value,
+    deadline: Instant,
+) -> lambda_runtime::StreamResponse<BodyStream> {
+    let request: ApiGatewayProxyRequest = match serde_json::from_value(event) {
+        Ok(request) => request,
+        Err(e) => {
+            return whole_stream(Reply::error(
+                400,
+                "ValidationError",
+                format!("not an API Gateway proxy event: {e}"),
+            ));
+        }
+    };
+    let asked = match read_api(&gateway, request).await {
+        Ok(asked) => asked,
+        Err(reply) => return whole_stream(reply),
+    };
+    let outcome = gateway
+        .call(
+            &asked.application,
+            asked.operation,
+            &asked.model,
+            &asked.body,
+            &asked.headers,
+            Front::Sync,
+            &asked.reservation_id,
+            Some(deadline),
+        )
+        .await;
+    let opened = match outcome {
+        Outcome::Stream(opened) => opened,
+        Outcome::Reply(reply) => return whole_stream(reply),
+        _ => {
+            return whole_stream(Reply::error(
+                500,
+                "InternalError",
+                "unexpected async outcome on the sync front",
+            ));
+        }
+    };
+    let prelude = prelude(opened.reply.status, &opened.reply.headers);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(32);
+    tokio::spawn(async move {
+        // `tx` is held until the settlement is written: the caller's stream ends after it.
+        let frames = tx.clone();
+        let (relayed_tx, mut relayed_rx) = tokio::sync::mpsc::channel(32);
+        // A caller that hung up drops `relayed_rx`: the relay notices and reads on to the usage.
+        let forward = async move {
+            while let Some(item) = relayed_rx.recv().await {
+                let item: Result<bytes::Bytes, std::io::Error> = item;
+                // Lambda's runtime API cannot abort a streamed answer; a stream that broke off
+                // ends with an exception event, which every Bedrock SDK raises.
+                let chunk = item.unwrap_or_else(|e| exception_frame(&e.to_string()));
+                if frames.send(Ok(chunk)).await.is_err() {
+                    break;
+                }
+            }
+        };
+        tokio::join!(gateway.relay(opened, relayed_tx), forward);
+        drop(tx);
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    });
+    lambda_runtime::StreamResponse {
+        metadata_prelude: prelude,
+        stream: Box::pin(stream),
+    }
+}
+
+fn prelude(status: u16, headers: &[(String, String)]) -> lambda_runtime::MetadataPrelude {
+    use aws_lambda_events::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+    let mut map = HeaderMap::new();
+    for (name, value) in headers {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::try_from(value.as_str()),
+        ) {
+            map.insert(n, v);
+        }
+    }
+    lambda_runtime::MetadataPrelude {
+        status_code: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        headers: map,
+        cookies: Vec::new(),
+    }
+}
+
+/// A whole answer in the streaming format: the prelude, then the JSON body.
+fn whole_stream(reply: Reply) -> lambda_runtime::StreamResponse<BodyStream> {
+    let mut headers = reply.headers.clone();
+    if !headers
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+    {
+        headers.push(("content-type".into(), "application/json".into()));
+    }
+    let body = reply.bytes();
+    lambda_runtime::StreamResponse {
+        metadata_prelude: prelude(reply.status, &headers),
+        stream: Box::pin(futures_util::stream::once(async move { Ok(body) })),
+    }
+}
+
+/// An event-stream exception message (`modelStreamErrorException`), as Bedrock ends a stream
+/// that failed after it started.
+fn exception_frame(reason: &str) -> bytes::Bytes {
+    use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
+    let payload = serde_json::json!({ "message": reason }).to_string();
+    let message = Message::new(payload.into_bytes())
+        .add_header(Header::new(
+            ":message-type",
+            HeaderValue::String("exception".into()),
+        ))
+        .add_header(Header::new(
+            ":exception-type",
+            HeaderValue::String("modelStreamErrorException".into()),
+        ))
+        .add_header(Header::new(
+            ":content-type",
+            HeaderValue::String("application/json".into()),
+        ));
+    let mut out = Vec::new();
+    aws_smithy_eventstream::frame::write_message_to(&message, &mut out)
+        .expect("an event-stream message encodes");
+    bytes::Bytes::from(out)
 }
 
 /// What an SQS message carries: the request ID (for deduplication), the model and the body.

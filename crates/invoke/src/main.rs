@@ -132,7 +132,17 @@ async fn run_lambda() -> Result<(), String> {
             let queues = Arc::clone(&queues);
             async move {
                 let deadline = invoke::lambda::call_deadline(event.context.deadline);
-                invoke::lambda::handle(&gateway, queues.as_ref(), event.payload, deadline).await
+                // The REST API's STREAM integrations: answered in Lambda's streaming mode.
+                if invoke::lambda::is_stream_request(&event.payload) {
+                    let streamed =
+                        invoke::lambda::handle_stream(gateway, event.payload, deadline).await;
+                    return Ok::<invoke::lambda::LambdaResponse, String>(
+                        lambda_runtime::FunctionResponse::StreamingResponse(streamed),
+                    );
+                }
+                invoke::lambda::handle(&gateway, queues.as_ref(), event.payload, deadline)
+                    .await
+                    .map(lambda_runtime::FunctionResponse::BufferedResponse)
             }
         },
     ))

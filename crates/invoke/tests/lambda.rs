@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use bedrock_stub::StubConfig;
 use invoke::gateway::Gateway;
-use invoke::lambda::{Queues, handle};
+use invoke::lambda::{Queues, handle, handle_stream, is_stream_request};
 use invoke::metrics::MetricsSink;
 use ledger::{Identity, Ledger, MemoryLedger};
 use serde_json::{Value, json};
@@ -73,7 +73,7 @@ fn fixture(name: &str) -> Value {
 
 struct Env {
     stub: bedrock_stub::Stub,
-    gateway: Gateway<MemoryLedger, invoke::bedrock::SignedBedrock>,
+    gateway: Arc<Gateway<MemoryLedger, invoke::bedrock::SignedBedrock>>,
     queues: CapturedQueues,
 }
 
@@ -102,13 +102,13 @@ async fn env() -> Env {
     );
     Env {
         stub,
-        gateway,
+        gateway: Arc::new(gateway),
         queues: CapturedQueues::default(),
     }
 }
 
 async fn api(env: &Env, event: Value) -> (u16, Value, Value) {
-    let out = handle(&env.gateway, &env.queues, event, soon())
+    let out = handle(&*env.gateway, &env.queues, event, soon())
         .await
         .expect("handled");
     let body: Value = serde_json::from_str(out["body"].as_str().unwrap()).unwrap();
@@ -186,7 +186,7 @@ async fn api_gateway_requests_are_identified_by_their_api_key_id() {
 async fn sqs_results_reach_the_results_queue_and_redeliveries_are_charged_once() {
     let env = env().await;
     let out = handle(
-        &env.gateway,
+        &*env.gateway,
         &env.queues,
         fixture("sqs-converse.json"),
         soon(),
@@ -212,7 +212,7 @@ async fn sqs_results_reach_the_results_queue_and_redeliveries_are_charged_once()
 
     // SQS delivers at least once: the same message again is answered from the ledger's record.
     let out = handle(
-        &env.gateway,
+        &*env.gateway,
         &env.queues,
         fixture("sqs-converse.json"),
         soon(),
@@ -244,7 +244,7 @@ async fn sqs_requests_over_budget_are_deferred_until_the_window_resets() {
         records.push(r);
     }
     event["Records"] = json!(records);
-    let out = handle(&env.gateway, &env.queues, event, soon())
+    let out = handle(&*env.gateway, &env.queues, event, soon())
         .await
         .unwrap();
     assert_eq!(
@@ -297,12 +297,12 @@ async fn sqs_failures_are_reported_per_message() {
     // worst cases at once would overflow `batch`'s 300-token minute (deferring the throttled one).
     let mut first = event.clone();
     first["Records"] = json!([good]);
-    let out = handle(&env.gateway, &env.queues, first, soon())
+    let out = handle(&*env.gateway, &env.queues, first, soon())
         .await
         .unwrap();
     assert_eq!(out["batchItemFailures"], json!([]));
     event["Records"] = json!([throttled, stranger, malformed]);
-    let out = handle(&env.gateway, &env.queues, event, soon())
+    let out = handle(&*env.gateway, &env.queues, event, soon())
         .await
         .unwrap();
     let failed = failed_ids(&out);
@@ -364,7 +364,7 @@ async fn hostile_queue_messages_are_answered_or_retried_never_failed_open() {
         ),
     ];
     event["Records"] = json!(records);
-    let out = handle(&env.gateway, &env.queues, event, soon())
+    let out = handle(&*env.gateway, &env.queues, event, soon())
         .await
         .unwrap();
     let failed = failed_ids(&out);
@@ -412,7 +412,7 @@ async fn hostile_queue_messages_are_answered_or_retried_never_failed_open() {
         "server-error",
         json!({ "requestId": "e1", "modelId": "micro", "request": hello })
     )]);
-    let out = handle(&env.gateway, &env.queues, again, soon())
+    let out = handle(&*env.gateway, &env.queues, again, soon())
         .await
         .unwrap();
     assert_eq!(out["batchItemFailures"], json!([]));
@@ -435,7 +435,7 @@ fn answer_of(env: &Env, id: &str) -> Value {
 async fn a_message_with_no_time_left_is_retried_without_calling_bedrock() {
     let env = env().await;
     let out = handle(
-        &env.gateway,
+        &*env.gateway,
         &env.queues,
         fixture("sqs-converse.json"),
         std::time::Instant::now(),
@@ -480,7 +480,7 @@ async fn the_sweep_event_closes_expired_reservations_and_counts_them() {
     env.gateway.ledger().reserve(&request).await.unwrap();
     assert_eq!(env.gateway.ledger().open_reservations(), 1);
     let sweep = json!({ "tokenfence": "sweep" });
-    let out = handle(&env.gateway, &env.queues, sweep.clone(), soon())
+    let out = handle(&*env.gateway, &env.queues, sweep.clone(), soon())
         .await
         .unwrap();
     assert_eq!(out, json!({ "expired": 1 }));
@@ -490,7 +490,7 @@ async fn the_sweep_event_closes_expired_reservations_and_counts_them() {
         500,
         "charged at its worst case"
     );
-    let out = handle(&env.gateway, &env.queues, sweep, soon())
+    let out = handle(&*env.gateway, &env.queues, sweep, soon())
         .await
         .unwrap();
     assert_eq!(out, json!({ "expired": 0 }), "counted once");
@@ -500,7 +500,7 @@ async fn the_sweep_event_closes_expired_reservations_and_counts_them() {
 async fn unknown_events_are_errors() {
     let env = env().await;
     let err = handle(
-        &env.gateway,
+        &*env.gateway,
         &env.queues,
         json!({ "hello": "world" }),
         soon(),
@@ -516,7 +516,7 @@ async fn unknown_events_are_errors() {
 async fn the_authorizer_passes_bearer_and_header_keys_to_usage_plans() {
     let env = env().await;
     let bearer = fixture("apigw-authorizer-request.json");
-    let out = handle(&env.gateway, &env.queues, bearer.clone(), soon())
+    let out = handle(&*env.gateway, &env.queues, bearer.clone(), soon())
         .await
         .expect("authorized");
     assert_eq!(out["usageIdentifierKey"], "tf-key-0123456789");
@@ -536,15 +536,163 @@ async fn the_authorizer_passes_bearer_and_header_keys_to_usage_plans() {
     let mut header = bearer.clone();
     header["headers"] = json!({ "x-api-key": "tf-key-header" });
     header["multiValueHeaders"] = json!({ "x-api-key": ["tf-key-header"] });
-    let out = handle(&env.gateway, &env.queues, header, soon())
+    let out = handle(&*env.gateway, &env.queues, header, soon())
         .await
         .unwrap();
     assert_eq!(out["usageIdentifierKey"], "tf-key-header");
     let mut none = bearer;
     none["headers"] = json!({ "Authorization": "Basic dXNlcjpwYXNz" });
     none["multiValueHeaders"] = json!({});
-    let err = handle(&env.gateway, &env.queues, none, soon())
+    let err = handle(&*env.gateway, &env.queues, none, soon())
         .await
         .unwrap_err();
     assert_eq!(err, "Unauthorized");
+}
+
+/// A proxy event for `POST /model/micro/{op}` with `body`.
+fn api_event_for(op: &str, body: Value) -> Value {
+    let mut event = fixture("apigw-converse.json");
+    event["path"] = json!(format!("/model/micro/{op}"));
+    event["resource"] = json!(format!("/model/{{modelId}}/{op}"));
+    event["requestContext"]["path"] = json!(format!("/v1/model/micro/{op}"));
+    event["body"] = json!(body.to_string());
+    event
+}
+
+/// A streamed answer: (status, headers, body bytes).
+async fn streamed(
+    response: lambda_runtime::StreamResponse<invoke::lambda::BodyStream>,
+) -> (u16, aws_lambda_events::http::HeaderMap, Vec<u8>) {
+    use futures_util::StreamExt;
+    let mut body = Vec::new();
+    let mut stream = response.stream;
+    while let Some(chunk) = stream.next().await {
+        body.extend_from_slice(&chunk.expect("no stream error reaches the runtime"));
+    }
+    (
+        response.metadata_prelude.status_code.as_u16(),
+        response.metadata_prelude.headers,
+        body,
+    )
+}
+
+/// The event-stream messages of `body`: (`:event-type` or `:exception-type`, payload).
+fn messages(mut body: &[u8]) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    while !body.is_empty() {
+        let message = aws_smithy_eventstream::frame::read_message_from(&mut body)
+            .expect("whole event-stream frames");
+        let kind = message
+            .headers()
+            .iter()
+            .find(|h| h.name().as_str() == ":event-type" || h.name().as_str() == ":exception-type")
+            .and_then(|h| h.value().as_string().ok().map(|s| s.as_str().to_string()))
+            .expect("a typed message");
+        out.push((kind, serde_json::from_slice(message.payload()).unwrap()));
+    }
+    out
+}
+
+#[tokio::test]
+async fn streaming_requests_are_answered_in_lambdas_streaming_format_and_settled_to_the_bill() {
+    let env = env().await;
+    let converse = json!({ "messages": [{ "role": "user", "content": [{ "text": "Stream a haiku." }] }],
+        "inferenceConfig": { "maxTokens": 60 } });
+    let event = api_event_for("converse-stream", converse.clone());
+    assert!(is_stream_request(&event));
+    assert!(!is_stream_request(&fixture("apigw-converse.json")));
+    assert!(!is_stream_request(&json!({ "Records": [] })));
+
+    let (status, headers, body) =
+        streamed(handle_stream(Arc::clone(&env.gateway), event, soon()).await).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        headers["content-type"],
+        "application/vnd.amazon.eventstream"
+    );
+    assert_eq!(headers["x-tokenfence-application"], "web");
+    let events = messages(&body);
+    let kinds: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(kinds.first(), Some(&"messageStart"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"metadata"), "{kinds:?}");
+    // The stream ends after its settlement: nothing is held, and the ledger holds the bill.
+    assert_eq!(env.gateway.ledger().open_reservations(), 0);
+    assert_eq!(
+        env.gateway.ledger().counters("web")[0].1.tokens,
+        env.stub.billed_tokens()
+    );
+
+    // InvokeModelWithResponseStream with a Nova body: chunks, settled to the bill.
+    let native = json!({ "schemaVersion": "messages-v1",
+        "messages": [{ "role": "user", "content": [{ "text": "Stream a haiku." }] }],
+        "inferenceConfig": { "maxTokens": 60 } });
+    let (status, _, body) = streamed(
+        handle_stream(
+            Arc::clone(&env.gateway),
+            api_event_for("invoke-with-response-stream", native),
+            soon(),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert!(messages(&body).iter().all(|(k, _)| k == "chunk"));
+    assert_eq!(env.gateway.ledger().open_reservations(), 0);
+    assert_eq!(
+        env.gateway.ledger().counters("web")[0].1.tokens,
+        env.stub.billed_tokens()
+    );
+
+    // Errors before the stream opens are ordinary answers: a status and a JSON body.
+    let billed = env.stub.requests();
+    let over = json!({ "messages": [{ "role": "user", "content": [{ "text": "x" }] }],
+        "inferenceConfig": { "maxTokens": 200000 } });
+    let mut stranger = api_event_for("converse-stream", converse.clone());
+    stranger["requestContext"]["identity"]["apiKeyId"] = json!("someone-else");
+    for (event, want, code) in [
+        (
+            api_event_for("converse-stream", over),
+            429,
+            "BudgetExceeded",
+        ),
+        (stranger, 403, "InvalidApiKey"),
+        (
+            api_event_for("converse-stream", json!({ "messages": 3 })),
+            400,
+            "ValidationException",
+        ),
+    ] {
+        let (status, headers, body) =
+            streamed(handle_stream(Arc::clone(&env.gateway), event, soon()).await).await;
+        assert_eq!(status, want, "{}", String::from_utf8_lossy(&body));
+        assert_eq!(headers["content-type"], "application/json");
+        let body: Value = serde_json::from_slice(&body).expect("a JSON error body");
+        assert!(
+            body.to_string().contains(code) || format!("{headers:?}").contains(code),
+            "{body} {headers:?}"
+        );
+    }
+    assert_eq!(
+        env.stub.requests(),
+        billed,
+        "refused streams never reach Bedrock"
+    );
+    assert_eq!(env.gateway.ledger().open_reservations(), 0);
+}
+
+#[tokio::test]
+async fn whole_answer_fronts_refuse_streams_naming_the_engine() {
+    let env = env().await;
+    let event = api_event_for(
+        "converse-stream",
+        json!({ "messages": [{ "role": "user", "content": [{ "text": "x" }] }] }),
+    );
+    let (status, _, body) = api(&env, event).await;
+    assert_eq!(status, 400, "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("converse-stream") && message.contains("Lambda engine"),
+        "{message}"
+    );
+    assert_eq!(env.stub.requests(), 0);
 }
