@@ -61,18 +61,26 @@ pub mod ids {
 
 /// The REST API's stage.
 pub const STAGE_NAME: &str = "v1";
-/// The invoke Lambda's timeout. API Gateway cuts synchronous calls at 29 s regardless; the queue
-/// front can use the whole timeout.
-pub const INVOKE_TIMEOUT_SECONDS: u32 = 120;
+/// The invoke Lambda's timeout: the longest stream API Gateway relays (15 minutes). Whole
+/// answers are cut by API Gateway at 29 s regardless, and the queue front bounds its batches
+/// to `QUEUE_BATCH_SECONDS`.
+pub const INVOKE_TIMEOUT_SECONDS: u32 = 900;
+/// How long the queue front spends on one SQS batch (the invoke crate's `QUEUE_BATCH`).
+pub const QUEUE_BATCH_SECONDS: u32 = 120;
 /// Memory of the invoke Lambda, in MB (it mostly waits on Bedrock; more buys no speed).
 pub const INVOKE_MEMORY_MB: u32 = 256;
 /// Memory of the Step Functions engine's Lambda steps, in MB.
 pub const STEP_MEMORY_MB: u32 = 128;
 /// Timeout of the Step Functions engine's Lambda steps (each is a few ledger round trips).
 pub const STEP_TIMEOUT_SECONDS: u32 = 30;
-/// SQS visibility timeout of the request queues: six times the function timeout, as AWS advises
-/// for Lambda event sources.
-pub const QUEUE_VISIBILITY_SECONDS: u32 = 6 * INVOKE_TIMEOUT_SECONDS;
+/// SQS visibility timeout of the request queues: six times a batch's time, as AWS advises for
+/// Lambda event sources, and never under the function timeout, which an event source mapping
+/// requires.
+pub const QUEUE_VISIBILITY_SECONDS: u32 = if 6 * QUEUE_BATCH_SECONDS > INVOKE_TIMEOUT_SECONDS {
+    6 * QUEUE_BATCH_SECONDS
+} else {
+    INVOKE_TIMEOUT_SECONDS
+};
 /// Log retention of the Lambdas' log groups.
 pub const LOG_RETENTION_DAYS: u32 = 30;
 /// The ledger's sparse index of held reservations (`ledger::OPEN_INDEX`).
@@ -498,6 +506,11 @@ fn add_rest_api(t: &mut Template, spec: &Spec) {
         "arn:${{AWS::Partition}}:apigateway:${{AWS::Region}}:lambda:path/2015-03-31/functions/${{{}.Arn}}/invocations",
         ids::INVOKE_FUNCTION
     ));
+    // Lambda's InvokeWithResponseStream, for the integrations that stream.
+    let stream_uri = sub(&format!(
+        "arn:${{AWS::Partition}}:apigateway:${{AWS::Region}}:lambda:path/2021-11-15/functions/${{{}.Arn}}/response-streaming-invocations",
+        ids::INVOKE_FUNCTION
+    ));
     t.add(
         ids::REST_API,
         Resource::new(
@@ -599,34 +612,63 @@ fn add_rest_api(t: &mut Template, spec: &Spec) {
         "ApiConverseMethod".to_string(),
         "ApiUsageMethod".to_string(),
     ];
-    if spec.engine == Engine::StepFunctionsExpress {
+    let proxy = |resource_id: &str, integration: Value| {
+        Resource::new(
+            "AWS::ApiGateway::Method",
+            json!({
+                "RestApiId": r(ids::REST_API),
+                "ResourceId": r(resource_id),
+                "HttpMethod": "POST",
+                "AuthorizationType": "CUSTOM",
+                "AuthorizerId": r("ApiKeyAuthorizer"),
+                "ApiKeyRequired": true,
+                "RequestParameters": { "method.request.path.modelId": true },
+                "Integration": integration
+            }),
+        )
+    };
+    let express = spec.engine == Engine::StepFunctionsExpress;
+    let mut routes: Vec<(&str, &str, Value)> = Vec::new();
+    if express {
         crate::workflow::route_converse_to_workflow(t);
     } else {
         // InvokeModel (model-native bodies, checked by the gateway's family adapters, not by a
         // request model) and CountTokens, on the same Lambda proxy integration.
         for (id, part) in [("Invoke", "invoke"), ("CountTokens", "count-tokens")] {
-            t.add(
-                &format!("Api{id}Resource"),
-                resource(r("ApiModelIdResource"), part),
-            );
-            t.add(
-                &format!("Api{id}Method"),
-                Resource::new(
-                    "AWS::ApiGateway::Method",
-                    json!({
-                        "RestApiId": r(ids::REST_API),
-                        "ResourceId": r(&format!("Api{id}Resource")),
-                        "HttpMethod": "POST",
-                        "AuthorizationType": "CUSTOM",
-                        "AuthorizerId": r("ApiKeyAuthorizer"),
-                        "ApiKeyRequired": true,
-                        "RequestParameters": { "method.request.path.modelId": true },
-                        "Integration": { "Type": "AWS_PROXY", "IntegrationHttpMethod": "POST", "Uri": invoke_uri.clone() }
-                    }),
-                ),
-            );
-            methods.push(format!("Api{id}Method"));
+            let integration = json!({ "Type": "AWS_PROXY", "IntegrationHttpMethod": "POST", "Uri": invoke_uri.clone() });
+            routes.push((id, part, integration));
         }
+    }
+    // The streaming operations: relayed as they come through Lambda response streaming. The
+    // Express engine answers whole responses only; there the function answers these paths 400
+    // naming why, rather than API Gateway's bare 403 for a path it does not know.
+    for (id, part) in [
+        ("ConverseStream", "converse-stream"),
+        ("InvokeStream", "invoke-with-response-stream"),
+    ] {
+        let integration = if express {
+            json!({ "Type": "AWS_PROXY", "IntegrationHttpMethod": "POST", "Uri": invoke_uri.clone() })
+        } else {
+            json!({
+                "Type": "AWS_PROXY",
+                "IntegrationHttpMethod": "POST",
+                "Uri": stream_uri.clone(),
+                // Up to 15 minutes per stream (the function's timeout), 5 minutes idle.
+                "ResponseTransferMode": "STREAM"
+            })
+        };
+        routes.push((id, part, integration));
+    }
+    for (id, part, integration) in routes {
+        t.add(
+            format!("Api{id}Resource"),
+            resource(r("ApiModelIdResource"), part),
+        );
+        t.add(
+            format!("Api{id}Method"),
+            proxy(&format!("Api{id}Resource"), integration),
+        );
+        methods.push(format!("Api{id}Method"));
     }
     t.add(
         "ApiUsageMethod",
