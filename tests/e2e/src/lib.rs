@@ -202,6 +202,43 @@ impl LocalAws {
             .unwrap_or_else(|e| panic!("{function} answered no JSON ({e}): {payload}"))
     }
 
+    /// Lambda's InvokeWithResponseStream of `function` with `event` (boto3, as API Gateway's
+    /// `STREAM` integrations call it); returns the streamed bytes, with every chunk relayed.
+    pub fn invoke_stream(&self, function: &str, event: &Value) -> Vec<u8> {
+        let n = self.uploads.get() + 1;
+        self.uploads.set(n);
+        let input = self.dir.join(format!("event-{n}.json"));
+        let output = self.dir.join(format!("stream-{n}.bin"));
+        std::fs::write(&input, serde_json::to_vec(event).unwrap()).unwrap();
+        let script = harness::repo().join("tests/tools/lambda_stream.py");
+        let out = self
+            .aws
+            .python(&[path(&script), function, path(&input), path(&output)])
+            .output()
+            .expect("the venv's python runs");
+        assert!(
+            out.status.success(),
+            "InvokeWithResponseStream of {function} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let meta: Value =
+            serde_json::from_slice(&out.stdout).expect("lambda_stream.py prints JSON");
+        assert_eq!(meta["StatusCode"], 200, "{meta}");
+        assert_eq!(
+            meta["InvokeComplete"],
+            json!({}),
+            "{function} failed mid-stream: {meta} (moto's log: {})",
+            Moto::log_path(self.moto.port).display()
+        );
+        // Relayed as the function wrote it: the prelude, its delimiter and the events arrive as
+        // chunks of their own, not as one answer at the end.
+        assert!(
+            meta["Chunks"].as_u64().unwrap() >= 3,
+            "{function} answered in one piece: {meta}"
+        );
+        std::fs::read(&output).expect("lambda_stream.py wrote the stream")
+    }
+
     /// An application's API key as API Gateway knows it: (id, value).
     pub fn api_key(&self, name: &str) -> (String, String) {
         let keys = self
@@ -318,4 +355,37 @@ pub async fn used_tokens(ledger: &ledger::DynamoLedger, app: &str) -> u64 {
         .map(|u| u.used.tokens)
         .max()
         .unwrap_or(0)
+}
+
+/// A streamed answer in API Gateway's response-streaming format, read: the prelude's status and
+/// headers (the JSON before eight NUL bytes), and the body after them.
+pub fn split_prelude(streamed: &[u8]) -> (Value, Vec<u8>) {
+    let at = streamed
+        .windows(8)
+        .position(|w| w == [0u8; 8])
+        .unwrap_or_else(|| {
+            panic!(
+                "no prelude delimiter in {}",
+                String::from_utf8_lossy(streamed)
+            )
+        });
+    let prelude = serde_json::from_slice(&streamed[..at]).expect("a JSON prelude");
+    (prelude, streamed[at + 8..].to_vec())
+}
+
+/// The `:event-type` of each event-stream message in `body`, checking every frame's CRCs.
+pub fn event_types(mut body: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    while !body.is_empty() {
+        let message = aws_smithy_eventstream::frame::read_message_from(&mut body)
+            .expect("whole event-stream frames");
+        let kind = message
+            .headers()
+            .iter()
+            .find(|h| h.name().as_str() == ":event-type" || h.name().as_str() == ":exception-type")
+            .and_then(|h| h.value().as_string().ok().map(|s| s.as_str().to_string()))
+            .expect("a typed message");
+        out.push(kind);
+    }
+    out
 }

@@ -381,6 +381,23 @@ async fn the_express_workflow_enforces_budgets_as_the_lambda_engine_does() {
         (Some("bad"), Some(400))
     );
 
+    // The streaming operations reach the invoke function through ordinary (buffered)
+    // integrations on this engine, which answers them 400 saying why, without calling Bedrock.
+    let requests = local.stub.requests();
+    let mut event = e2e::api_event(&assistant, "nova-lite", &converse("Stream this.", 50));
+    event["path"] = serde_json::json!("/model/nova-lite/converse-stream");
+    let refused = local.invoke("initech-ai-invoke", &event);
+    assert_eq!(refused["statusCode"], 400, "{refused}");
+    let message: Value = serde_json::from_str(refused["body"].as_str().unwrap()).unwrap();
+    assert!(
+        message["message"]
+            .as_str()
+            .unwrap()
+            .contains("Lambda engine"),
+        "{message}"
+    );
+    assert_eq!(local.stub.requests(), requests, "nothing reached Bedrock");
+
     // The same metrics as the Lambda engine, from the settle step's log.
     let lines = local.log_lines("initech-ai-invoke");
     let emf: Vec<Value> = lines

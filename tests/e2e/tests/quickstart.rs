@@ -228,30 +228,76 @@ async fn quickstart_renders_deploys_enforces_updates_and_deletes() {
     let body: Value = serde_json::from_str(ok["body"].as_str().unwrap()).unwrap();
     assert!(body["usage"]["totalTokens"].as_u64().unwrap() > 0, "{body}");
 
-    // InvokeModel with an Anthropic Messages body, passed through as sent; the streaming paths
-    // are refused on REST with a 400 that says where streams are served.
+    // InvokeModel with an Anthropic Messages body, passed through as sent.
     let native = serde_json::json!({ "anthropic_version": "bedrock-2023-05-31", "max_tokens": 100,
         "messages": [{ "role": "user", "content": "Summarise our refund policy." }] });
-    for (op, status) in [("invoke", 200), ("invoke-with-response-stream", 400)] {
-        let mut event = api_event(&key, "haiku", &native);
+    let mut event = api_event(&key, "haiku", &native);
+    event["path"] = serde_json::json!("/model/haiku/invoke");
+    event["requestContext"]["path"] = serde_json::json!("/v1/model/haiku/invoke");
+    let answer = local.invoke(invoke, &event);
+    assert_eq!(answer["statusCode"], 200, "{answer}");
+    let body: Value = serde_json::from_str(answer["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["type"], "message", "{body}");
+    assert!(
+        body["usage"]["input_tokens"].as_u64().unwrap() > 0,
+        "{body}"
+    );
+
+    // The streaming operations, as the REST API's STREAM integrations call the function
+    // (InvokeWithResponseStream): the prelude API Gateway turns into the status and headers,
+    // then Bedrock's event stream as it comes; each stream is settled to what the stub billed
+    // before the stream ends.
+    let billed_before_streams = local.stub.billed_tokens();
+    let used_before_streams = e2e::used_tokens(&ledger, APP).await;
+    for (op, body, first, last) in [
+        (
+            "converse-stream",
+            converse("Stream our refund policy.", 80),
+            "messageStart",
+            "metadata",
+        ),
+        (
+            "invoke-with-response-stream",
+            native.clone(),
+            "chunk",
+            "chunk",
+        ),
+    ] {
+        let mut event = api_event(&key, "haiku", &body);
         event["path"] = serde_json::json!(format!("/model/haiku/{op}"));
         event["requestContext"]["path"] = serde_json::json!(format!("/v1/model/haiku/{op}"));
-        let answer = local.invoke(invoke, &event);
-        assert_eq!(answer["statusCode"], status, "{op}: {answer}");
-        let body: Value = serde_json::from_str(answer["body"].as_str().unwrap()).unwrap();
-        if status == 200 {
-            assert_eq!(body["type"], "message", "{body}");
-            assert!(
-                body["usage"]["input_tokens"].as_u64().unwrap() > 0,
-                "{body}"
-            );
-        } else {
-            assert!(
-                body["message"].as_str().unwrap().contains("invoke serve"),
-                "{body}"
-            );
-        }
+        let (prelude, events) = e2e::split_prelude(&local.invoke_stream(invoke, &event));
+        assert_eq!(prelude["statusCode"], 200, "{op}: {prelude}");
+        assert_eq!(
+            prelude["headers"]["content-type"], "application/vnd.amazon.eventstream",
+            "{op}: {prelude}"
+        );
+        assert_eq!(
+            prelude["headers"]["x-tokenfence-application"], APP,
+            "{op}: {prelude}"
+        );
+        let kinds = e2e::event_types(&events);
+        assert_eq!(
+            (
+                kinds.first().map(String::as_str),
+                kinds.last().map(String::as_str)
+            ),
+            (Some(first), Some(last)),
+            "{op}: {kinds:?}"
+        );
     }
+    assert_eq!(
+        e2e::used_tokens(&ledger, APP).await - used_before_streams,
+        local.stub.billed_tokens() - billed_before_streams,
+        "both streams settled to the bill before they ended"
+    );
+    // An over-budget stream is an ordinary 429 before any event.
+    let mut event = api_event(&key, "haiku", &converse("Stream a novel.", 199_990));
+    event["path"] = serde_json::json!("/model/haiku/converse-stream");
+    let (prelude, body) = e2e::split_prelude(&local.invoke_stream(invoke, &event));
+    assert_eq!(prelude["statusCode"], 429, "{prelude}");
+    let refusal: Value = serde_json::from_slice(&body).expect("a JSON refusal");
+    assert!(refusal.to_string().contains("minute"), "{refusal}");
 
     // A request whose worst case would cross the minute's token limit (the fallback model is
     // under the same token limit) is refused before Bedrock is called.
