@@ -685,8 +685,9 @@ fn add_rest_api(t: &mut Template, spec: &Spec) {
             }),
         ),
     );
+    let deployment = deployment_id(t);
     t.add(
-        "ApiDeployment",
+        deployment.clone(),
         Resource::new(
             "AWS::ApiGateway::Deployment",
             json!({ "RestApiId": r(ids::REST_API), "Description": "tokenfence API" }),
@@ -699,7 +700,7 @@ fn add_rest_api(t: &mut Template, spec: &Spec) {
             "AWS::ApiGateway::Stage",
             json!({
                 "RestApiId": r(ids::REST_API),
-                "DeploymentId": r("ApiDeployment"),
+                "DeploymentId": r(&deployment),
                 "StageName": STAGE_NAME,
                 "Description": "tokenfence API stage",
                 "MethodSettings": [{ "ResourcePath": "/*", "HttpMethod": "*", "ThrottlingBurstLimit": 500, "ThrottlingRateLimit": 1000, "DataTraceEnabled": false }],
@@ -719,6 +720,36 @@ fn add_rest_api(t: &mut Template, spec: &Spec) {
             }),
         ),
     );
+}
+
+/// The logical ID of the API's deployment: `ApiDeployment` and a fingerprint of what a
+/// deployment snapshots (the API, its resources, methods, authorizer, models and validators).
+/// CloudFormation never redeploys an `AWS::ApiGateway::Deployment` whose properties did not
+/// change, so the stage would keep serving the old methods after an update; a new logical ID
+/// makes it create a new deployment, point the stage at it and delete the old one. Applications
+/// (usage plans, keys) are outside the fingerprint: adding one redeploys nothing.
+fn deployment_id(t: &Template) -> String {
+    const SNAPSHOT: [&str; 6] = [
+        "AWS::ApiGateway::RestApi",
+        "AWS::ApiGateway::Resource",
+        "AWS::ApiGateway::Method",
+        "AWS::ApiGateway::Authorizer",
+        "AWS::ApiGateway::Model",
+        "AWS::ApiGateway::RequestValidator",
+    ];
+    // FNV-1a over the resources' JSON, in logical-ID order: deterministic across renders.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for (id, resource) in t
+        .resources
+        .iter()
+        .filter(|(_, r)| SNAPSHOT.contains(&r.kind.as_str()))
+    {
+        let text = serde_json::to_string(&(id, resource)).expect("a resource serializes");
+        for byte in text.bytes() {
+            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    format!("ApiDeployment{:08X}", hash >> 32)
 }
 
 fn add_alerts(t: &mut Template, spec: &Spec) {
@@ -836,4 +867,53 @@ fn add_dashboard(t: &mut Template, spec: &Spec) {
             json!({ "DashboardName": spec.name, "DashboardBody": sub(&body.to_string()) }),
         ),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment_of(yaml: &str) -> (String, Value) {
+        let spec = spec::parse("t.yaml", yaml).unwrap();
+        let opts = crate::RenderOptions {
+            code_dir: "code".into(),
+        };
+        let rendering = crate::render(&spec, &opts).unwrap();
+        let template = &rendering.stacks[0].template;
+        let ids: Vec<&String> = template
+            .resources
+            .iter()
+            .filter(|(_, r)| r.kind == "AWS::ApiGateway::Deployment")
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(ids.len(), 1, "{ids:?}");
+        let stage = template.resources[ids::API_STAGE].properties["DeploymentId"].clone();
+        (ids[0].clone(), stage)
+    }
+
+    const ONE: &str = "version: 1\nname: t\nmodels:\n  lite: amazon.nova-lite-v1:0\napplications:\n  a:\n    limits: [{ window: day, tokens: 100000 }]\n";
+
+    /// The stage follows a deployment whose logical ID changes exactly when the methods do.
+    #[test]
+    fn the_deployment_changes_with_the_methods_and_only_then() {
+        let (id, stage) = deployment_of(ONE);
+        assert!(
+            id.starts_with("ApiDeployment") && id.len() == "ApiDeployment".len() + 8,
+            "{id}"
+        );
+        assert_eq!(stage, r(&id), "the stage serves this deployment");
+        assert_eq!(deployment_of(ONE).0, id, "re-rendering keeps it");
+        let two = format!("{ONE}  b:\n    limits: [{{ window: day, tokens: 5000 }}]\n");
+        assert_eq!(
+            deployment_of(&two).0,
+            id,
+            "an application redeploys nothing"
+        );
+        let express = ONE.replace("name: t\n", "name: t\nengine: step-functions-express\n");
+        assert_ne!(
+            deployment_of(&express).0,
+            id,
+            "other methods, another deployment"
+        );
+    }
 }
