@@ -249,6 +249,28 @@ struct ApiRequest {
     reservation_id: String,
 }
 
+impl ApiRequest {
+    /// Admits and calls the request on the synchronous front, within the invocation's deadline.
+    async fn call<L: Ledger, B: Bedrock>(
+        &self,
+        gateway: &Gateway<L, B>,
+        deadline: Instant,
+    ) -> Outcome {
+        gateway
+            .call(
+                &self.application,
+                self.operation,
+                &self.model,
+                &self.body,
+                &self.headers,
+                Front::Sync,
+                &self.reservation_id,
+                Some(deadline),
+            )
+            .await
+    }
+}
+
 /// What a REST proxy request asks for, or the answer to give without calling Bedrock
 /// (`Err`): `/usage` is answered here too.
 async fn read_api<L: Ledger, B: Bedrock>(
@@ -334,19 +356,7 @@ pub async fn handle_api<L: Ledger, B: Bedrock>(
             ),
         ));
     }
-    match gateway
-        .call(
-            &asked.application,
-            asked.operation,
-            &asked.model,
-            &asked.body,
-            &asked.headers,
-            Front::Sync,
-            &asked.reservation_id,
-            Some(deadline),
-        )
-        .await
-    {
+    match asked.call(gateway, deadline).await {
         Outcome::Reply(reply) => api_response(reply),
         _ => api_response(Reply::error(
             500,
@@ -407,19 +417,7 @@ pub async fn handle_stream<L: Ledger, B: Bedrock>(
         Ok(asked) => asked,
         Err(reply) => return whole_stream(reply),
     };
-    let outcome = gateway
-        .call(
-            &asked.application,
-            asked.operation,
-            &asked.model,
-            &asked.body,
-            &asked.headers,
-            Front::Sync,
-            &asked.reservation_id,
-            Some(deadline),
-        )
-        .await;
-    let opened = match outcome {
+    let opened = match asked.call(&gateway, deadline).await {
         Outcome::Stream(opened) => opened,
         Outcome::Reply(reply) => return whole_stream(reply),
         _ => {
@@ -433,10 +431,10 @@ pub async fn handle_stream<L: Ledger, B: Bedrock>(
     let prelude = prelude(opened.reply.status, &opened.reply.headers);
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(32);
     tokio::spawn(async move {
-        // `tx` is held until the settlement is written: the caller's stream ends after it.
-        let frames = tx.clone();
         let (relayed_tx, mut relayed_rx) = tokio::sync::mpsc::channel(32);
-        // A caller that hung up drops `relayed_rx`: the relay notices and reads on to the usage.
+        // A caller that hung up ends `forward`, which drops `relayed_rx` (moved in): the relay
+        // notices and reads on to the usage.
+        let frames = &tx;
         let forward = async move {
             while let Some(item) = relayed_rx.recv().await {
                 let item: Result<bytes::Bytes, std::io::Error> = item;
@@ -449,6 +447,7 @@ pub async fn handle_stream<L: Ledger, B: Bedrock>(
             }
         };
         tokio::join!(gateway.relay(opened, relayed_tx), forward);
+        // `tx` is dropped only now, after the settlement: the caller's stream ends after it.
         drop(tx);
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {

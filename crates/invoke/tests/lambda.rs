@@ -577,20 +577,11 @@ async fn streamed(
 }
 
 /// The event-stream messages of `body`: (`:event-type` or `:exception-type`, payload).
-fn messages(mut body: &[u8]) -> Vec<(String, Value)> {
-    let mut out = Vec::new();
-    while !body.is_empty() {
-        let message = aws_smithy_eventstream::frame::read_message_from(&mut body)
-            .expect("whole event-stream frames");
-        let kind = message
-            .headers()
-            .iter()
-            .find(|h| h.name().as_str() == ":event-type" || h.name().as_str() == ":exception-type")
-            .and_then(|h| h.value().as_string().ok().map(|s| s.as_str().to_string()))
-            .expect("a typed message");
-        out.push((kind, serde_json::from_slice(message.payload()).unwrap()));
-    }
-    out
+fn messages(body: &[u8]) -> Vec<(String, Value)> {
+    harness::event_stream_messages(body)
+        .into_iter()
+        .map(|(kind, payload)| (kind, serde_json::from_slice(&payload).unwrap()))
+        .collect()
 }
 
 #[tokio::test]

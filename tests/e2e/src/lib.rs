@@ -372,20 +372,3 @@ pub fn split_prelude(streamed: &[u8]) -> (Value, Vec<u8>) {
     let prelude = serde_json::from_slice(&streamed[..at]).expect("a JSON prelude");
     (prelude, streamed[at + 8..].to_vec())
 }
-
-/// The `:event-type` of each event-stream message in `body`, checking every frame's CRCs.
-pub fn event_types(mut body: &[u8]) -> Vec<String> {
-    let mut out = Vec::new();
-    while !body.is_empty() {
-        let message = aws_smithy_eventstream::frame::read_message_from(&mut body)
-            .expect("whole event-stream frames");
-        let kind = message
-            .headers()
-            .iter()
-            .find(|h| h.name().as_str() == ":event-type" || h.name().as_str() == ":exception-type")
-            .and_then(|h| h.value().as_string().ok().map(|s| s.as_str().to_string()))
-            .expect("a typed message");
-        out.push(kind);
-    }
-    out
-}

@@ -276,7 +276,10 @@ async fn quickstart_renders_deploys_enforces_updates_and_deletes() {
             prelude["headers"]["x-tokenfence-application"], APP,
             "{op}: {prelude}"
         );
-        let kinds = e2e::event_types(&events);
+        let kinds: Vec<String> = harness::event_stream_messages(&events)
+            .into_iter()
+            .map(|(kind, _)| kind)
+            .collect();
         assert_eq!(
             (
                 kinds.first().map(String::as_str),

@@ -620,3 +620,21 @@ fn operation_of(headers: &axum::http::HeaderMap, body: &[u8]) -> String {
         .unwrap_or("")
         .to_string()
 }
+
+/// The messages of an event-stream body, checking every frame's CRCs: each message's
+/// `:event-type` (or `:exception-type`, for an exception) and payload.
+pub fn event_stream_messages(mut body: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    while !body.is_empty() {
+        let message = aws_smithy_eventstream::frame::read_message_from(&mut body)
+            .expect("whole event-stream frames");
+        let kind = message
+            .headers()
+            .iter()
+            .find(|h| h.name().as_str() == ":event-type" || h.name().as_str() == ":exception-type")
+            .and_then(|h| h.value().as_string().ok().map(|s| s.as_str().to_string()))
+            .expect("a typed message");
+        out.push((kind, message.payload().to_vec()));
+    }
+    out
+}
