@@ -838,7 +838,19 @@ fn add_dashboard(t: &mut Template, spec: &Spec) {
         }
         json!({ "type": "metric", "x": x, "y": y, "width": 12, "height": 6, "properties": properties })
     };
-    let one = |metric: &str, stat: &str| vec![json!([search("Application", metric, stat, "e1")])];
+    // A SEARCH `{Namespace,D1,D2}` matches only metrics published under exactly that dimension
+    // set, so each widget names the set the gateway's EMF records give its metric (a test in the
+    // invoke crate ties the two together).
+    let per_app =
+        |metric: &str, stat: &str| vec![json!([search("Application", metric, stat, "e1")])];
+    let gauge = |metric: &str| {
+        vec![json!([search(
+            "Application,Window,Limit",
+            metric,
+            "Maximum",
+            "e1"
+        )])]
+    };
     let limit_lines = json!({
         "yAxis": { "left": { "min": 0 } },
         "annotations": { "horizontal": [
@@ -850,13 +862,13 @@ fn add_dashboard(t: &mut Template, spec: &Spec) {
         "widgets": [
             { "type": "text", "x": 0, "y": 0, "width": 24, "height": 2, "properties": { "markdown": format!(
                 "## tokenfence `{}`\nUsage against each limit is `WindowUtilization` (percent of the limit in the current calendar window, per application, window and tokens/usd); `ProjectedUtilization` is where the burn rate ends the window. Per-request figures are sums per minute.", spec.name) } },
-            widget(0, 2, "Usage against each limit (% of limit, current window)", one("WindowUtilization", "Maximum"), limit_lines.clone()),
-            widget(12, 2, "Burn-rate projection at window end (% of limit)", one("ProjectedUtilization", "Maximum"), limit_lines),
-            widget(0, 8, "Cost per application (USD per minute)", one("CostUsd", "Sum"), json!({})),
-            widget(12, 8, "Tokens per application (per minute)", one("TotalTokens", "Sum"), json!({})),
-            widget(0, 14, "Requests denied by budget", one("RateLimitDenied", "Sum"), json!({})),
-            widget(12, 14, "Invocations failed", one("InvocationFailed", "Sum"), json!({})),
-            widget(0, 20, "Requests approved", one("RateLimitApproved", "Sum"), json!({})),
+            widget(0, 2, "Usage against each limit (% of limit, current window)", gauge("WindowUtilization"), limit_lines.clone()),
+            widget(12, 2, "Burn-rate projection at window end (% of limit)", gauge("ProjectedUtilization"), limit_lines),
+            widget(0, 8, "Cost per application (USD per minute)", per_app("CostUsd", "Sum"), json!({})),
+            widget(12, 8, "Tokens per application (per minute)", per_app("TotalTokens", "Sum"), json!({})),
+            widget(0, 14, "Requests denied by budget", per_app("RateLimitDenied", "Sum"), json!({})),
+            widget(12, 14, "Invocations failed", per_app("InvocationFailed", "Sum"), json!({})),
+            widget(0, 20, "Requests approved", per_app("RateLimitApproved", "Sum"), json!({})),
             widget(12, 20, "Cost per cost center (USD per minute)", vec![json!([search("CostCenter", "CostUsd", "Sum", "e1")])], json!({}))
         ]
     });

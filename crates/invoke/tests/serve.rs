@@ -425,6 +425,93 @@ async fn metrics_are_embedded_metric_format() {
     assert!(!metrics.iter().any(|m| m.to_string().contains("metrics\"")));
 }
 
+/// Every dashboard widget searches a dimension set and metric the gateway's records publish: a
+/// CloudWatch SEARCH `{TokenFence,A,B}` matches only metrics with exactly the dimensions A and B,
+/// so a widget naming another set is empty on AWS however much traffic flows.
+#[tokio::test]
+async fn the_dashboard_searches_the_dimension_sets_the_gateway_emits() {
+    let yaml = SPEC.replace("  capped:\n", "  capped:\n    cost_center: support\n");
+    let env = start(Arc::new(MemoryLedger::new()), &yaml, |_| {}).await;
+    let (status, _, _) = env
+        .converse("key-capped", "lite", &prompt("dashboard"))
+        .await;
+    assert_eq!(status, 200);
+    // What CloudWatch would hold: (sorted dimension set, metric name) per published metric.
+    let mut published = std::collections::BTreeSet::new();
+    for record in env.metrics.lock().unwrap().iter() {
+        for directive in record["_aws"]["CloudWatchMetrics"].as_array().unwrap() {
+            assert_eq!(directive["Namespace"], "TokenFence");
+            for set in directive["Dimensions"].as_array().unwrap() {
+                let mut dims: Vec<String> = set
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|d| {
+                        let name = d.as_str().unwrap().to_string();
+                        assert!(
+                            record.get(&name).is_some(),
+                            "dimension `{name}` has a value"
+                        );
+                        name
+                    })
+                    .collect();
+                dims.sort();
+                for metric in directive["Metrics"].as_array().unwrap() {
+                    published.insert((dims.clone(), metric["Name"].as_str().unwrap().to_string()));
+                }
+            }
+        }
+    }
+    let spec = spec::parse("t.yaml", &yaml).unwrap();
+    let rendering = cfn::render(
+        &spec,
+        &cfn::RenderOptions {
+            code_dir: "code".into(),
+        },
+    )
+    .unwrap();
+    let dashboard = rendering
+        .stacks
+        .iter()
+        .find_map(|s| s.template.resources.get("Dashboard"))
+        .expect("a dashboard");
+    let body: Value = serde_json::from_str(
+        dashboard.properties["DashboardBody"]["Fn::Sub"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let mut searched = 0;
+    for widget in body["widgets"].as_array().unwrap() {
+        for line in widget["properties"]["metrics"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let expression = line[0]["expression"].as_str().unwrap();
+            let inner = expression
+                .strip_prefix("SEARCH('{")
+                .and_then(|e| e.split_once('}'))
+                .unwrap_or_else(|| panic!("not a SEARCH: {expression}"));
+            let mut dims: Vec<String> = inner.0.split(',').map(str::to_string).collect();
+            assert_eq!(dims.remove(0), "TokenFence", "{expression}");
+            dims.sort();
+            let metric = inner
+                .1
+                .split_once("MetricName=\"")
+                .and_then(|(_, m)| m.split_once('"'))
+                .map(|(m, _)| m.to_string())
+                .unwrap_or_else(|| panic!("no metric name: {expression}"));
+            assert!(
+                published.contains(&(dims.clone(), metric.clone())),
+                "`{expression}` matches nothing the gateway publishes; published: {published:?}"
+            );
+            searched += 1;
+        }
+    }
+    assert_eq!(searched, 8, "every metric widget was checked");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sixty_four_concurrent_clients_never_overspend_on_the_memory_ledger() {
     concurrency_holds(Arc::new(MemoryLedger::new()), 8).await;
