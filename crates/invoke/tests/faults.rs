@@ -61,12 +61,35 @@ impl Ledger for FlakySettle {
     async fn delete_budget(
         &self,
         application: &str,
+        owner: Option<&str>,
+        identities: &[Identity],
+    ) -> Result<bool, LedgerError> {
+        self.inner
+            .delete_budget(application, owner, identities)
+            .await
+    }
+    async fn delete_identities(
+        &self,
+        application: &str,
         identities: &[Identity],
     ) -> Result<(), LedgerError> {
-        self.inner.delete_budget(application, identities).await
+        self.inner.delete_identities(application, identities).await
     }
-    async fn delete_identities(&self, identities: &[Identity]) -> Result<(), LedgerError> {
-        self.inner.delete_identities(identities).await
+    async fn claim(
+        &self,
+        claim: &Claim,
+        owner: &str,
+        application: &str,
+    ) -> Result<(), LedgerError> {
+        self.inner.claim(claim, owner, application).await
+    }
+    async fn release(
+        &self,
+        claim: &Claim,
+        owner: &str,
+        application: Option<&str>,
+    ) -> Result<Released, LedgerError> {
+        self.inner.release(claim, owner, application).await
     }
     async fn application_for(&self, identity: &Identity) -> Result<Option<String>, LedgerError> {
         self.inner.application_for(identity).await

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
     AttributeValue, CancellationReason, KeysAndAttributes, Put,
@@ -316,18 +317,21 @@ impl DynamoLedger {
         Err(LedgerError::Contention(app.to_string()))
     }
 
-    async fn delete_keys(&self, keys: Vec<(String, String)>) -> Result<(), LedgerError> {
-        for (pk, sk) in keys {
-            self.client
-                .delete_item()
-                .table_name(&self.table)
-                .key("pk", s(pk))
-                .key("sk", s(sk))
-                .send()
-                .await
-                .map_err(|e| unavailable("DeleteItem", &e))?;
-        }
-        Ok(())
+    async fn claim_holder(&self, claim: &Claim) -> Result<Option<String>, LedgerError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(claim.key()))
+            .key("sk", s("claim"))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable("GetItem", &e))?;
+        Ok(out.item.and_then(|item| match item.get("owner") {
+            Some(AttributeValue::S(o)) => Some(o.clone()),
+            _ => None,
+        }))
     }
 
     fn counter_key(app: &str, slot: &Slot) -> HashMap<String, AttributeValue> {
@@ -370,38 +374,69 @@ impl Ledger for DynamoLedger {
         identities: &[Identity],
     ) -> Result<(), LedgerError> {
         let json = serde_json::to_string(config).expect("a configuration serializes");
-        let mut items = vec![
+        let app = &config.application;
+        // Conditional writes, so that two resources declaring one application cannot both
+        // succeed and no template can take over another application's keys or queues: the
+        // configuration is free or its owner's; an identity is this application's, free, or
+        // moved by its own owner (a replacement renaming the application).
+        let held = match config.owner {
+            Some(_) => "attribute_not_exists(pk) OR #owner = :owner",
+            None => "attribute_not_exists(pk) OR attribute_not_exists(#owner)",
+        };
+        let conditional = |mut put: aws_sdk_dynamodb::types::builders::PutBuilder,
+                           condition: String| {
+            put = put
+                .condition_expression(condition)
+                .expression_attribute_names("#owner", "owner");
+            if let Some(owner) = &config.owner {
+                put = put
+                    .item("owner", s(owner))
+                    .expression_attribute_values(":owner", s(owner));
+            }
             TransactWriteItem::builder()
-                .put(
-                    Put::builder()
-                        .table_name(&self.table)
-                        .item("pk", s(app_pk(&config.application)))
-                        .item("sk", s("config"))
-                        .item("config", s(json))
-                        .item("version", n(config.version))
-                        .build()
-                        .expect("table and item are set"),
-                )
-                .build(),
-        ];
+                .put(put.build().expect("table and item are set"))
+                .build()
+        };
+        let mut items = vec![conditional(
+            Put::builder()
+                .table_name(&self.table)
+                .item("pk", s(app_pk(app)))
+                .item("sk", s("config"))
+                .item("config", s(json))
+                .item("version", n(config.version)),
+            held.to_string(),
+        )];
         for identity in identities {
-            items.push(
-                TransactWriteItem::builder()
-                    .put(
-                        Put::builder()
-                            .table_name(&self.table)
-                            .item("pk", s(identity.key()))
-                            .item("sk", s("identity"))
-                            .item("application", s(&config.application))
-                            .build()
-                            .expect("table and item are set"),
-                    )
-                    .build(),
-            );
+            items.push(conditional(
+                Put::builder()
+                    .table_name(&self.table)
+                    .item("pk", s(identity.key()))
+                    .item("sk", s("identity"))
+                    .item("application", s(app))
+                    .expression_attribute_values(":app", s(app)),
+                format!("application = :app OR {held}"),
+            ));
         }
-        match self.transact(items, &config.application).await? {
-            None => Ok(()),
-            Some(reasons) => Err(LedgerError::Unavailable(format!(
+        let Some(reasons) = self.transact(items, app).await? else {
+            return Ok(());
+        };
+        let failed = reasons
+            .iter()
+            .position(|r| r.code() == Some("ConditionalCheckFailed"));
+        match failed {
+            Some(0) => {
+                let held = self.budget(app).await?;
+                Err(owned_config(
+                    app,
+                    held.as_ref().and_then(|c| c.owner.as_deref()),
+                ))
+            }
+            Some(i) => {
+                let identity = &identities[i - 1];
+                let holder = self.application_for(identity).await?.unwrap_or_default();
+                Err(owned_identity(identity, &holder))
+            }
+            None => Err(LedgerError::Unavailable(format!(
                 "writing the configuration was cancelled: {reasons:?}"
             ))),
         }
@@ -410,21 +445,127 @@ impl Ledger for DynamoLedger {
     async fn delete_budget(
         &self,
         application: &str,
+        owner: Option<&str>,
         identities: &[Identity],
-    ) -> Result<(), LedgerError> {
-        let mut keys = vec![(app_pk(application), "config".to_string())];
-        keys.extend(identities.iter().map(|i| (i.key(), "identity".to_string())));
-        self.delete_keys(keys).await
+    ) -> Result<bool, LedgerError> {
+        let delete = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", s(app_pk(application)))
+            .key("sk", s("config"))
+            .expression_attribute_names("#owner", "owner");
+        let delete = match owner {
+            Some(owner) => delete
+                .condition_expression("attribute_not_exists(pk) OR #owner = :owner")
+                .expression_attribute_values(":owner", s(owner)),
+            None => delete.condition_expression("attribute_not_exists(#owner)"),
+        };
+        match delete.send().await {
+            Ok(_) => {}
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                return Ok(false);
+            }
+            Err(e) => return Err(unavailable("DeleteItem", &e)),
+        }
+        self.delete_identities(application, identities).await?;
+        Ok(true)
     }
 
-    async fn delete_identities(&self, identities: &[Identity]) -> Result<(), LedgerError> {
-        self.delete_keys(
-            identities
-                .iter()
-                .map(|i| (i.key(), "identity".to_string()))
-                .collect(),
-        )
-        .await
+    async fn delete_identities(
+        &self,
+        application: &str,
+        identities: &[Identity],
+    ) -> Result<(), LedgerError> {
+        for identity in identities {
+            let result = self
+                .client
+                .delete_item()
+                .table_name(&self.table)
+                .key("pk", s(identity.key()))
+                .key("sk", s("identity"))
+                .condition_expression("application = :app")
+                .expression_attribute_values(":app", s(application))
+                .send()
+                .await;
+            match result {
+                // Gone already, or another application's now: not ours to delete.
+                Ok(_) => {}
+                Err(SdkError::ServiceError(e))
+                    if e.err().is_conditional_check_failed_exception() => {}
+                Err(e) => return Err(unavailable("DeleteItem", &e)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn claim(
+        &self,
+        claim: &Claim,
+        owner: &str,
+        application: &str,
+    ) -> Result<(), LedgerError> {
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(claim.key()))
+            .item("sk", s("claim"))
+            .item("owner", s(owner))
+            .item("application", s(application))
+            .condition_expression("attribute_not_exists(pk) OR #owner = :owner")
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_values(":owner", s(owner))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                let old = match e.err() {
+                    PutItemError::ConditionalCheckFailedException(c) => c.item(),
+                    _ => None,
+                };
+                let holder = match old.and_then(|i| i.get("owner")) {
+                    Some(AttributeValue::S(o)) => o.clone(),
+                    _ => self.claim_holder(claim).await?.unwrap_or_default(),
+                };
+                Err(owned_claim(claim, &holder))
+            }
+            Err(e) => Err(unavailable("PutItem", &e)),
+        }
+    }
+
+    async fn release(
+        &self,
+        claim: &Claim,
+        owner: &str,
+        application: Option<&str>,
+    ) -> Result<Released, LedgerError> {
+        let delete = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", s(claim.key()))
+            .key("sk", s("claim"))
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_values(":owner", s(owner));
+        let delete = match application {
+            Some(app) => delete
+                .condition_expression(
+                    "attribute_not_exists(pk) OR (#owner = :owner AND application = :app)",
+                )
+                .expression_attribute_values(":app", s(app)),
+            None => delete.condition_expression("attribute_not_exists(pk) OR #owner = :owner"),
+        };
+        let result = delete.send().await;
+        match result {
+            Ok(_) => Ok(Released::Yes),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Ok(Released::HeldElsewhere)
+            }
+            Err(e) => Err(unavailable("DeleteItem", &e)),
+        }
     }
 
     async fn application_for(&self, identity: &Identity) -> Result<Option<String>, LedgerError> {

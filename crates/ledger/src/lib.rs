@@ -36,6 +36,37 @@ pub enum LedgerError {
     /// A timestamp outside the calendar the windows support.
     #[error(transparent)]
     Budget(#[from] budget::BudgetError),
+    /// Something a write asked for belongs to someone else: an application's configuration to
+    /// another resource, an identity to another application, a claimed name to another resource.
+    #[error("{} already belongs to {holder}", what.describe())]
+    Owned {
+        /// What was asked for.
+        what: Held,
+        /// Who holds it, e.g. ``application `batch` `` or `` `stack/Logical` ``.
+        holder: String,
+    },
+}
+
+/// Something one owner holds at a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Held {
+    /// An application's configuration.
+    Application(String),
+    /// An identity.
+    Identity(Identity),
+    /// A claimed name.
+    Claim(Claim),
+}
+
+impl Held {
+    /// It in messages: ``application `web` ``.
+    pub fn describe(&self) -> String {
+        match self {
+            Held::Application(app) => format!("application `{app}`"),
+            Held::Identity(identity) => identity.describe(),
+            Held::Claim(claim) => claim.describe(),
+        }
+    }
 }
 
 /// How a caller was authenticated, mapped to an application by the provider.
@@ -54,6 +85,51 @@ impl Identity {
             Identity::QueueArn(arn) => format!("identity#queue#{arn}"),
         }
     }
+
+    /// The identity in messages: ``API key ID `abc` ``.
+    pub fn describe(&self) -> String {
+        match self {
+            Identity::ApiKeyId(id) => format!("API key ID `{id}`"),
+            Identity::QueueArn(arn) => format!("queue `{arn}`"),
+        }
+    }
+}
+
+/// A name outside the ledger that one resource holds at a time: CloudWatch and AWS Budgets
+/// overwrite by name, so two resources naming the same alarm or budget would silently share it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Claim {
+    /// A CloudWatch alarm name.
+    Alarm(String),
+    /// An AWS Budgets budget name.
+    CostBudget(String),
+}
+
+impl Claim {
+    fn key(&self) -> String {
+        match self {
+            Claim::Alarm(name) => format!("claim#alarm#{name}"),
+            Claim::CostBudget(name) => format!("claim#budget#{name}"),
+        }
+    }
+
+    /// The claim in messages: ``alarm `x` ``.
+    pub fn describe(&self) -> String {
+        match self {
+            Claim::Alarm(name) => format!("alarm `{name}`"),
+            Claim::CostBudget(name) => format!("AWS Budget `{name}`"),
+        }
+    }
+}
+
+/// What [`Ledger::release`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Released {
+    /// The holder held it and no longer does (or no one did): the named thing is the holder's to
+    /// delete.
+    Yes,
+    /// Someone else holds it now (a replacement took it over): leave the named thing alone.
+    HeldElsewhere,
 }
 
 /// A request to reserve `charge` in every limited window of an application.
@@ -230,25 +306,52 @@ pub trait Ledger: Send + Sync + 'static {
         application: &str,
     ) -> impl Future<Output = Result<Option<BudgetConfig>, LedgerError>> + Send;
 
-    /// Writes an application's configuration and the identities that map to it.
+    /// Writes an application's configuration and the identities that map to it, in one atomic
+    /// step, or nothing: [`LedgerError::Owned`] when the configuration is held by another owner
+    /// than `config.owner`, or an identity belongs to another application whose owner is not
+    /// `config.owner` (an owner may move its own identities, as a replacement does).
     fn put_budget(
         &self,
         config: &BudgetConfig,
         identities: &[Identity],
     ) -> impl Future<Output = Result<(), LedgerError>> + Send;
 
-    /// Removes an application's configuration and identities (counters expire by TTL).
+    /// Removes an application's configuration if `owner` holds it (or it is gone already), and
+    /// those of `identities` that still belong to the application; counters expire by TTL.
+    /// Answers whether the configuration was `owner`'s to remove: `false` leaves everything.
     fn delete_budget(
+        &self,
+        application: &str,
+        owner: Option<&str>,
+        identities: &[Identity],
+    ) -> impl Future<Output = Result<bool, LedgerError>> + Send;
+
+    /// Removes those of `identities` that belong to `application` (API keys or queues that went
+    /// away in an update); others' are left alone.
+    fn delete_identities(
         &self,
         application: &str,
         identities: &[Identity],
     ) -> impl Future<Output = Result<(), LedgerError>> + Send;
 
-    /// Removes identities (an application's API keys or queues that went away in an update).
-    fn delete_identities(
+    /// Records that `owner` holds `claim` for `application`, atomically: [`LedgerError::Owned`]
+    /// when another owner holds it. The same owner may claim it again for another application
+    /// (a replacement takes over what the resource it replaces named).
+    fn claim(
         &self,
-        identities: &[Identity],
+        claim: &Claim,
+        owner: &str,
+        application: &str,
     ) -> impl Future<Output = Result<(), LedgerError>> + Send;
+
+    /// Gives up `owner`'s claim on `claim`, atomically; with `application`, only a claim for that
+    /// application (a replacement that re-claimed the name for its own application keeps it).
+    fn release(
+        &self,
+        claim: &Claim,
+        owner: &str,
+        application: Option<&str>,
+    ) -> impl Future<Output = Result<Released, LedgerError>> + Send;
 
     /// The application an identity belongs to.
     fn application_for(
@@ -281,6 +384,30 @@ pub trait Ledger: Send + Sync + 'static {
         limits: &[Limit],
         now: i64,
     ) -> impl Future<Output = Result<Vec<WindowUsage>, LedgerError>> + Send;
+}
+
+fn owned_config(application: &str, owner: Option<&str>) -> LedgerError {
+    LedgerError::Owned {
+        what: Held::Application(application.to_string()),
+        holder: match owner {
+            Some(o) => format!("`{o}`"),
+            None => "a configuration written outside CloudFormation".into(),
+        },
+    }
+}
+
+fn owned_identity(identity: &Identity, application: &str) -> LedgerError {
+    LedgerError::Owned {
+        what: Held::Identity(identity.clone()),
+        holder: format!("application `{application}`"),
+    }
+}
+
+fn owned_claim(claim: &Claim, owner: &str) -> LedgerError {
+    LedgerError::Owned {
+        what: Held::Claim(claim.clone()),
+        holder: format!("`{owner}`"),
+    }
 }
 
 /// The slots of a reservation: each limit's current window occurrence.

@@ -12,7 +12,10 @@ use crate::*;
 #[derive(Debug, Default)]
 struct State {
     configs: HashMap<String, BudgetConfig>,
-    identities: HashMap<Identity, String>,
+    /// Identity -> (application, the owner that wrote it).
+    identities: HashMap<Identity, (String, Option<String>)>,
+    /// Claim -> (owner, application).
+    claims: HashMap<Claim, (String, String)>,
     /// Per application, so the hot path looks up by `&str` and window instance without formatting
     /// or allocating a key (the DynamoDB ledger's string keys are its own concern).
     apps: HashMap<String, AppState>,
@@ -150,13 +153,28 @@ impl Ledger for MemoryLedger {
         identities: &[Identity],
     ) -> Result<(), LedgerError> {
         let mut state = self.state.lock().expect("ledger lock");
+        let owner = config.owner.as_deref();
+        if let Some(held) = state.configs.get(&config.application)
+            && held.owner.as_deref() != owner
+        {
+            return Err(owned_config(&config.application, held.owner.as_deref()));
+        }
+        for identity in identities {
+            if let Some((app, by)) = state.identities.get(identity)
+                && *app != config.application
+                && by.as_deref() != owner
+            {
+                return Err(owned_identity(identity, app));
+            }
+        }
         state
             .configs
             .insert(config.application.clone(), config.clone());
         for identity in identities {
-            state
-                .identities
-                .insert(identity.clone(), config.application.clone());
+            state.identities.insert(
+                identity.clone(),
+                (config.application.clone(), config.owner.clone()),
+            );
         }
         Ok(())
     }
@@ -164,28 +182,69 @@ impl Ledger for MemoryLedger {
     async fn delete_budget(
         &self,
         application: &str,
+        owner: Option<&str>,
+        identities: &[Identity],
+    ) -> Result<bool, LedgerError> {
+        let mut state = self.state.lock().expect("ledger lock");
+        if state
+            .configs
+            .get(application)
+            .is_some_and(|c| c.owner.as_deref() != owner)
+        {
+            return Ok(false);
+        }
+        state.configs.remove(application);
+        drop_identities(&mut state, application, identities);
+        Ok(true)
+    }
+
+    async fn delete_identities(
+        &self,
+        application: &str,
         identities: &[Identity],
     ) -> Result<(), LedgerError> {
-        let mut state = self.state.lock().expect("ledger lock");
-        state.configs.remove(application);
-        for identity in identities {
-            if state
-                .identities
-                .get(identity)
-                .is_some_and(|a| a == application)
-            {
-                state.identities.remove(identity);
-            }
-        }
+        drop_identities(
+            &mut self.state.lock().expect("ledger lock"),
+            application,
+            identities,
+        );
         Ok(())
     }
 
-    async fn delete_identities(&self, identities: &[Identity]) -> Result<(), LedgerError> {
+    async fn claim(
+        &self,
+        claim: &Claim,
+        owner: &str,
+        application: &str,
+    ) -> Result<(), LedgerError> {
         let mut state = self.state.lock().expect("ledger lock");
-        for identity in identities {
-            state.identities.remove(identity);
+        if let Some((by, _)) = state.claims.get(claim)
+            && by != owner
+        {
+            return Err(owned_claim(claim, by));
         }
+        state
+            .claims
+            .insert(claim.clone(), (owner.to_string(), application.to_string()));
         Ok(())
+    }
+
+    async fn release(
+        &self,
+        claim: &Claim,
+        owner: &str,
+        application: Option<&str>,
+    ) -> Result<Released, LedgerError> {
+        let mut state = self.state.lock().expect("ledger lock");
+        match state.claims.get(claim) {
+            Some((by, app)) if by != owner || application.is_some_and(|a| a != app) => {
+                Ok(Released::HeldElsewhere)
+            }
+            _ => {
+                state.claims.remove(claim);
+                Ok(Released::Yes)
+            }
+        }
     }
 
     async fn application_for(&self, identity: &Identity) -> Result<Option<String>, LedgerError> {
@@ -195,7 +254,7 @@ impl Ledger for MemoryLedger {
             .expect("ledger lock")
             .identities
             .get(identity)
-            .cloned())
+            .map(|(app, _)| app.clone()))
     }
 
     async fn reserve(&self, request: &ReserveRequest<'_>) -> Result<ReserveOutcome, LedgerError> {
@@ -346,6 +405,18 @@ impl Ledger for MemoryLedger {
                 })
             })
             .collect()
+    }
+}
+
+fn drop_identities(state: &mut State, application: &str, identities: &[Identity]) {
+    for identity in identities {
+        if state
+            .identities
+            .get(identity)
+            .is_some_and(|(app, _)| app == application)
+        {
+            state.identities.remove(identity);
+        }
     }
 }
 

@@ -310,17 +310,177 @@ async fn contract<L: Ledger>(ledger: L) {
     );
 
     // Deleting the budget removes configuration and identities.
-    ledger
-        .delete_budget("bot", std::slice::from_ref(&key))
-        .await
-        .unwrap();
+    assert!(
+        ledger
+            .delete_budget("bot", None, std::slice::from_ref(&key))
+            .await
+            .unwrap()
+    );
     assert_eq!(ledger.budget("bot").await.unwrap(), None);
     assert_eq!(ledger.application_for(&key).await.unwrap(), None);
+}
+
+/// Ownership is decided by the writes themselves, not by reading first: one owner per
+/// application, identities stay with their application, claimed names with their holder.
+async fn ownership<L: Ledger>(ledger: L) {
+    let owned = |app: &str, owner: &str| BudgetConfig {
+        application: app.into(),
+        owner: Some(owner.into()),
+        ..config()
+    };
+    let key = Identity::ApiKeyId("k1".into());
+    let queue = Identity::QueueArn("arn:aws:sqs:us-east-1:1:q".into());
+    let owned_by = |r: Result<(), LedgerError>| match r {
+        Err(e @ LedgerError::Owned { .. }) => e.to_string(),
+        other => panic!("expected Owned, got {other:?}"),
+    };
+    ledger
+        .put_budget(&owned("web", "s1/A"), std::slice::from_ref(&key))
+        .await
+        .unwrap();
+    // A second resource declaring the application is refused, and nothing of it is written.
+    assert_eq!(
+        owned_by(
+            ledger
+                .put_budget(&owned("web", "s2/B"), std::slice::from_ref(&queue))
+                .await
+        ),
+        "application `web` already belongs to `s1/A`"
+    );
+    assert_eq!(ledger.application_for(&queue).await.unwrap(), None);
+    assert_eq!(
+        ledger
+            .budget("web")
+            .await
+            .unwrap()
+            .unwrap()
+            .owner
+            .as_deref(),
+        Some("s1/A")
+    );
+    // Another application cannot list web's key: the whole write is refused.
+    assert_eq!(
+        owned_by(
+            ledger
+                .put_budget(&owned("evil", "s2/B"), &[queue.clone(), key.clone()])
+                .await
+        ),
+        "API key ID `k1` already belongs to application `web`"
+    );
+    assert_eq!(ledger.budget("evil").await.unwrap(), None);
+    assert_eq!(ledger.application_for(&queue).await.unwrap(), None);
+    assert_eq!(
+        ledger.application_for(&key).await.unwrap().as_deref(),
+        Some("web")
+    );
+    // The owner's update writes again; its replacement (another application, same owner) may
+    // take the key along, and the replaced application's delete then leaves the key alone.
+    ledger
+        .put_budget(&owned("web", "s1/A"), std::slice::from_ref(&key))
+        .await
+        .unwrap();
+    ledger
+        .put_budget(&owned("web2", "s1/A"), std::slice::from_ref(&key))
+        .await
+        .unwrap();
+    assert_eq!(
+        ledger.application_for(&key).await.unwrap().as_deref(),
+        Some("web2")
+    );
+    assert!(
+        ledger
+            .delete_budget("web", Some("s1/A"), std::slice::from_ref(&key))
+            .await
+            .unwrap()
+    );
+    assert_eq!(ledger.budget("web").await.unwrap(), None);
+    assert_eq!(
+        ledger.application_for(&key).await.unwrap().as_deref(),
+        Some("web2")
+    );
+    // Someone else's delete changes nothing; removing identities touches only the application's.
+    assert!(
+        !ledger
+            .delete_budget("web2", Some("s2/B"), std::slice::from_ref(&key))
+            .await
+            .unwrap()
+    );
+    ledger
+        .delete_identities("web", std::slice::from_ref(&key))
+        .await
+        .unwrap();
+    assert_eq!(
+        ledger.application_for(&key).await.unwrap().as_deref(),
+        Some("web2")
+    );
+    assert!(ledger.budget("web2").await.unwrap().is_some());
+    ledger
+        .delete_identities("web2", std::slice::from_ref(&key))
+        .await
+        .unwrap();
+    assert_eq!(ledger.application_for(&key).await.unwrap(), None);
+    // Deleting what is gone already succeeds (a retried Delete).
+    assert!(
+        ledger
+            .delete_budget("web", Some("s1/A"), &[])
+            .await
+            .unwrap()
+    );
+
+    // Claims: one holder per name; the holder may re-claim for another application.
+    let alarm = Claim::Alarm("t-web-day-usd-threshold-80".into());
+    ledger.claim(&alarm, "s1/A", "web").await.unwrap();
+    ledger.claim(&alarm, "s1/A", "web").await.unwrap();
+    assert_eq!(
+        owned_by(ledger.claim(&alarm, "s2/B", "web").await),
+        "alarm `t-web-day-usd-threshold-80` already belongs to `s1/A`"
+    );
+    assert_eq!(
+        ledger.release(&alarm, "s2/B", Some("web")).await.unwrap(),
+        Released::HeldElsewhere
+    );
+    let budget = Claim::CostBudget("t-web".into());
+    ledger.claim(&budget, "s1/A", "web").await.unwrap();
+    ledger.claim(&budget, "s1/A", "web2").await.unwrap();
+    assert_eq!(
+        ledger.release(&budget, "s1/A", Some("web")).await.unwrap(),
+        Released::HeldElsewhere,
+        "the replacement holds the name now"
+    );
+    assert_eq!(
+        ledger.release(&budget, "s1/A", Some("web2")).await.unwrap(),
+        Released::Yes
+    );
+    assert_eq!(
+        ledger.release(&budget, "s1/A", Some("web2")).await.unwrap(),
+        Released::Yes,
+        "idempotent"
+    );
+    ledger.claim(&budget, "s2/B", "other").await.unwrap();
+    // Without an application, the holder's claim goes whatever application it is for.
+    assert_eq!(
+        ledger.release(&alarm, "s1/A", None).await.unwrap(),
+        Released::Yes
+    );
+    ledger.claim(&alarm, "s2/B", "web").await.unwrap();
 }
 
 #[tokio::test]
 async fn memory_ledger_keeps_the_contract() {
     contract(MemoryLedger::new()).await;
+}
+
+#[tokio::test]
+async fn memory_ledger_decides_ownership_by_its_writes() {
+    ownership(MemoryLedger::new()).await;
+}
+
+#[tokio::test]
+async fn dynamodb_ledger_decides_ownership_by_its_writes_on_moto() {
+    let moto = harness::Moto::start();
+    let client = aws_sdk_dynamodb::Client::new(&moto.sdk_config().await);
+    harness::create_ledger_table(&client, "ledger").await;
+    ownership(DynamoLedger::new(client, "ledger")).await;
 }
 
 #[tokio::test]

@@ -7,11 +7,11 @@ use std::future::Future;
 
 use aws_lambda_events::cloudformation::CloudFormationCustomResourceRequest;
 use budget::config::BudgetConfig;
-use ledger::{Identity, Ledger};
+use ledger::{Claim, Held, Identity, Ledger, LedgerError, Released};
 use serde_json::Value;
 
 use crate::plan::{AlarmPlan, BudgetPlan, plan_alarm, plan_budget};
-use crate::props::{BudgetProps, parse_alarm, parse_budget};
+use crate::props::{BudgetProps, CostBudgetProps, check_budget_name, parse_alarm, parse_budget};
 
 /// CloudWatch alarm operations.
 pub trait AlarmOps: Send + Sync + 'static {
@@ -194,6 +194,9 @@ pub struct Provider<L, A, G> {
     pub alarms: A,
     /// AWS Budgets.
     pub budgets: G,
+    /// The spec's `name` (`TOKENFENCE_NAME`): default alarm and budget names start with it, so
+    /// they fall inside the provider role's `<name>-*` alarms and budgets.
+    pub name: String,
 }
 
 fn identities(props: &BudgetProps) -> Vec<Identity> {
@@ -211,7 +214,12 @@ fn identities(props: &BudgetProps) -> Vec<Identity> {
     ids
 }
 
-fn config_of(props: &BudgetProps, version: u64, owner: String, request_id: &str) -> BudgetConfig {
+fn config_of(
+    props: &BudgetProps,
+    version: u64,
+    owner: String,
+    applied_request: Option<&str>,
+) -> BudgetConfig {
     BudgetConfig {
         application: props.application.clone(),
         cost_center: props.cost_center.clone(),
@@ -224,19 +232,39 @@ fn config_of(props: &BudgetProps, version: u64, owner: String, request_id: &str)
         results_queue_url: props.results_queue_url.clone(),
         version,
         owner: Some(owner),
-        applied_request: Some(request_id.to_string()),
+        applied_request: applied_request.map(str::to_string),
     }
 }
 
-fn budget_data(config: &BudgetConfig, props: &BudgetProps) -> BTreeMap<String, String> {
+fn budget_data(config: &BudgetConfig, cost_budget: Option<&str>) -> BTreeMap<String, String> {
     let mut data = BTreeMap::from([
         ("Application".to_string(), config.application.clone()),
         ("ConfigVersion".to_string(), config.version.to_string()),
     ]);
-    if let Some(cb) = &props.cost_budget {
-        data.insert("CostBudgetName".into(), cb.budget_name.clone());
+    if let Some(name) = cost_budget {
+        data.insert("CostBudgetName".into(), name.to_string());
     }
     data
+}
+
+/// The reason of a write refused because another resource or application holds what it asked
+/// for, naming the property that asked; `None` for other errors.
+fn owned_reason(e: &LedgerError) -> Option<String> {
+    let LedgerError::Owned { what, .. } = e else {
+        return None;
+    };
+    let property = match what {
+        Held::Application(_) => "Application",
+        Held::Identity(Identity::ApiKeyId(_)) => "ApiKeyIds",
+        Held::Identity(Identity::QueueArn(_)) => "RequestQueueArns",
+        Held::Claim(Claim::CostBudget(_)) => "CostBudget.BudgetName",
+        Held::Claim(Claim::Alarm(_)) => "AlarmName",
+    };
+    Some(format!("`{property}`: {e}"))
+}
+
+fn unavailable(e: &LedgerError) -> String {
+    owned_reason(e).unwrap_or_else(|| format!("the ledger is unavailable: {e}"))
 }
 
 impl<L: Ledger, A: AlarmOps, G: BudgetOps> Provider<L, A, G> {
@@ -263,7 +291,10 @@ impl<L: Ledger, A: AlarmOps, G: BudgetOps> Provider<L, A, G> {
                     .await
             }
             ("Custom::TokenAlarm", false) => self.put_alarm(&common, physical, props).await,
-            ("Custom::TokenAlarm", true) => self.delete_alarm(physical.unwrap_or_default()).await,
+            ("Custom::TokenAlarm", true) => {
+                self.delete_alarm(&common, physical.unwrap_or_default())
+                    .await
+            }
             // Nothing was ever created for an unknown type, so deleting it succeeds.
             (_, true) => Outcome::ok(physical.unwrap_or_default().to_string(), BTreeMap::new()),
             (other, false) => Outcome::failed(
@@ -273,6 +304,13 @@ impl<L: Ledger, A: AlarmOps, G: BudgetOps> Provider<L, A, G> {
                 ),
             ),
         }
+    }
+
+    /// The AWS Budget's name: as given, or `<name>-<application>`.
+    fn cost_budget_name(&self, application: &str, cb: &CostBudgetProps) -> String {
+        cb.budget_name
+            .clone()
+            .unwrap_or_else(|| spec::names::Names::new(&self.name).budget(application))
     }
 
     async fn put_budget(
@@ -287,70 +325,103 @@ impl<L: Ledger, A: AlarmOps, G: BudgetOps> Provider<L, A, G> {
             Ok(p) => p,
             Err(e) => return Outcome::failed(keep_id(), e.to_string()),
         };
-        let new_id = format!("{BUDGET_ID_PREFIX}{}", new.application);
+        let app = new.application.as_str();
+        let new_id = format!("{BUDGET_ID_PREFIX}{app}");
+        let new_budget = new
+            .cost_budget
+            .as_ref()
+            .map(|cb| (cb, self.cost_budget_name(app, cb)));
+        if let Some((_, name)) = &new_budget
+            && let Some(why) = check_budget_name(name)
+        {
+            return Outcome::failed(keep_id(), format!("`CostBudget.BudgetName`: {why}"));
+        }
         // Old properties were valid when they were applied; if they cannot be read now, act as if
         // there were none (a replacement), which leaves the old resource to CloudFormation's Delete.
         let old = old
             .and_then(|o| parse_budget(o).ok())
             .filter(|o| physical == Some(new_id.as_str()) && o.application == new.application);
+        let old_budget = old
+            .as_ref()
+            .and_then(|o| o.cost_budget.as_ref())
+            .map(|cb| self.cost_budget_name(app, cb));
         let owner = common.owner();
-        let existing = match self.ledger.budget(&new.application).await {
+        let existing = match self.ledger.budget(app).await {
             Ok(c) => c,
-            Err(e) => return Outcome::failed(keep_id(), format!("the ledger is unavailable: {e}")),
+            Err(e) => return Outcome::failed(keep_id(), unavailable(&e)),
         };
-        if let Some(c) = &existing {
-            if c.owner.as_deref().is_some_and(|o| o != owner) {
-                return Outcome::failed(
-                    keep_id(),
-                    format!(
-                        "`Application`: application `{}` already has a budget, declared by `{}`",
-                        new.application,
-                        c.owner.as_deref().unwrap_or_default()
-                    ),
-                );
-            }
-            if c.applied_request.as_deref() == Some(common.request_id) {
-                // A retry of a request already applied: answer the same again.
-                return Outcome::ok(new_id, budget_data(c, &new));
-            }
+        if let Some(c) = &existing
+            && c.owner.as_deref() == Some(owner.as_str())
+            && c.applied_request.as_deref() == Some(common.request_id)
+        {
+            // A retry of a request applied to the end: answer the same again.
+            return Outcome::ok(
+                new_id,
+                budget_data(c, new_budget.as_ref().map(|(_, n)| n.as_str())),
+            );
         }
         let version = existing.as_ref().map_or(1, |c| c.version + 1);
-        let config = config_of(&new, version, owner, common.request_id);
+        let mut config = config_of(&new, version, owner.clone(), None);
         let new_ids = identities(&new);
-        if let Some(old) = &old {
-            let gone: Vec<Identity> = identities(old)
-                .into_iter()
-                .filter(|i| !new_ids.contains(i))
-                .collect();
-            if let Err(e) = self.ledger.delete_identities(&gone).await {
-                return Outcome::failed(keep_id(), format!("the ledger is unavailable: {e}"));
-            }
-        }
-        // From here on something may have been written (a write whose answer was lost still
-        // applies): a failed Create answers with the budget's ID, so the rollback Delete cleans up.
-        let written_id = || physical.map_or_else(|| new_id.clone(), str::to_string);
+        // The write decides ownership (conditionally): another resource's application, or
+        // another application's identity, refuses it whole, before anything else is touched.
         if let Err(e) = self.ledger.put_budget(&config, &new_ids).await {
-            return Outcome::failed(written_id(), format!("the ledger is unavailable: {e}"));
+            let id = if matches!(e, LedgerError::Owned { .. }) {
+                keep_id()
+            } else {
+                // A write whose answer was lost may still have applied: a failed Create answers
+                // with the budget's ID, so the rollback Delete cleans up.
+                physical.map_or_else(|| new_id.clone(), str::to_string)
+            };
+            return Outcome::failed(id, unavailable(&e));
         }
-        let account = common.account_id();
-        let budget_result = async {
-            if let Some(cb) = &new.cost_budget {
+        let written_id = || physical.map_or_else(|| new_id.clone(), str::to_string);
+        let rest = async {
+            if let Some(old) = &old {
+                let gone: Vec<Identity> = identities(old)
+                    .into_iter()
+                    .filter(|i| !new_ids.contains(i))
+                    .collect();
+                self.ledger
+                    .delete_identities(app, &gone)
+                    .await
+                    .map_err(|e| unavailable(&e))?;
+            }
+            let account = common.account_id();
+            if let Some((cb, name)) = &new_budget {
+                self.ledger
+                    .claim(&Claim::CostBudget(name.clone()), &owner, app)
+                    .await
+                    .map_err(|e| unavailable(&e))?;
                 self.budgets
-                    .upsert(account, &plan_budget(&new.application, cb))
-                    .await?;
+                    .upsert(account, &plan_budget(app, name, cb))
+                    .await
+                    .map_err(|e| format!("`CostBudget`: AWS Budgets refused the budget: {e}"))?;
             }
-            if let Some(old_cb) = old.as_ref().and_then(|o| o.cost_budget.as_ref())
-                && new
-                    .cost_budget
-                    .as_ref()
-                    .is_none_or(|cb| cb.budget_name != old_cb.budget_name)
+            if let Some(old_name) = &old_budget
+                && new_budget.as_ref().is_none_or(|(_, n)| n != old_name)
             {
-                self.budgets.delete(account, &old_cb.budget_name).await?;
+                let claim = Claim::CostBudget(old_name.clone());
+                let released = self
+                    .ledger
+                    .release(&claim, &owner, Some(app))
+                    .await
+                    .map_err(|e| unavailable(&e))?;
+                if released == Released::Yes {
+                    self.budgets.delete(account, old_name).await.map_err(|e| {
+                        format!("`CostBudget`: deleting the AWS Budget `{old_name}` failed: {e}")
+                    })?;
+                }
             }
-            Ok::<(), String>(())
+            // Recorded last, so that a retry after any failure above applies every step again.
+            config.applied_request = Some(common.request_id.to_string());
+            self.ledger
+                .put_budget(&config, &new_ids)
+                .await
+                .map_err(|e| unavailable(&e))
         }
         .await;
-        if let Err(e) = budget_result {
+        if let Err(reason) = rest {
             // Leave nothing half-applied: put back what was there before.
             let undo = match &existing {
                 Some(previous) => {
@@ -358,21 +429,35 @@ impl<L: Ledger, A: AlarmOps, G: BudgetOps> Provider<L, A, G> {
                         .put_budget(previous, &old.as_ref().map(identities).unwrap_or_default())
                         .await
                 }
-                None => self.ledger.delete_budget(&new.application, &new_ids).await,
+                None => self
+                    .ledger
+                    .delete_budget(app, Some(&owner), &new_ids)
+                    .await
+                    .map(|_| ()),
             };
             if let Err(undo) = undo {
-                tracing::error!(error = %undo, "could not undo the configuration after AWS Budgets failed");
+                tracing::error!(error = %undo, "could not undo the configuration after a later step failed");
             }
-            return Outcome::failed(
-                written_id(),
-                format!("`CostBudget`: AWS Budgets refused the budget: {e}"),
-            );
+            if let Some((_, name)) = &new_budget
+                && old_budget.as_ref() != Some(name)
+                && let Err(e) = self
+                    .ledger
+                    .release(&Claim::CostBudget(name.clone()), &owner, Some(app))
+                    .await
+            {
+                tracing::error!(error = %e, "could not release the AWS Budget's name");
+            }
+            return Outcome::failed(written_id(), reason);
         }
-        Outcome::ok(new_id, budget_data(&config, &new))
+        Outcome::ok(
+            new_id,
+            budget_data(&config, new_budget.as_ref().map(|(_, n)| n.as_str())),
+        )
     }
 
     async fn delete_budget(&self, common: &Common<'_>, physical: &str, props: &Value) -> Outcome {
         let done = || Outcome::ok(physical.to_string(), BTreeMap::new());
+        let failed = |reason: String| Outcome::failed(physical.to_string(), reason);
         let Some(application) = physical.strip_prefix(BUDGET_ID_PREFIX) else {
             // Not an ID this provider issued (a failed Create, or something else): nothing to delete.
             return done();
@@ -380,52 +465,37 @@ impl<L: Ledger, A: AlarmOps, G: BudgetOps> Provider<L, A, G> {
         let props = parse_budget(props)
             .ok()
             .filter(|p| p.application == application);
-        let existing = match self.ledger.budget(application).await {
-            Ok(c) => c,
-            Err(e) => {
-                return Outcome::failed(
-                    physical.to_string(),
-                    format!("the ledger is unavailable: {e}"),
-                );
-            }
-        };
-        if existing
-            .as_ref()
-            .is_some_and(|c| c.owner.as_deref().is_some_and(|o| o != common.owner()))
+        let owner = common.owner();
+        // Only what is still this resource's: after a replacement, or when another resource
+        // declares the application, the delete leaves its configuration and identities alone.
+        let ids = props.as_ref().map(identities).unwrap_or_default();
+        match self
+            .ledger
+            .delete_budget(application, Some(&owner), &ids)
+            .await
         {
-            // Another resource declares this application now (a replacement finished first).
-            return done();
+            Ok(true) => {}
+            Ok(false) => return done(),
+            Err(e) => return failed(unavailable(&e)),
         }
-        // Only identities that still point here: after a replacement, the new resource owns them.
-        let mut ids = Vec::new();
-        for identity in props.as_ref().map(identities).unwrap_or_default() {
-            match self.ledger.application_for(&identity).await {
-                Ok(Some(app)) if app == application => ids.push(identity),
-                Ok(_) => {}
-                Err(e) => {
-                    return Outcome::failed(
-                        physical.to_string(),
-                        format!("the ledger is unavailable: {e}"),
-                    );
-                }
-            }
-        }
-        if let Err(e) = self.ledger.delete_budget(application, &ids).await {
-            return Outcome::failed(
-                physical.to_string(),
-                format!("the ledger is unavailable: {e}"),
-            );
-        }
-        if let Some(cb) = props.as_ref().and_then(|p| p.cost_budget.as_ref())
-            && let Err(e) = self
-                .budgets
-                .delete(common.account_id(), &cb.budget_name)
+        if let Some(cb) = props.as_ref().and_then(|p| p.cost_budget.as_ref()) {
+            let name = self.cost_budget_name(application, cb);
+            match self
+                .ledger
+                .release(&Claim::CostBudget(name.clone()), &owner, Some(application))
                 .await
-        {
-            return Outcome::failed(
-                physical.to_string(),
-                format!("`CostBudget`: deleting the AWS Budget failed: {e}"),
-            );
+            {
+                // A replacement names this AWS Budget too: it is the replacement's now.
+                Ok(Released::HeldElsewhere) => {}
+                Ok(Released::Yes) => {
+                    if let Err(e) = self.budgets.delete(common.account_id(), &name).await {
+                        return failed(format!(
+                            "`CostBudget`: deleting the AWS Budget `{name}` failed: {e}"
+                        ));
+                    }
+                }
+                Err(e) => return failed(unavailable(&e)),
+            }
         }
         done()
     }
@@ -452,12 +522,21 @@ impl<L: Ledger, A: AlarmOps, G: BudgetOps> Provider<L, A, G> {
                     ),
                 );
             }
-            Err(e) => return Outcome::failed(keep_id(), format!("the ledger is unavailable: {e}")),
+            Err(e) => return Outcome::failed(keep_id(), unavailable(&e)),
         };
-        let plan = match plan_alarm(&props, &config) {
+        let plan = match plan_alarm(&props, &config, &self.name) {
             Ok(p) => p,
             Err(e) => return Outcome::failed(keep_id(), e.to_string()),
         };
+        if let Some(why) = spec::names::ALARM.check(&plan.name) {
+            return Outcome::failed(keep_id(), format!("`AlarmName`: the name {why}"));
+        }
+        // PutMetricAlarm overwrites any alarm of that name: hold the name first, conditionally.
+        let owner = common.owner();
+        let claim = Claim::Alarm(plan.name.clone());
+        if let Err(e) = self.ledger.claim(&claim, &owner, &props.application).await {
+            return Outcome::failed(keep_id(), unavailable(&e));
+        }
         // A new name is a replacement: the old alarm stays until CloudFormation deletes it.
         match self.alarms.put_alarm(&plan).await {
             Ok(arn) => Outcome::ok(
@@ -468,20 +547,42 @@ impl<L: Ledger, A: AlarmOps, G: BudgetOps> Provider<L, A, G> {
                     ("Threshold".into(), plan.threshold_text.clone()),
                 ]),
             ),
-            // The alarm may exist if only the answer was lost: let the rollback Delete remove it.
-            Err(e) => Outcome::failed(
-                physical.map_or_else(|| plan.name.clone(), str::to_string),
-                format!("CloudWatch refused the alarm: {e}"),
-            ),
+            Err(e) => {
+                let reason = format!("CloudWatch refused the alarm: {e}");
+                match physical {
+                    // An Update to a new name: the old alarm stays this resource's, the new name
+                    // is let go (its alarm, if the answer was lost, goes with it).
+                    Some(old) if old != plan.name => {
+                        if let Err(e) = self.alarms.delete_alarm(&plan.name).await {
+                            tracing::error!(error = %e, "could not delete the half-made alarm");
+                        } else if let Err(e) = self.ledger.release(&claim, &owner, None).await {
+                            tracing::error!(error = %e, "could not release the alarm's name");
+                        }
+                        Outcome::failed(old.to_string(), reason)
+                    }
+                    // The alarm may exist if only the answer was lost: let the rollback Delete
+                    // remove it.
+                    _ => Outcome::failed(plan.name.clone(), reason),
+                }
+            }
         }
     }
 
-    async fn delete_alarm(&self, physical: &str) -> Outcome {
+    async fn delete_alarm(&self, common: &Common<'_>, physical: &str) -> Outcome {
+        let done = || Outcome::ok(physical.to_string(), BTreeMap::new());
         if physical.is_empty() || physical.starts_with(FAILED_ID_PREFIX) {
-            return Outcome::ok(physical.to_string(), BTreeMap::new());
+            return done();
+        }
+        // An alarm's name is held by one resource whatever application it watches.
+        let claim = Claim::Alarm(physical.to_string());
+        match self.ledger.release(&claim, &common.owner(), None).await {
+            // Another resource holds the name: the alarm is its, not this one's to delete.
+            Ok(Released::HeldElsewhere) => return done(),
+            Ok(Released::Yes) => {}
+            Err(e) => return Outcome::failed(physical.to_string(), unavailable(&e)),
         }
         match self.alarms.delete_alarm(physical).await {
-            Ok(()) => Outcome::ok(physical.to_string(), BTreeMap::new()),
+            Ok(()) => done(),
             Err(e) => Outcome::failed(
                 physical.to_string(),
                 format!("CloudWatch refused to delete the alarm: {e}"),

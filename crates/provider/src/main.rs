@@ -14,6 +14,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         .with_writer(std::io::stderr)
         .init();
     let table = std::env::var("TOKENFENCE_TABLE").map_err(|_| "`TOKENFENCE_TABLE` is not set")?;
+    let name = std::env::var("TOKENFENCE_NAME").map_err(|_| "`TOKENFENCE_NAME` is not set")?;
     let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let provider = Arc::new(provider::Provider {
         ledger: DynamoLedger::new(aws_sdk_dynamodb::Client::new(&aws), table),
@@ -23,6 +24,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         budgets: AwsBudgets {
             client: aws_sdk_budgets::Client::new(&aws),
         },
+        name,
     });
     let responder = Arc::new(HttpResponder::default());
     lambda_runtime::run(lambda_runtime::service_fn(

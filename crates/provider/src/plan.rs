@@ -71,20 +71,17 @@ fn dims(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The default alarm name of `props`: `tokenfence-<app>-<window>-<metric>-<kind>[-<percent>]`.
-pub fn default_alarm_name(props: &AlarmProps, metric: AlarmMetric) -> String {
-    let base = format!(
-        "tokenfence-{}-{}-{}-{}",
-        props.application,
+/// The default alarm name of `props` in the stack called `prefix`: the rendered alarms' rule,
+/// `<prefix>-<app>-<window>-<metric>-<kind>[-<percent>]`, inside the provider role's alarms.
+pub fn default_alarm_name(prefix: &str, props: &AlarmProps, metric: AlarmMetric) -> String {
+    let percent = (props.kind == AlarmKind::Threshold).then_some(props.percent);
+    spec::names::Names::new(prefix).alarm_of(
+        &props.application,
         props.window,
         metric.as_str(),
-        props.kind.as_str()
-    );
-    if props.kind == AlarmKind::Threshold {
-        format!("{base}-{}", props.percent)
-    } else {
-        base
-    }
+        props.kind.as_str(),
+        percent,
+    )
 }
 
 /// Plans the alarm of `props` against the application's configuration.
@@ -92,7 +89,13 @@ pub fn default_alarm_name(props: &AlarmProps, metric: AlarmMetric) -> String {
 /// Threshold and forecast alarms watch the gateway's per-window gauges, which are percentages of
 /// the limit: they line up with the ledger's calendar windows (a CloudWatch Sum cannot watch a
 /// calendar month) and follow any change of the limit with no change to the alarm.
-pub fn plan_alarm(props: &AlarmProps, config: &BudgetConfig) -> Result<AlarmPlan, PropError> {
+///
+/// An alarm without `AlarmName` is named by [`default_alarm_name`] under `prefix`.
+pub fn plan_alarm(
+    props: &AlarmProps,
+    config: &BudgetConfig,
+    prefix: &str,
+) -> Result<AlarmPlan, PropError> {
     let limit = config.limits.iter().find(|l| l.window == props.window);
     let metric = props.metric.unwrap_or(match limit {
         Some(l) if l.usd.is_some() => AlarmMetric::Usd,
@@ -103,7 +106,7 @@ pub fn plan_alarm(props: &AlarmProps, config: &BudgetConfig) -> Result<AlarmPlan
     let name = props
         .alarm_name
         .clone()
-        .unwrap_or_else(|| default_alarm_name(props, metric));
+        .unwrap_or_else(|| default_alarm_name(prefix, props, metric));
     let app = props.application.as_str();
     let window = props.window.as_str();
     if props.kind != AlarmKind::Anomaly {
@@ -253,13 +256,13 @@ pub struct BudgetPlan {
     pub emails: Vec<String>,
 }
 
-/// Plans the AWS Budget of an application.
-pub fn plan_budget(application: &str, cb: &CostBudgetProps) -> BudgetPlan {
+/// Plans the AWS Budget called `name` of an application.
+pub fn plan_budget(application: &str, name: &str, cb: &CostBudgetProps) -> BudgetPlan {
     let mut notifications: Vec<(&'static str, u32)> =
         cb.actual_percents.iter().map(|p| ("ACTUAL", *p)).collect();
     notifications.push(("FORECASTED", cb.forecast_percent));
     BudgetPlan {
-        name: cb.budget_name.clone(),
+        name: name.to_string(),
         limit_usd: cb.monthly_usd.to_string(),
         service: "Amazon Bedrock".into(),
         tag: ("tokenfence:application".into(), application.to_string()),

@@ -185,11 +185,19 @@ pub fn valid_application(app: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
+/// Why `name` is not a valid AWS Budgets name, if it is not.
+pub fn check_budget_name(name: &str) -> Option<String> {
+    (name.is_empty() || name.len() > 100 || name.contains(':') || name.contains('\\')).then(|| {
+        format!("`{name}` is not a valid AWS Budgets name (1 to 100 characters, no `:` or `\\`)")
+    })
+}
+
 /// The lagging-indicator AWS Budget of a `Custom::TokenBudget`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CostBudgetProps {
-    /// Name; default `tokenfence-<Application>`.
-    pub budget_name: String,
+    /// Name, if given; the provider's default is `<name>-<Application>` (see
+    /// `spec::names::Names::budget`), inside its role's `<name>-*` budgets.
+    pub budget_name: Option<String>,
     /// Monthly limit.
     pub monthly_usd: MicroUsd,
     /// Forecast notification threshold, percent.
@@ -406,16 +414,11 @@ pub fn parse_budget(value: &Value) -> Result<BudgetProps, PropError> {
                     "AWS Budgets allows 5 notifications per budget: at most 4 actual percents besides the forecast",
                 ));
             }
-            let budget_name = c
-                .string("BudgetName")?
-                .unwrap_or_else(|| format!("tokenfence-{application}"));
-            if budget_name.len() > 100 || budget_name.contains(':') || budget_name.contains('\\') {
-                return Err(err(
-                    c.at("BudgetName"),
-                    format!(
-                        "`{budget_name}` is not a valid AWS Budgets name (at most 100 characters, no `:` or `\\`)"
-                    ),
-                ));
+            let budget_name = c.string("BudgetName")?;
+            if let Some(name) = &budget_name
+                && let Some(why) = check_budget_name(name)
+            {
+                return Err(err(c.at("BudgetName"), why));
             }
             Some(CostBudgetProps {
                 budget_name,

@@ -42,6 +42,7 @@ impl Rig {
             budgets: AwsBudgets {
                 client: aws_sdk_budgets::Client::new(&sdk),
             },
+            name: "acme-genai".into(),
         });
         Rig {
             _moto: moto,
@@ -172,7 +173,11 @@ async fn throttling_and_server_errors_are_retried_and_the_resources_created() {
         3,
         "two throttled, the third created"
     );
-    assert_eq!(rig.proxy.seen("TransactWriteItems"), 2);
+    assert_eq!(
+        rig.proxy.seen("TransactWriteItems"),
+        3,
+        "one throttled, then the configuration, then its applied mark after the AWS Budget"
+    );
     assert_eq!(
         rig.aws_budget("acme-genai-support-bot").await.as_deref(),
         Some("1000")

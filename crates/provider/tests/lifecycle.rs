@@ -11,6 +11,7 @@ use provider::respond::{HttpResponder, run};
 use serde_json::{Value, json};
 
 const STACK: &str = "arn:aws:cloudformation:us-east-1:123456789012:stack/acme-genai/5b0fd3e0-ac6d-11f0-9b3c-0e2f0d1f9c5b";
+const OTHER_STACK: &str = "arn:aws:cloudformation:us-east-1:123456789012:stack/other/1";
 
 struct Cfn {
     provider: Arc<provider::Provider<DynamoLedger, CloudWatchAlarms, AwsBudgets>>,
@@ -88,6 +89,7 @@ async fn setup(fail_first: u32) -> (harness::Moto, Cfn) {
         budgets: AwsBudgets {
             client: aws_sdk_budgets::Client::new(&sdk),
         },
+        name: "acme-genai".into(),
     });
     let response_url = harness::ResponseUrl::start(fail_first).await;
     (
@@ -202,11 +204,48 @@ async fn budgets_and_alarms_through_create_update_rollback_and_delete() {
     other["ServiceToken"] = json!("x");
     let taken = cfn.raw(other).await;
     assert_eq!(taken["Status"], "FAILED");
+    assert_eq!(
+        taken["Reason"],
+        format!("`Application`: application `support-bot` already belongs to `{STACK}/Budget`")
+    );
+    assert_eq!(
+        taken["PhysicalResourceId"], "tokenfence:failed:other-1",
+        "its rollback Delete touches nothing"
+    );
+    // Nor can another application list support-bot's API key: refused whole, nothing written.
+    let mut grab = json!({ "RequestType": "Create", "ResponseURL": cfn.response_url.url, "StackId": OTHER_STACK, "RequestId": "other-2", "LogicalResourceId": "Evil", "ResourceType": "Custom::TokenBudget", "ResourceProperties": { "Application": "evil", "Limits": [{ "Window": "day", "Tokens": "10" }], "ApiKeyIds": ["key-z", "key-b"] } });
+    grab["ServiceToken"] = json!("x");
+    let grabbed = cfn.raw(grab).await;
+    assert_eq!(grabbed["Status"], "FAILED");
+    assert_eq!(
+        grabbed["Reason"],
+        "`ApiKeyIds`: API key ID `key-b` already belongs to application `support-bot`"
+    );
+    assert!(ledger.budget("evil").await.unwrap().is_none());
+    for (key, app) in [("key-z", None), ("key-b", Some("support-bot"))] {
+        assert_eq!(
+            ledger
+                .application_for(&Identity::ApiKeyId(key.into()))
+                .await
+                .unwrap()
+                .as_deref(),
+            app
+        );
+    }
+    // Its Delete of support-bot's physical ID is not its to act on.
+    let mut delete = json!({ "RequestType": "Delete", "ResponseURL": cfn.response_url.url, "StackId": OTHER_STACK, "RequestId": "other-3", "LogicalResourceId": "Budget", "PhysicalResourceId": "tokenfence:budget:support-bot", "ResourceType": "Custom::TokenBudget", "ResourceProperties": budget_props("40", "1000", &["key-a", "key-b"]) });
+    delete["ServiceToken"] = json!("x");
+    assert_eq!(cfn.raw(delete).await["Status"], "SUCCESS");
+    assert!(ledger.budget("support-bot").await.unwrap().is_some());
     assert!(
-        taken["Reason"]
-            .as_str()
-            .unwrap()
-            .contains("already has a budget, declared by")
+        budgets
+            .describe_budget()
+            .account_id("123456789012")
+            .budget_name("acme-genai-support-bot")
+            .send()
+            .await
+            .is_ok(),
+        "another stack's Delete leaves the AWS Budget"
     );
 
     // Alarms now succeed, with the right metric and threshold in CloudWatch.
@@ -246,7 +285,7 @@ async fn budgets_and_alarms_through_create_update_rollback_and_delete() {
     let described = cloudwatch
         .describe_alarms()
         .alarm_names("acme-support-bot-day-usd-threshold-80")
-        .alarm_names("tokenfence-support-bot-day-usd-forecast")
+        .alarm_names("acme-genai-support-bot-day-usd-forecast")
         .send()
         .await
         .unwrap();
@@ -266,7 +305,7 @@ async fn budgets_and_alarms_through_create_update_rollback_and_delete() {
     );
     let forecast = alarms
         .iter()
-        .find(|a| a.alarm_name() == Some("tokenfence-support-bot-day-usd-forecast"))
+        .find(|a| a.alarm_name() == Some("acme-genai-support-bot-day-usd-forecast"))
         .unwrap();
     let expressions: Vec<&str> = forecast
         .metrics()
@@ -275,6 +314,32 @@ async fn budgets_and_alarms_through_create_update_rollback_and_delete() {
         .collect();
     assert_eq!(expressions, ["FILL(projected, 0)"]);
     assert_eq!(forecast.threshold(), Some(100.0));
+
+    // Another resource naming an existing alarm is refused; PutMetricAlarm would overwrite it.
+    let mut twin = json!({ "RequestType": "Create", "ResponseURL": cfn.response_url.url, "StackId": OTHER_STACK, "RequestId": "other-4", "LogicalResourceId": "Twin", "ResourceType": "Custom::TokenAlarm", "ResourceProperties": { "Application": "support-bot", "AlarmName": "acme-support-bot-day-usd-threshold-80", "Window": "day", "Percent": "5" } });
+    twin["ServiceToken"] = json!("x");
+    let twin = cfn.raw(twin).await;
+    assert_eq!(twin["Status"], "FAILED");
+    assert_eq!(
+        twin["Reason"],
+        format!(
+            "`AlarmName`: alarm `acme-support-bot-day-usd-threshold-80` already belongs to `{STACK}/Alarm`"
+        )
+    );
+    let mut twin_delete = json!({ "RequestType": "Delete", "ResponseURL": cfn.response_url.url, "StackId": OTHER_STACK, "RequestId": "other-5", "LogicalResourceId": "Twin", "PhysicalResourceId": "acme-support-bot-day-usd-threshold-80", "ResourceType": "Custom::TokenAlarm", "ResourceProperties": {} });
+    twin_delete["ServiceToken"] = json!("x");
+    assert_eq!(cfn.raw(twin_delete).await["Status"], "SUCCESS");
+    let kept = cloudwatch
+        .describe_alarms()
+        .alarm_names("acme-support-bot-day-usd-threshold-80")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        kept.metric_alarms()[0].threshold(),
+        Some(80.0),
+        "the alarm is neither overwritten nor deleted by another resource"
+    );
 
     // Update in place: new day limit, new monthly budget, one API key dropped.
     let old = budget_props("40", "1000", &["key-a", "key-b"]);
@@ -446,16 +511,16 @@ async fn budgets_and_alarms_through_create_update_rollback_and_delete() {
         )
         .await;
     assert_eq!(d["Status"], "SUCCESS");
-    for name in [
-        "acme-support-bot-day-usd-threshold-80",
-        "tokenfence-support-bot-day-usd-forecast",
-        "acme-support-bot-day-usd-threshold-80",
+    for (logical, name) in [
+        ("Alarm", "acme-support-bot-day-usd-threshold-80"),
+        ("Forecast", "acme-genai-support-bot-day-usd-forecast"),
+        ("Alarm", "acme-support-bot-day-usd-threshold-80"),
     ] {
         let d = cfn
             .send(
                 "Delete",
                 "Custom::TokenAlarm",
-                "Alarm",
+                logical,
                 Some(name),
                 json!({}),
                 None,
@@ -467,11 +532,137 @@ async fn budgets_and_alarms_through_create_update_rollback_and_delete() {
         cloudwatch
             .describe_alarms()
             .alarm_names("acme-support-bot-day-usd-threshold-80")
+            .alarm_names("acme-genai-support-bot-day-usd-forecast")
             .send()
             .await
             .unwrap()
             .metric_alarms()
             .is_empty()
+    );
+    // Their names are free again.
+    let mut reuse = json!({ "RequestType": "Create", "ResponseURL": cfn.response_url.url, "StackId": OTHER_STACK, "RequestId": "other-6", "LogicalResourceId": "Twin", "ResourceType": "Custom::TokenAlarm", "ResourceProperties": { "Application": "support-bot-v2", "AlarmName": "acme-support-bot-day-usd-threshold-80", "Window": "day", "Percent": "5" } });
+    reuse["ServiceToken"] = json!("x");
+    assert_eq!(cfn.raw(reuse).await["Status"], "SUCCESS");
+}
+
+/// Default AWS Budget names start with the stack's name (inside the provider role's
+/// `<name>-*` budgets), and a replacement that keeps the name keeps the AWS Budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replacement_keeps_the_aws_budget_it_still_names() {
+    let (_moto, mut cfn) = setup(0).await;
+    let budgets = aws_sdk_budgets::Client::new(&cfn.sdk);
+    let exists = |name: &'static str| {
+        let budgets = budgets.clone();
+        async move {
+            budgets
+                .describe_budget()
+                .account_id("123456789012")
+                .budget_name(name)
+                .send()
+                .await
+                .is_ok()
+        }
+    };
+    let props = |app: &str, name: Option<&str>| {
+        let mut cost = json!({ "MonthlyUsd": "100" });
+        if let Some(n) = name {
+            cost["BudgetName"] = json!(n);
+        }
+        json!({ "Application": app, "Limits": [{ "Window": "day", "Tokens": "1000" }], "CostBudget": cost })
+    };
+    let unnamed = cfn
+        .send(
+            "Create",
+            "Custom::TokenBudget",
+            "Plain",
+            None,
+            props("plain", None),
+            None,
+        )
+        .await;
+    assert_eq!(unnamed["Status"], "SUCCESS", "{unnamed}");
+    assert_eq!(unnamed["Data"]["CostBudgetName"], "acme-genai-plain");
+    assert!(exists("acme-genai-plain").await);
+
+    let a = props("team-a", Some("acme-genai-shared"));
+    let created = cfn
+        .send(
+            "Create",
+            "Custom::TokenBudget",
+            "Shared",
+            None,
+            a.clone(),
+            None,
+        )
+        .await;
+    assert_eq!(created["Status"], "SUCCESS", "{created}");
+    // The application changes (a replacement) and the budget name stays.
+    let b = props("team-b", Some("acme-genai-shared"));
+    let replaced = cfn
+        .send(
+            "Update",
+            "Custom::TokenBudget",
+            "Shared",
+            Some("tokenfence:budget:team-a"),
+            b.clone(),
+            Some(a.clone()),
+        )
+        .await;
+    assert_eq!(
+        replaced["PhysicalResourceId"], "tokenfence:budget:team-b",
+        "{replaced}"
+    );
+    // Cleanup deletes the old resource: its AWS Budget is the new one's now.
+    let cleanup = cfn
+        .send(
+            "Delete",
+            "Custom::TokenBudget",
+            "Shared",
+            Some("tokenfence:budget:team-a"),
+            a,
+            None,
+        )
+        .await;
+    assert_eq!(cleanup["Status"], "SUCCESS", "{cleanup}");
+    assert!(
+        cfn.provider
+            .ledger
+            .budget("team-a")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        exists("acme-genai-shared").await,
+        "the replacement still names it"
+    );
+    let deleted = cfn
+        .send(
+            "Delete",
+            "Custom::TokenBudget",
+            "Shared",
+            Some("tokenfence:budget:team-b"),
+            b,
+            None,
+        )
+        .await;
+    assert_eq!(deleted["Status"], "SUCCESS", "{deleted}");
+    assert!(!exists("acme-genai-shared").await);
+
+    // Another stack cannot name an AWS Budget this stack holds.
+    let mut grab = json!({ "RequestType": "Create", "ResponseURL": cfn.response_url.url, "StackId": OTHER_STACK, "RequestId": "other-1", "LogicalResourceId": "Grab", "ResourceType": "Custom::TokenBudget", "ResourceProperties": props("grab", Some("acme-genai-plain")) });
+    grab["ServiceToken"] = json!("x");
+    let grabbed = cfn.raw(grab).await;
+    assert_eq!(grabbed["Status"], "FAILED");
+    assert_eq!(
+        grabbed["Reason"],
+        format!(
+            "`CostBudget.BudgetName`: AWS Budget `acme-genai-plain` already belongs to `{STACK}/Plain`"
+        )
+    );
+    assert!(
+        cfn.provider.ledger.budget("grab").await.unwrap().is_none(),
+        "undone"
     );
 }
 
@@ -544,6 +735,7 @@ async fn a_hung_dependency_is_answered_failed_before_the_deadline() {
         budgets: AwsBudgets {
             client: aws_sdk_budgets::Client::new(&sdk),
         },
+        name: "acme-genai".into(),
     });
     let response_url = harness::ResponseUrl::start(0).await;
     let event = json!({ "RequestType": "Create", "ResponseURL": response_url.url, "StackId": STACK, "RequestId": "slow-1", "LogicalResourceId": "B", "ResourceType": "Custom::TokenBudget", "ServiceToken": "x", "ResourceProperties": budget_props("1", "1", &[]) });

@@ -40,7 +40,9 @@ fn budget_properties_arrive_as_strings_and_are_read_exactly() {
         ),
         (MicroUsd::from_usd(1000), 100, vec![80, 100])
     );
-    let plan = plan_budget(&p.application, cb);
+    let plan = plan_budget(&p.application, "acme-genai-support-bot", cb);
+    assert_eq!(cb.budget_name.as_deref(), Some("acme-genai-support-bot"));
+    assert_eq!(plan.name, "acme-genai-support-bot");
     assert_eq!(plan.limit_usd, "1000");
     assert_eq!(
         plan.notifications,
@@ -163,7 +165,7 @@ fn alarms_watch_the_gateways_gauges_and_metric_math() {
         (threshold.kind, threshold.percent, threshold.metric),
         (AlarmKind::Threshold, 80, Some(AlarmMetric::Usd))
     );
-    let plan = plan_alarm(&threshold, &cfg).unwrap();
+    let plan = plan_alarm(&threshold, &cfg, "acme-genai").unwrap();
     assert_eq!(plan.name, "acme-genai-support-bot-day-usd-threshold-80");
     let metric = plan.metric.as_ref().unwrap();
     assert_eq!(metric.metric_name, "WindowUtilization");
@@ -188,8 +190,8 @@ fn alarms_watch_the_gateways_gauges_and_metric_math() {
         &json!({ "Application": "support-bot", "Window": "month", "Kind": "forecast" }),
     )
     .unwrap();
-    let plan = plan_alarm(&forecast, &cfg).unwrap();
-    assert_eq!(plan.name, "tokenfence-support-bot-month-usd-forecast");
+    let plan = plan_alarm(&forecast, &cfg, "acme-genai").unwrap();
+    assert_eq!(plan.name, "acme-genai-support-bot-month-usd-forecast");
     assert_eq!(
         plan.queries[1].expression.as_deref(),
         Some("FILL(projected, 0)")
@@ -207,7 +209,7 @@ fn alarms_watch_the_gateways_gauges_and_metric_math() {
         &json!({ "Application": "support-bot", "Kind": "anomaly", "Metric": "tokens" }),
     )
     .unwrap();
-    let plan = plan_alarm(&anomaly, &cfg).unwrap();
+    let plan = plan_alarm(&anomaly, &cfg, "acme-genai").unwrap();
     assert_eq!(anomaly.window, Window::Hour);
     assert_eq!(plan.threshold_metric_id.as_deref(), Some("band"));
     assert_eq!(
@@ -225,7 +227,9 @@ fn alarms_watch_the_gateways_gauges_and_metric_math() {
         parse_alarm(&json!({ "Application": "support-bot", "Window": "hour", "Percent": "50" }))
             .unwrap();
     assert_eq!(
-        plan_alarm(&wrong, &cfg).unwrap_err().to_string(),
+        plan_alarm(&wrong, &cfg, "acme-genai")
+            .unwrap_err()
+            .to_string(),
         "`Window`: application `support-bot` has no `usd` limit on the `hour` window for a `threshold` alarm to watch"
     );
     for (props, expected) in [

@@ -29,13 +29,24 @@ fn as_cloudformation_sends(v: &Value) -> Value {
     }
 }
 
-fn check(resources: &serde_json::Map<String, Value>) -> usize {
+fn check(resources: &serde_json::Map<String, Value>, prefix: &str) -> usize {
     let mut configs = std::collections::HashMap::new();
     let mut checked = 0;
     for (id, r) in resources {
         if r["Type"] == "Custom::TokenBudget" {
             let props = as_cloudformation_sends(&r["Properties"]);
             let b = provider::props::parse_budget(&props).unwrap_or_else(|e| panic!("{id}: {e}"));
+            if let Some(cb) = &b.cost_budget {
+                assert_eq!(
+                    cb.budget_name.as_deref(),
+                    Some(
+                        spec::names::Names::new(prefix)
+                            .budget(&b.application)
+                            .as_str()
+                    ),
+                    "{id}: the provider's default budget name is the rendered one"
+                );
+            }
             configs.insert(
                 b.application.clone(),
                 budget::config::BudgetConfig {
@@ -51,8 +62,16 @@ fn check(resources: &serde_json::Map<String, Value>) -> usize {
         if r["Type"] == "Custom::TokenAlarm" {
             let props = as_cloudformation_sends(&r["Properties"]);
             let a = provider::props::parse_alarm(&props).unwrap_or_else(|e| panic!("{id}: {e}"));
-            provider::plan::plan_alarm(&a, &configs[&a.application])
+            let plan = provider::plan::plan_alarm(&a, &configs[&a.application], prefix)
                 .unwrap_or_else(|e| panic!("{id}: {e}"));
+            // The provider's default name is the one synth renders: one naming rule.
+            let unnamed = provider::props::AlarmProps {
+                alarm_name: None,
+                ..a.clone()
+            };
+            let default = provider::plan::plan_alarm(&unnamed, &configs[&a.application], prefix)
+                .unwrap_or_else(|e| panic!("{id}: {e}"));
+            assert_eq!(default.name, plan.name, "{id}");
             checked += 1;
         }
     }
@@ -75,7 +94,7 @@ fn every_rendered_custom_resource_is_read_by_the_provider() {
         .stacks
         {
             let t = serde_json::to_value(&stack.template).unwrap();
-            checked += check(t["Resources"].as_object().unwrap());
+            checked += check(t["Resources"].as_object().unwrap(), &spec.name);
         }
     }
     assert!(checked > 1000, "checked {checked}");
@@ -94,5 +113,8 @@ fn the_hand_written_template_passes_cfn_lint_and_is_read_by_the_provider() {
     let value: Value =
         serde_json::to_value(serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text).unwrap())
             .unwrap();
-    assert_eq!(check(value["Resources"].as_object().unwrap()), 3);
+    assert_eq!(
+        check(value["Resources"].as_object().unwrap(), "acme-genai"),
+        3
+    );
 }

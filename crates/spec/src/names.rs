@@ -182,16 +182,33 @@ impl<'a> Names<'a> {
     }
     /// An application's alarm.
     pub fn alarm(&self, app: &str, alarm: &AlarmSpec) -> String {
-        let base = format!(
-            "{}-{app}-{}-{}-{}",
-            self.prefix,
+        let percent = match alarm.kind {
+            AlarmKind::Threshold { percent } => Some(percent),
+            AlarmKind::Forecast | AlarmKind::Anomaly => None,
+        };
+        self.alarm_of(
+            app,
             alarm.window,
             alarm.metric.as_str(),
-            alarm.kind.as_str()
-        );
-        match alarm.kind {
-            AlarmKind::Threshold { percent } => format!("{base}-{percent}"),
-            AlarmKind::Forecast | AlarmKind::Anomaly => base,
+            alarm.kind.as_str(),
+            percent,
+        )
+    }
+
+    /// The one alarm naming rule, for rendered alarms and the provider's default `AlarmName`:
+    /// `<name>-<app>-<window>-<metric>-<kind>[-<percent>]` (threshold alarms carry their percent).
+    pub fn alarm_of(
+        &self,
+        app: &str,
+        window: Window,
+        metric: &str,
+        kind: &str,
+        percent: Option<u32>,
+    ) -> String {
+        let base = format!("{}-{app}-{window}-{metric}-{kind}", self.prefix);
+        match percent {
+            Some(percent) => format!("{base}-{percent}"),
+            None => base,
         }
     }
 }
