@@ -162,7 +162,7 @@ pub fn render_app(spec: &Spec, app: &str, application: &Application, link: Link)
             Resource::new(
                 "AWS::Bedrock::ApplicationInferenceProfile",
                 json!({
-                    "InferenceProfileName": names.profile(app, alias),
+                    "InferenceProfileName": names.profile(app, alias, &def.id),
                     "Description": format!("tokenfence application {app} model {alias}"),
                     "ModelSource": { "CopyFrom": model_source_arn(&def.id) },
                     "Tags": tags(&spec.name, app, application)

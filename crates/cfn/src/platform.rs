@@ -737,19 +737,17 @@ fn deployment_id(t: &Template) -> String {
         "AWS::ApiGateway::Model",
         "AWS::ApiGateway::RequestValidator",
     ];
-    // FNV-1a over the resources' JSON, in logical-ID order: deterministic across renders.
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    // Over the resources' JSON, in logical-ID order: deterministic across renders.
+    let mut hash = crate::template::StableHasher::default();
     for (id, resource) in t
         .resources
         .iter()
         .filter(|(_, r)| SNAPSHOT.contains(&r.kind.as_str()))
     {
         let text = serde_json::to_string(&(id, resource)).expect("a resource serializes");
-        for byte in text.bytes() {
-            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        hash.write(text.as_bytes());
     }
-    format!("ApiDeployment{:08X}", hash >> 32)
+    format!("ApiDeployment{:08X}", hash.finish() >> 32)
 }
 
 fn add_alerts(t: &mut Template, spec: &Spec) {

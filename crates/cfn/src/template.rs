@@ -188,13 +188,5 @@ pub fn import(name: &str) -> Value {
     json!({ "Fn::ImportValue": name })
 }
 
-/// A 64-bit FNV-1a hash, for logical IDs derived from free text (stable across platforms and
-/// releases, unlike `std`'s hasher).
-pub fn stable_hash(text: &str) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in text.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash
-}
+/// Stable hashes for logical IDs derived from free text, shared with the spec's names.
+pub use spec::names::{StableHasher, stable_hash};

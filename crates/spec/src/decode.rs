@@ -960,10 +960,23 @@ fn decode_application(
                 &names.results_queue(app),
             );
         }
-        for (alias, span) in &models {
-            let profile = names.profile(app, alias);
+        // Rendering gives the fallback model a profile too.
+        let fallback = match &on_exceed {
+            Some(OnExceed::Fallback { model }) if !models.iter().any(|(a, _)| a == model) => {
+                Some((
+                    model.clone(),
+                    f.get("on_exceed").map_or(key.span, |n| n.span),
+                ))
+            }
+            _ => None,
+        };
+        for (alias, span) in models.iter().cloned().chain(fallback) {
+            let Some(def) = ctx.models.get(&alias) else {
+                continue;
+            };
+            let profile = names.profile(app, &alias, &def.id);
             if let Some(problem) = names::PROFILE.check(&profile) {
-                let at = if *span == f.span { key.span } else { *span };
+                let at = if span == f.span { key.span } else { span };
                 d.error(
                     at,
                     path,

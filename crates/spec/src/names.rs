@@ -176,9 +176,17 @@ impl<'a> Names<'a> {
     pub fn budget(&self, app: &str) -> String {
         format!("{}-{app}", self.prefix)
     }
-    /// An application's inference profile for one model alias.
-    pub fn profile(&self, app: &str, alias: &str) -> String {
-        format!("{}-{app}-{alias}", self.prefix)
+    /// An application's inference profile for one model alias calling `model_id`.
+    ///
+    /// The model is part of the name: a profile's model (`ModelSource.CopyFrom`) can only be
+    /// changed by replacing it, and CloudFormation cannot replace a resource whose custom name
+    /// stays the same. A new model under an alias is a new name, so the update replaces it.
+    pub fn profile(&self, app: &str, alias: &str, model_id: &str) -> String {
+        format!(
+            "{}-{app}-{alias}-{:08x}",
+            self.prefix,
+            stable_hash(model_id) >> 32
+        )
     }
     /// An application's alarm.
     pub fn alarm(&self, app: &str, alarm: &AlarmSpec) -> String {
@@ -211,6 +219,37 @@ impl<'a> Names<'a> {
             None => base,
         }
     }
+}
+
+/// 64-bit FNV-1a, fed in pieces: stable across platforms and releases (unlike `std`'s hasher),
+/// for names and logical IDs derived from content.
+#[derive(Debug, Clone, Copy)]
+pub struct StableHasher(u64);
+
+impl Default for StableHasher {
+    fn default() -> Self {
+        StableHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl StableHasher {
+    /// Feeds `bytes`.
+    pub fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0 ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    /// The hash so far.
+    pub fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// The [`StableHasher`] hash of `text`.
+pub fn stable_hash(text: &str) -> u64 {
+    let mut h = StableHasher::default();
+    h.write(text.as_bytes());
+    h.finish()
 }
 
 /// A name as a PascalCase CloudFormation logical-ID fragment: `support-bot` -> `SupportBot`.
@@ -272,6 +311,18 @@ mod tests {
         assert!(QUEUE.check("a.b").unwrap().contains("may not contain `.`"));
         assert!(PROFILE.check("acme--bot").unwrap().contains("two in a row"));
         assert!(PROFILE.check("acme-bot_x").is_none());
+    }
+
+    #[test]
+    fn a_profile_is_renamed_exactly_when_its_model_changes() {
+        let n = Names::new("acme");
+        let lite = n.profile("bot", "fast", "amazon.nova-lite-v1:0");
+        assert!(lite.starts_with("acme-bot-fast-") && lite.len() == "acme-bot-fast-".len() + 8);
+        assert!(PROFILE.check(&lite).is_none());
+        assert_eq!(lite, n.profile("bot", "fast", "amazon.nova-lite-v1:0"));
+        assert_ne!(lite, n.profile("bot", "fast", "amazon.nova-micro-v1:0"));
+        // FNV-1a's published test vector: the hash is the same on every platform and release.
+        assert_eq!(stable_hash("a"), 0xaf63_dc4c_8601_ec8c);
     }
 
     #[test]
