@@ -7,6 +7,7 @@ mod decode;
 mod error;
 pub mod model;
 pub mod names;
+pub mod quotas;
 mod schema;
 pub mod yaml;
 

@@ -209,6 +209,7 @@ fn run(cli: Cli) -> miette::Result<ExitCode> {
                 spec.applications.len(),
                 spec.models.len()
             );
+            warn_quotas(&spec, &path);
             Ok(ExitCode::SUCCESS)
         }
         Command::Render {
@@ -224,6 +225,7 @@ fn run(cli: Cli) -> miette::Result<ExitCode> {
                 .map_err(|e| miette::miette!("{e}"))?;
             write(&spec, &rendering, &out)?;
             print_summary(&spec, &rendering, &out, &path);
+            warn_quotas(&spec, &path);
             // The process ends here: freeing hundreds of MB of templates one allocation at a time
             // took a third of a 10,000-application render; the OS reclaims it at once.
             std::mem::forget(rendering);
@@ -324,6 +326,14 @@ fn write(spec: &spec::Spec, rendering: &cfn::Rendering, out: &Path) -> miette::R
             .map_err(|e| miette::miette!("cannot write `{}`: {e}", path.display()))?;
     }
     Ok(())
+}
+
+/// Warns on stderr about default account quotas the spec would exceed: a deploy past one fails
+/// part-way, and only a quota increase (where there is one) gets it through.
+fn warn_quotas(spec: &spec::Spec, path: &Path) {
+    for warning in spec::quotas::warnings(spec) {
+        eprintln!("{}: warning: {warning}", path.display());
+    }
 }
 
 fn print_summary(spec: &spec::Spec, rendering: &cfn::Rendering, out: &Path, spec_path: &Path) {

@@ -292,6 +292,44 @@ fn validate_reports_a_valid_spec() {
 }
 
 #[test]
+fn validate_and_render_warn_about_default_account_quotas_the_spec_exceeds() {
+    let dir = repo().join("target/test-scratch/quotas");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut yaml = String::from(
+        "version: 1\nname: big\nmodels:\n  lite: amazon.nova-lite-v1:0\n  micro: amazon.nova-micro-v1:0\n  pro: amazon.nova-pro-v1:0\n  premier: amazon.nova-premier-v1:0\napplications:\n",
+    );
+    for n in 0..301 {
+        yaml.push_str(&format!(
+            "  team-{n:03}:\n    limits: [{{ window: day, tokens: 1000000 }}]\n"
+        ));
+    }
+    std::fs::write(dir.join("big.yaml"), yaml).unwrap();
+    let spec = "target/test-scratch/quotas/big.yaml";
+    for args in [
+        vec!["validate", spec],
+        vec!["render", spec, "--out", "target/test-scratch/quotas/out"],
+    ] {
+        let out = synth(&args);
+        assert!(out.status.success(), "{args:?}: a warning is not an error");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(
+            stderr.lines().collect::<Vec<_>>(),
+            [
+                format!(
+                    "{spec}: warning: the spec needs 301 of Amazon API Gateway's `Usage plans per account per Region`, whose default is 300 (shared with the rest of the account and Region); request an increase before deploying (Service Quotas code `L-E8693075`)"
+                ),
+                format!(
+                    "{spec}: warning: the spec needs 1204 of Amazon Bedrock's `Inference profiles per account`, whose default is 1000 (shared with the rest of the account and Region); request an increase before deploying (Service Quotas code `L-40EC9882`)"
+                ),
+            ],
+            "{args:?}"
+        );
+    }
+    let quiet = synth(&["validate", "examples/quickstart.yaml"]);
+    assert!(quiet.stderr.is_empty(), "no warning under the quotas");
+}
+
+#[test]
 fn schema_is_json_schema_of_the_spec() {
     let out = synth(&["schema"]);
     assert!(out.status.success());
