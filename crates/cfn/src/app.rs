@@ -138,6 +138,11 @@ fn tags(stack: &str, app: &str, application: &Application) -> Vec<Value> {
     tags
 }
 
+/// How long CloudFormation waits for the provider's answer, in seconds, instead of its default
+/// hour: three attempts of the provider's 300-second timeout (Lambda retries an asynchronous
+/// invocation twice when one dies without answering).
+pub const SERVICE_TIMEOUT: u32 = 900;
+
 /// Renders one application's resources.
 pub fn render_app(spec: &Spec, app: &str, application: &Application, link: Link) -> AppUnit {
     let names = Names::new(&spec.name);
@@ -175,6 +180,7 @@ pub fn render_app(spec: &Spec, app: &str, application: &Application, link: Link)
 
     let mut budget = serde_json::Map::new();
     budget.insert("ServiceToken".into(), link.service_token());
+    budget.insert("ServiceTimeout".into(), json!(SERVICE_TIMEOUT));
     budget.insert("Application".into(), json!(app));
     if let Some(cc) = &application.cost_center {
         budget.insert("CostCenter".into(), json!(cc));
@@ -394,6 +400,7 @@ pub fn render_app(spec: &Spec, app: &str, application: &Application, link: Link)
     for alarm in &application.alarms {
         let mut props = serde_json::Map::new();
         props.insert("ServiceToken".into(), link.service_token());
+        props.insert("ServiceTimeout".into(), json!(SERVICE_TIMEOUT));
         props.insert("Application".into(), json!(app));
         props.insert("AlarmName".into(), json!(names.alarm(app, alarm)));
         props.insert("Window".into(), json!(alarm.window.as_str()));

@@ -248,7 +248,7 @@ pub fn add_platform(t: &mut Template, spec: &Spec, opts: &RenderOptions) {
             "ProviderLogGroup",
             128,
             300,
-            json!({ "TOKENFENCE_TABLE": r(ids::LEDGER_TABLE), "TOKENFENCE_NAME": prefix }),
+            json!({ "TOKENFENCE_TABLE": r(ids::LEDGER_TABLE), "TOKENFENCE_NAME": prefix, "TOKENFENCE_ALERT_TOPIC": r(ids::ALERT_TOPIC) }),
         ),
     );
 

@@ -183,7 +183,12 @@ fn subscribers(plan: &BudgetPlan) -> Result<Vec<budgets::types::Subscriber>, Str
 }
 
 impl BudgetOps for AwsBudgets {
-    async fn upsert(&self, account_id: &str, plan: &BudgetPlan) -> Result<(), String> {
+    async fn upsert(
+        &self,
+        account_id: &str,
+        plan: &BudgetPlan,
+        previous: Option<&BudgetPlan>,
+    ) -> Result<(), String> {
         let budget = budget_of(plan)?;
         let subs = subscribers(plan)?;
         let exists = match self
@@ -252,8 +257,19 @@ impl BudgetOps for AwsBudgets {
                 && a.threshold() == b.threshold()
                 && a.comparison_operator() == b.comparison_operator()
         };
+        // A notification's subscribers change by replacing it: Budgets' subscriber calls would
+        // do it one address at a time, and the notification's history is only its threshold.
+        let resubscribe = previous.is_none_or(|p| {
+            let set = |p: &BudgetPlan| {
+                let mut s: Vec<String> = p.emails.clone();
+                s.extend(p.topic_arn.iter().map(|t| format!("sns:{t}")));
+                s.sort();
+                s
+            };
+            set(p) != set(plan)
+        });
         for existing in current.notifications() {
-            if !wanted.iter().any(|w| same(w, existing)) {
+            if resubscribe || !wanted.iter().any(|w| same(w, existing)) {
                 self.client
                     .delete_notification()
                     .account_id(account_id)
@@ -266,7 +282,7 @@ impl BudgetOps for AwsBudgets {
         }
         if !subs.is_empty() {
             for w in &wanted {
-                if !current.notifications().iter().any(|e| same(w, e)) {
+                if resubscribe || !current.notifications().iter().any(|e| same(w, e)) {
                     self.client
                         .create_notification()
                         .account_id(account_id)

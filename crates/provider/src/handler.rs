@@ -24,11 +24,13 @@ pub trait AlarmOps: Send + Sync + 'static {
 /// AWS Budgets operations.
 pub trait BudgetOps: Send + Sync + 'static {
     /// Creates the budget, or updates it in place (keeping its history) and reconciles its
-    /// notifications.
+    /// notifications and their subscribers with `plan`; `previous` is the plan last applied to
+    /// it, if any (its subscribers are what the budget's notifications have now).
     fn upsert(
         &self,
         account_id: &str,
         plan: &BudgetPlan,
+        previous: Option<&BudgetPlan>,
     ) -> impl Future<Output = Result<(), String>> + Send;
     /// Deletes a budget; a missing budget is not an error.
     fn delete(
@@ -197,6 +199,9 @@ pub struct Provider<L, A, G> {
     /// The spec's `name` (`TOKENFENCE_NAME`): default alarm and budget names start with it, so
     /// they fall inside the provider role's `<name>-*` alarms and budgets.
     pub name: String,
+    /// The stack's alert topic (`TOKENFENCE_ALERT_TOPIC`), notified by AWS Budgets that name no
+    /// `TopicArn` or `Emails`.
+    pub alert_topic: Option<String>,
 }
 
 fn identities(props: &BudgetProps) -> Vec<Identity> {
@@ -389,12 +394,23 @@ impl<L: Ledger, A: AlarmOps, G: BudgetOps> Provider<L, A, G> {
             }
             let account = common.account_id();
             if let Some((cb, name)) = &new_budget {
+                let topic = self.alert_topic.as_deref();
+                let plan = plan_budget(app, name, cb, topic);
+                if plan.topic_arn.is_none() && plan.emails.is_empty() {
+                    return Err("`CostBudget`: give `TopicArn` or `Emails`: the provider has no alert topic (`TOKENFENCE_ALERT_TOPIC`) to notify, and an AWS Budget without subscribers sends no notifications".to_string());
+                }
+                // What the budget's notifications have now, when this update keeps its name.
+                let previous = old
+                    .as_ref()
+                    .and_then(|o| o.cost_budget.as_ref())
+                    .filter(|_| old_budget.as_ref() == Some(name))
+                    .map(|ocb| plan_budget(app, name, ocb, topic));
                 self.ledger
                     .claim(&Claim::CostBudget(name.clone()), &owner, app)
                     .await
                     .map_err(|e| unavailable(&e))?;
                 self.budgets
-                    .upsert(account, &plan_budget(app, name, cb))
+                    .upsert(account, &plan, previous.as_ref())
                     .await
                     .map_err(|e| format!("`CostBudget`: AWS Budgets refused the budget: {e}"))?;
             }

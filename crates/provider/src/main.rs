@@ -25,6 +25,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
             client: aws_sdk_budgets::Client::new(&aws),
         },
         name,
+        alert_topic: std::env::var("TOKENFENCE_ALERT_TOPIC").ok(),
     });
     let responder = Arc::new(HttpResponder::default());
     lambda_runtime::run(lambda_runtime::service_fn(

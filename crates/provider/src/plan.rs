@@ -256,8 +256,15 @@ pub struct BudgetPlan {
     pub emails: Vec<String>,
 }
 
-/// Plans the AWS Budget called `name` of an application.
-pub fn plan_budget(application: &str, name: &str, cb: &CostBudgetProps) -> BudgetPlan {
+/// Plans the AWS Budget called `name` of an application. A budget that names no subscriber
+/// notifies `default_topic` (the stack's alert topic): an AWS Budget without subscribers has no
+/// notifications at all.
+pub fn plan_budget(
+    application: &str,
+    name: &str,
+    cb: &CostBudgetProps,
+    default_topic: Option<&str>,
+) -> BudgetPlan {
     let mut notifications: Vec<(&'static str, u32)> =
         cb.actual_percents.iter().map(|p| ("ACTUAL", *p)).collect();
     notifications.push(("FORECASTED", cb.forecast_percent));
@@ -267,7 +274,12 @@ pub fn plan_budget(application: &str, name: &str, cb: &CostBudgetProps) -> Budge
         service: "Amazon Bedrock".into(),
         tag: ("tokenfence:application".into(), application.to_string()),
         notifications,
-        topic_arn: cb.topic_arn.clone(),
+        topic_arn: cb.topic_arn.clone().or_else(|| {
+            cb.emails
+                .is_empty()
+                .then(|| default_topic.map(str::to_string))
+                .flatten()
+        }),
         emails: cb.emails.clone(),
     }
 }

@@ -241,6 +241,7 @@ pub struct BudgetProps {
 
 const BUDGET_KEYS: &[&str] = &[
     "ServiceToken",
+    "ServiceTimeout",
     "Application",
     "CostCenter",
     "Models",
@@ -256,9 +257,26 @@ const BUDGET_KEYS: &[&str] = &[
     "InferenceProfiles",
 ];
 
+/// CloudFormation's `ServiceTimeout` of a custom resource: 1 to 3,600 seconds. CloudFormation
+/// enforces it, and passes it along with the properties; it is checked here so that a bad value is
+/// named rather than taken for an unknown property.
+fn service_timeout(p: &Props<'_>) -> Result<(), PropError> {
+    if let Some(v) = p.get("ServiceTimeout") {
+        let seconds = whole(v, "ServiceTimeout")?;
+        if seconds > 3_600 {
+            return Err(err(
+                "ServiceTimeout",
+                format!("`{seconds}` is above CloudFormation's 3600 seconds"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Reads the properties of a `Custom::TokenBudget`.
 pub fn parse_budget(value: &Value) -> Result<BudgetProps, PropError> {
     let p = Props::new(value, "", BUDGET_KEYS)?;
+    service_timeout(&p)?;
     let application = p.required_string("Application")?;
     if !valid_application(&application) {
         return Err(err(
@@ -523,6 +541,7 @@ pub fn parse_alarm(value: &Value) -> Result<AlarmProps, PropError> {
         "",
         &[
             "ServiceToken",
+            "ServiceTimeout",
             "Application",
             "AlarmName",
             "Window",
@@ -532,6 +551,7 @@ pub fn parse_alarm(value: &Value) -> Result<AlarmProps, PropError> {
             "AlarmActions",
         ],
     )?;
+    service_timeout(&p)?;
     let application = p.required_string("Application")?;
     if !valid_application(&application) {
         return Err(err(

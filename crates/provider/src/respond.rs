@@ -1,7 +1,7 @@
 //! Answering CloudFormation: always, in time, within 4,096 bytes.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_lambda_events::cloudformation::{
     CloudFormationCustomResourceRequest, CloudFormationCustomResourceResponse,
@@ -16,6 +16,8 @@ use crate::handler::{
 
 /// CloudFormation rejects responses of 4,096 bytes or more.
 pub const MAX_RESPONSE_BYTES: usize = 4_096;
+/// The longest one PUT of the answer may take.
+pub const PUT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time kept back from the Lambda deadline to send the answer, at most.
 pub const ANSWER_MARGIN: Duration = Duration::from_secs(5);
 
@@ -27,8 +29,14 @@ pub fn work_budget(time_left: Duration) -> Duration {
 
 /// Sends the response document to the pre-signed ResponseURL.
 pub trait Responder: Send + Sync + 'static {
-    /// PUTs `body`; an error means the response may not have arrived.
-    fn put(&self, url: &str, body: String) -> impl Future<Output = Result<(), String>> + Send;
+    /// PUTs `body`, retrying no later than `until` (the Lambda deadline: a frozen sandbox would
+    /// resume the retries during another event); an error means the response may not have arrived.
+    fn put(
+        &self,
+        url: &str,
+        body: String,
+        until: Instant,
+    ) -> impl Future<Output = Result<(), String>> + Send;
 }
 
 /// PUT over HTTPS with reqwest, retried on transient failures.
@@ -41,25 +49,27 @@ pub struct HttpResponder {
 impl Default for HttpResponder {
     fn default() -> Self {
         HttpResponder {
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .expect("an HTTP client"),
+            client: reqwest::Client::builder().build().expect("an HTTP client"),
             attempts: 5,
         }
     }
 }
 
 impl Responder for HttpResponder {
-    async fn put(&self, url: &str, body: String) -> Result<(), String> {
+    async fn put(&self, url: &str, body: String, until: Instant) -> Result<(), String> {
         let mut delay = Duration::from_millis(200);
-        let mut last = String::new();
+        let mut last = String::from("no time left before the Lambda deadline");
         for attempt in 1..=self.attempts {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
             // The pre-signed URL is signed for an empty content type.
             match self
                 .client
                 .put(url)
                 .header("content-type", "")
+                .timeout(PUT_TIMEOUT.min(left))
                 .body(body.clone())
                 .send()
                 .await
@@ -72,6 +82,9 @@ impl Responder for HttpResponder {
                 Err(e) => last = e.to_string(),
             }
             if attempt < self.attempts {
+                if Instant::now() + delay >= until {
+                    break;
+                }
                 tokio::time::sleep(delay).await;
                 delay *= 2;
             }
@@ -139,10 +152,11 @@ pub async fn run<L: Ledger, A: AlarmOps, G: BudgetOps, R: Responder>(
     event: Value,
     time_left: Duration,
 ) -> Result<(), String> {
+    let until = Instant::now() + time_left;
     let request: CloudFormationCustomResourceRequest<Value, Value> =
         match serde_json::from_value(event.clone()) {
             Ok(r) => r,
-            Err(e) => return answer_malformed(responder, &event, &e.to_string()).await,
+            Err(e) => return answer_malformed(responder, &event, &e.to_string(), until).await,
         };
     let budget = work_budget(time_left);
     tracing::info!(
@@ -175,10 +189,12 @@ pub async fn run<L: Ledger, A: AlarmOps, G: BudgetOps, R: Responder>(
         }
     };
     let Some(url) = RequestView::of(&request).map(|v| v.response_url.to_string()) else {
-        return answer_malformed(responder, &event, "unsupported request type").await;
+        return answer_malformed(responder, &event, "unsupported request type", until).await;
     };
     tracing::info!(success = outcome.success, physical_id = %outcome.physical_id, reason = outcome.reason.as_deref().unwrap_or(""), "answering CloudFormation");
-    responder.put(&url, response_body(&request, &outcome)).await
+    responder
+        .put(&url, response_body(&request, &outcome), until)
+        .await
 }
 
 fn failed_outcome(
@@ -209,6 +225,7 @@ async fn answer_malformed<R: Responder>(
     responder: &R,
     event: &Value,
     error: &str,
+    until: Instant,
 ) -> Result<(), String> {
     let field = |k: &str| event.get(k).and_then(Value::as_str).map(str::to_string);
     let Some(url) = field("ResponseURL") else {
@@ -229,7 +246,7 @@ async fn answer_malformed<R: Responder>(
         "NoEcho": false,
         "Data": {}
     });
-    responder.put(&url, body.to_string()).await
+    responder.put(&url, body.to_string(), until).await
 }
 
 #[cfg(test)]

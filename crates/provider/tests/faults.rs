@@ -11,6 +11,7 @@ use provider::aws::{AwsBudgets, CloudWatchAlarms};
 use provider::respond::{HttpResponder, run};
 use serde_json::{Value, json};
 
+const ALERTS: &str = "arn:aws:sns:us-east-1:123456789012:acme-genai-alerts";
 const STACK: &str = "arn:aws:cloudformation:us-east-1:123456789012:stack/acme-genai/5b0fd3e0-ac6d-11f0-9b3c-0e2f0d1f9c5b";
 const ACCOUNT: &str = "123456789012";
 
@@ -43,6 +44,7 @@ impl Rig {
                 client: aws_sdk_budgets::Client::new(&sdk),
             },
             name: "acme-genai".into(),
+            alert_topic: Some(ALERTS.into()),
         });
         Rig {
             _moto: moto,
@@ -197,6 +199,96 @@ async fn throttling_and_server_errors_are_retried_and_the_resources_created() {
     assert_eq!(r["Status"], "SUCCESS", "{r}");
     assert_eq!(rig.proxy.seen("PutMetricAlarm"), 2);
     assert!(rig.alarm_exists("acme-support-bot-day-usd-80").await);
+}
+
+/// The AWS Budget's notifications always have subscribers: the stack's alert topic when the
+/// resource names none, and exactly the ones it names after an update.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_notifications_follow_their_subscribers() {
+    let mut rig = Rig::start().await;
+    let subscribers = |n: &Value| {
+        let mut s: Vec<(String, String)> = n["Subscribers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["SubscriptionType"].as_str().unwrap().to_string(),
+                    s["Address"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        s.sort();
+        s
+    };
+    let created = rig
+        .send(
+            "Create",
+            "Custom::TokenBudget",
+            None,
+            budget("40"),
+            None,
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(created["Status"], "SUCCESS", "{created}");
+    let create = rig.proxy.json_bodies("CreateBudget");
+    let notifications = create[0]["NotificationsWithSubscribers"]
+        .as_array()
+        .unwrap();
+    assert_eq!(
+        notifications.len(),
+        3,
+        "ACTUAL 80, ACTUAL 100, FORECASTED 100"
+    );
+    for n in notifications {
+        assert_eq!(subscribers(n), [("SNS".to_string(), ALERTS.to_string())]);
+    }
+
+    // New subscribers: every notification is replaced with them.
+    let mut mailed = budget("40");
+    mailed["CostBudget"]["Emails"] = json!(["ops@example.com"]);
+    rig.proxy.clear_seen();
+    let updated = rig
+        .send(
+            "Update",
+            "Custom::TokenBudget",
+            Some("tokenfence:budget:support-bot"),
+            mailed.clone(),
+            Some(budget("40")),
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(updated["Status"], "SUCCESS", "{updated}");
+    assert_eq!(rig.proxy.seen("DeleteNotification"), 3);
+    let recreated = rig.proxy.json_bodies("CreateNotification");
+    assert_eq!(recreated.len(), 3);
+    for n in &recreated {
+        assert_eq!(
+            subscribers(n),
+            [("EMAIL".to_string(), "ops@example.com".to_string())]
+        );
+    }
+
+    // Same subscribers, one threshold changed: only that notification is touched.
+    let mut moved = mailed.clone();
+    moved["CostBudget"]["ActualPercents"] = json!(["50", "100"]);
+    rig.proxy.clear_seen();
+    let updated = rig
+        .send(
+            "Update",
+            "Custom::TokenBudget",
+            Some("tokenfence:budget:support-bot"),
+            moved,
+            Some(mailed),
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(updated["Status"], "SUCCESS", "{updated}");
+    assert_eq!(rig.proxy.seen("DeleteNotification"), 1);
+    let added = rig.proxy.json_bodies("CreateNotification");
+    assert_eq!(added.len(), 1);
+    assert_eq!(added[0]["Notification"]["Threshold"], 50.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

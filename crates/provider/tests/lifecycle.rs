@@ -10,6 +10,7 @@ use provider::aws::{AwsBudgets, CloudWatchAlarms};
 use provider::respond::{HttpResponder, run};
 use serde_json::{Value, json};
 
+const ALERTS: &str = "arn:aws:sns:us-east-1:123456789012:acme-genai-alerts";
 const STACK: &str = "arn:aws:cloudformation:us-east-1:123456789012:stack/acme-genai/5b0fd3e0-ac6d-11f0-9b3c-0e2f0d1f9c5b";
 const OTHER_STACK: &str = "arn:aws:cloudformation:us-east-1:123456789012:stack/other/1";
 
@@ -90,6 +91,7 @@ async fn setup(fail_first: u32) -> (harness::Moto, Cfn) {
             client: aws_sdk_budgets::Client::new(&sdk),
         },
         name: "acme-genai".into(),
+        alert_topic: Some(ALERTS.into()),
     });
     let response_url = harness::ResponseUrl::start(fail_first).await;
     (
@@ -736,6 +738,7 @@ async fn a_hung_dependency_is_answered_failed_before_the_deadline() {
             client: aws_sdk_budgets::Client::new(&sdk),
         },
         name: "acme-genai".into(),
+        alert_topic: Some(ALERTS.into()),
     });
     let response_url = harness::ResponseUrl::start(0).await;
     let event = json!({ "RequestType": "Create", "ResponseURL": response_url.url, "StackId": STACK, "RequestId": "slow-1", "LogicalResourceId": "B", "ResourceType": "Custom::TokenBudget", "ServiceToken": "x", "ResourceProperties": budget_props("1", "1", &[]) });
@@ -756,4 +759,28 @@ async fn a_hung_dependency_is_answered_failed_before_the_deadline() {
     assert_eq!(r["Status"], "FAILED");
     assert!(r["Reason"].as_str().unwrap().starts_with("timed out"));
     drop(silent);
+}
+
+/// A ResponseURL that keeps failing is retried only until the Lambda deadline: retries past it
+/// would run in a frozen sandbox during some later event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answer_retries_stop_at_the_lambda_deadline() {
+    let (_moto, cfn) = setup(u32::MAX).await;
+    let event = json!({ "RequestType": "Explode", "ResponseURL": cfn.response_url.url, "RequestId": "m-1", "StackId": STACK, "LogicalResourceId": "X" });
+    let started = std::time::Instant::now();
+    let result = run(
+        Arc::clone(&cfn.provider),
+        &HttpResponder::default(),
+        event,
+        Duration::from_millis(1_500),
+    )
+    .await;
+    let elapsed = started.elapsed();
+    assert!(result.is_err(), "the answer never arrived: {result:?}");
+    // Five attempts with 0.2 + 0.4 + 0.8 + 1.6 s between them would take 3 s.
+    assert!(
+        elapsed < Duration::from_millis(1_700),
+        "gave up by the deadline, took {elapsed:?}"
+    );
+    assert!(cfn.response_url.last().is_none(), "no answer was accepted");
 }

@@ -4,7 +4,7 @@
 use budget::config::{EnforcementMode, ExceedAction};
 use budget::{MicroUsd, Window};
 use provider::plan::{plan_alarm, plan_budget};
-use provider::props::{AlarmKind, AlarmMetric, parse_alarm, parse_budget};
+use provider::props::{AlarmKind, AlarmMetric, CostBudgetProps, parse_alarm, parse_budget};
 use serde_json::{Value, json};
 
 fn fixture(name: &str) -> Value {
@@ -40,9 +40,37 @@ fn budget_properties_arrive_as_strings_and_are_read_exactly() {
         ),
         (MicroUsd::from_usd(1000), 100, vec![80, 100])
     );
-    let plan = plan_budget(&p.application, "acme-genai-support-bot", cb);
+    let plan = plan_budget(
+        &p.application,
+        "acme-genai-support-bot",
+        cb,
+        Some("arn:topic"),
+    );
     assert_eq!(cb.budget_name.as_deref(), Some("acme-genai-support-bot"));
     assert_eq!(plan.name, "acme-genai-support-bot");
+    assert_eq!(
+        plan.topic_arn.as_deref(),
+        Some("arn:aws:sns:us-east-1:123456789012:acme-genai-alerts"),
+        "the given topic, not the default"
+    );
+    // No subscriber given: the stack's alert topic; emails alone: just the emails.
+    let bare = CostBudgetProps {
+        topic_arn: None,
+        emails: vec![],
+        ..cb.clone()
+    };
+    let defaulted = plan_budget("a", "n", &bare, Some("arn:topic"));
+    assert_eq!(
+        (defaulted.topic_arn.as_deref(), defaulted.emails.len()),
+        (Some("arn:topic"), 0)
+    );
+    let mailed = CostBudgetProps {
+        emails: vec!["ops@example.com".into()],
+        ..bare
+    };
+    let emailed = plan_budget("a", "n", &mailed, Some("arn:topic"));
+    assert_eq!(emailed.topic_arn, None);
+    assert_eq!(emailed.emails, ["ops@example.com"]);
     assert_eq!(plan.limit_usd, "1000");
     assert_eq!(
         plan.notifications,
@@ -69,6 +97,16 @@ fn budget_properties_arrive_as_strings_and_are_read_exactly() {
 fn every_invalid_budget_property_is_named() {
     let base = fixture("create-budget.json")["ResourceProperties"].clone();
     let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "/ServiceTimeout",
+            json!("3601"),
+            "`ServiceTimeout`: `3601` is above CloudFormation's 3600 seconds",
+        ),
+        (
+            "/ServiceTimeout",
+            json!("soon"),
+            "`ServiceTimeout`: `soon` is not a whole number",
+        ),
         (
             "/Application",
             json!("bad name!"),

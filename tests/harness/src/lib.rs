@@ -491,6 +491,8 @@ struct ProxyState {
     faults: Vec<Fault>,
     /// Operation -> requests seen (injected or forwarded).
     seen: std::collections::HashMap<String, u32>,
+    /// Operation -> the bodies of the requests seen, in order.
+    bodies: std::collections::HashMap<String, Vec<axum::body::Bytes>>,
 }
 
 impl FaultProxy {
@@ -514,6 +516,11 @@ impl FaultProxy {
             let fault = {
                 let mut guard = state.lock().unwrap();
                 *guard.seen.entry(operation.clone()).or_default() += 1;
+                guard
+                    .bodies
+                    .entry(operation.clone())
+                    .or_default()
+                    .push(body.clone());
                 guard
                     .faults
                     .iter_mut()
@@ -594,6 +601,29 @@ impl FaultProxy {
     /// Replaces the injected faults.
     pub fn set(&self, faults: Vec<Fault>) {
         self.state.lock().unwrap().faults = faults;
+    }
+
+    /// The JSON bodies of the `operation` requests seen so far, in order (JSON protocols).
+    pub fn json_bodies(&self, operation: &str) -> Vec<serde_json::Value> {
+        self.state
+            .lock()
+            .unwrap()
+            .bodies
+            .get(operation)
+            .map(|bodies| {
+                bodies
+                    .iter()
+                    .map(|b| serde_json::from_slice(b).expect("a JSON request body"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Forgets the requests seen so far.
+    pub fn clear_seen(&self) {
+        let mut state = self.state.lock().unwrap();
+        state.seen.clear();
+        state.bodies.clear();
     }
 
     /// How many requests for `operation` reached the proxy (failed or forwarded).
