@@ -1,9 +1,10 @@
 //! CloudFormation rendering of a tokenfence spec.
 //!
 //! Props in, templates out: [`render`] turns a validated [`spec::Spec`] into one stack, or, when
-//! one stack would exceed CloudFormation's quotas, a platform stack plus budget stacks linked by
-//! exports. Output is deterministic and logical IDs derive from names only, so adding an
-//! application renames nothing.
+//! one stack would exceed CloudFormation's quotas, the main stack (the platform and the
+//! applications that fit) plus budget stacks linked by exports; [`render_after`] keeps every
+//! application in the stack an earlier rendering put it in. Output is deterministic and logical
+//! IDs derive from names only, so adding an application renames nothing.
 
 mod app;
 pub mod platform;
@@ -83,94 +84,186 @@ impl Rendering {
     }
 }
 
-/// Renders `spec`.
+/// Which stack holds each application, stacks in order: what a rendering leaves for the next
+/// one (`synth render` keeps it beside the templates) so that applications stay where they are.
+pub type Placement = Vec<(String, Vec<String>)>;
+
+impl Rendering {
+    /// Where this rendering put each application.
+    pub fn placement(&self) -> Placement {
+        self.stacks
+            .iter()
+            .map(|s| (s.stack_name.clone(), s.applications.clone()))
+            .collect()
+    }
+}
+
+/// New applications fill a stack to this share of each quota (percent), leaving room for the
+/// applications already in it to grow (alarms, models) without moving.
+const FILL_PERCENT: usize = 80;
+
+/// Renders `spec` as if for the first time.
 pub fn render(spec: &Spec, opts: &RenderOptions) -> Result<Rendering, RenderError> {
+    render_after(spec, opts, None)
+}
+
+/// Renders `spec`, keeping every application where `previous` placed it.
+///
+/// The main stack (named after the spec) always holds the platform, and the applications that
+/// fit in it; the others go to budget stacks (`<name>-budgets-NNN`) that import the platform's
+/// exports. An application that was placed before stays in its stack whatever happens to the
+/// others (an application that moved would be refused by the provider, its old stack still owning
+/// it); a new one goes to the first stack with room under [`FILL_PERCENT`] of the quotas, or to a
+/// new budget stack. Crossing the single-stack threshold therefore renames and moves nothing.
+pub fn render_after(
+    spec: &Spec,
+    opts: &RenderOptions,
+    previous: Option<&Placement>,
+) -> Result<Rendering, RenderError> {
     let names = Names::new(&spec.name);
+    let main = names.stack();
+    let mut platform = Template::new(String::new());
+    platform::add_platform(&mut platform, spec, opts);
 
-    let mut single = Template::new(format!(
-        "tokenfence stack `{}`: budget gateway for Amazon Bedrock and {} application(s)",
+    // Sizes as a budget stack would hold them: imports are a little longer than `Ref`s, so they
+    // bound the main stack's sizes too.
+    let units = render_apps(spec, Link::Imported { prefix: &spec.name });
+
+    struct Bin {
+        name: String,
+        resources: usize,
+        outputs: usize,
+        bytes: usize,
+        apps: Vec<usize>,
+    }
+    let fill = |quota: usize| quota * FILL_PERCENT / 100;
+    let fits = |bin: &Bin, unit: &AppUnit, bytes: usize| {
+        bin.resources + unit.resources.len() <= fill(quotas::MAX_RESOURCES)
+            && bin.outputs + unit.outputs.len() <= fill(quotas::MAX_OUTPUTS)
+            && bin.bytes + bytes < fill(quotas::MAX_TEMPLATE_BYTES / 2)
+    };
+    let mut bins = vec![Bin {
+        name: main.clone(),
+        resources: platform.resources.len(),
+        outputs: platform.outputs.len(),
+        bytes: 0,
+        apps: Vec::new(),
+    }];
+    let mut previous_stack: std::collections::HashMap<&str, usize> = Default::default();
+    let mut numbered: Vec<(usize, &str, &Vec<String>)> = previous
+        .into_iter()
+        .flatten()
+        .filter_map(|(stack, apps)| {
+            budget_stack_number(&spec.name, stack).map(|n| (n, stack.as_str(), apps))
+        })
+        .collect();
+    numbered.sort();
+    for app in previous
+        .into_iter()
+        .flatten()
+        .filter(|(stack, _)| *stack == main)
+        .flat_map(|(_, apps)| apps)
+    {
+        previous_stack.insert(app, 0);
+    }
+    let mut next_number = 1;
+    for (n, stack, apps) in numbered {
+        bins.push(Bin {
+            name: stack.to_string(),
+            resources: 0,
+            outputs: 0,
+            bytes: 0,
+            apps: Vec::new(),
+        });
+        for app in apps {
+            previous_stack.insert(app, bins.len() - 1);
+        }
+        next_number = next_number.max(n + 1);
+    }
+    let place = |bin: &mut Bin, i: usize, unit: &AppUnit, bytes: usize| {
+        bin.resources += unit.resources.len();
+        bin.outputs += unit.outputs.len();
+        bin.bytes += bytes;
+        bin.apps.push(i);
+    };
+    let mut fresh = Vec::new();
+    for (i, (unit, bytes)) in units.iter().enumerate() {
+        match previous_stack.get(unit.app.as_str()) {
+            Some(&b) => place(&mut bins[b], i, unit, *bytes),
+            None => fresh.push(i),
+        }
+    }
+    for i in fresh {
+        let (unit, bytes) = &units[i];
+        let b = match bins.iter().position(|bin| fits(bin, unit, *bytes)) {
+            Some(b) => b,
+            None => {
+                bins.push(Bin {
+                    name: names.budget_stack(next_number),
+                    resources: 0,
+                    outputs: 0,
+                    bytes: 0,
+                    apps: Vec::new(),
+                });
+                next_number += 1;
+                bins.len() - 1
+            }
+        };
+        place(&mut bins[b], i, unit, *bytes);
+    }
+
+    // The main stack's applications reference the platform in the same stack.
+    let mut main_bin = bins.remove(0);
+    main_bin.apps.sort_unstable();
+    let budget_bins: Vec<Bin> = bins.into_iter().filter(|b| !b.apps.is_empty()).collect();
+    let mut units: Vec<Option<AppUnit>> = units.into_iter().map(|(u, _)| Some(u)).collect();
+    let mut main_apps = Vec::new();
+    for &i in &main_bin.apps {
+        let app = units[i].take().expect("placed once").app;
+        add_unit(
+            &mut platform,
+            render_app(spec, &app, &spec.applications[&app], Link::Local),
+        );
+        main_apps.push(app);
+    }
+    platform.description = format!(
+        "tokenfence stack `{}`: budget gateway for Amazon Bedrock and {} application(s){}",
         spec.name,
-        spec.applications.len()
-    ));
-    platform::add_platform(&mut single, spec, opts);
-    let platform_resources = single.resources.len();
-    let platform_outputs = single.outputs.len();
-    // Render applications for the single stack until they no longer fit: a spec that must be
-    // split is then rendered once more for the split stacks, not twice in full.
-    let mut units: Vec<AppUnit> = Vec::new();
-    let (mut app_resources, mut app_outputs, mut app_bytes) = (0, 0, 0);
-    let mut fits = true;
-    for (app, a) in &spec.applications {
-        let unit = render_app(spec, app, a, Link::Local);
-        app_resources += unit.resources.len();
-        app_outputs += unit.outputs.len();
-        app_bytes += unit.approx_bytes();
-        units.push(unit);
-        fits = platform_resources + app_resources <= quotas::MAX_RESOURCES
-            && platform_outputs + app_outputs <= quotas::MAX_OUTPUTS
-            && app_bytes < quotas::MAX_TEMPLATE_BYTES / 2;
-        if !fits {
-            break;
+        main_apps.len(),
+        if budget_bins.is_empty() {
+            ""
+        } else {
+            "; budget stacks import its exports, deploy it first"
         }
-    }
-
-    if fits {
-        for unit in units {
-            add_unit(&mut single, unit);
+    );
+    let role = if budget_bins.is_empty() {
+        StackRole::Single
+    } else {
+        StackRole::Platform
+    };
+    let mut stacks = vec![(main_bin.name, role, main_apps, platform)];
+    for mut bin in budget_bins {
+        bin.apps.sort_unstable();
+        let mut t = Template::new(String::new());
+        let mut apps = Vec::new();
+        for i in bin.apps {
+            let unit = units[i].take().expect("placed once");
+            apps.push(unit.app.clone());
+            add_unit(&mut t, unit);
         }
-        let stack = finish(
-            names.stack(),
-            StackRole::Single,
-            spec.applications.keys().cloned().collect(),
-            single,
-        )?;
-        return Ok(Rendering {
-            stacks: vec![stack],
-        });
-    }
-    drop(units);
-
-    // Split: the platform alone, then applications packed in declaration order, so that adding
-    // applications at the end of the spec moves none of the existing ones.
-    let mut platform_only = Template::new(format!(
-        "tokenfence platform `{}`: ledger, Lambdas, API and alerts shared by every budget stack",
-        spec.name
-    ));
-    platform::add_platform(&mut platform_only, spec, opts);
-    let mut stacks = vec![(
-        names.platform_stack(),
-        StackRole::Platform,
-        Vec::new(),
-        platform_only,
-    )];
-
-    let link = Link::Imported { prefix: &spec.name };
-    let mut current: Option<(Template, Vec<String>, usize)> = None;
-    for (unit, bytes) in render_apps(spec, link) {
-        let app = &unit.app.clone();
-        let full = current.as_ref().is_some_and(|(t, _, size)| {
-            t.resources.len() + unit.resources.len() > quotas::MAX_RESOURCES
-                || t.outputs.len() + unit.outputs.len() > quotas::MAX_OUTPUTS
-                || size + bytes >= quotas::MAX_TEMPLATE_BYTES / 2
-        });
-        if full {
-            let (t, apps, _) = current.take().expect("checked above");
-            let n = stacks.len();
-            stacks.push((names.budget_stack(n), StackRole::Budgets, apps, t));
-        }
-        let (t, apps, size) =
-            current.get_or_insert_with(|| (Template::new(String::new()), Vec::new(), 0));
-        add_unit(t, unit);
-        apps.push(app.clone());
-        *size += bytes;
-    }
-    if let Some((t, apps, _)) = current {
-        let n = stacks.len();
-        stacks.push((names.budget_stack(n), StackRole::Budgets, apps, t));
+        stacks.push((bin.name, StackRole::Budgets, apps, t));
     }
     Ok(Rendering {
         stacks: finish_all(stacks)?,
     })
+}
+
+/// The number of a budget stack of the spec called `prefix`: `<prefix>-budgets-007` -> 7.
+fn budget_stack_number(prefix: &str, stack: &str) -> Option<usize> {
+    let n = stack.strip_prefix(prefix)?.strip_prefix("-budgets-")?;
+    (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| n.parse().ok())
+        .flatten()
 }
 
 /// Renders every application (with its size) on every core, in declaration order: packing needs

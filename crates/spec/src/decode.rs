@@ -399,7 +399,6 @@ fn decode_spec(d: &mut Decoder, root: &Node) -> Option<Spec> {
             (&names::TABLE, names.table()),
             (&names::TOPIC, names.topic()),
             (&names::QUEUE, names.dead_letter_queue()),
-            (&names::STACK, names.platform_stack()),
             (&names::STACK, names.budget_stack(999)),
         ] {
             d.name_rule(n.span, "name", &format!("`{name}`"), rule, &derived);

@@ -132,15 +132,11 @@ impl<'a> Names<'a> {
         Names { prefix }
     }
 
-    /// The single stack, when everything fits in one.
+    /// The main stack: the platform, and the applications that fit in it.
     pub fn stack(&self) -> String {
         self.prefix.to_string()
     }
-    /// The platform stack of a split rendering.
-    pub fn platform_stack(&self) -> String {
-        format!("{}-platform", self.prefix)
-    }
-    /// The `n`th (1-based) budget stack of a split rendering.
+    /// The `n`th (1-based) budget stack: applications beyond the main stack.
     pub fn budget_stack(&self, n: usize) -> String {
         format!("{}-budgets-{n:03}", self.prefix)
     }

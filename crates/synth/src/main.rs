@@ -35,6 +35,11 @@ enum Command {
         /// `cargo lambda build` leaves them.
         #[arg(long, default_value = "target/lambda")]
         artifacts: PathBuf,
+        /// A directory holding an earlier rendering of the spec (default: `--out`). Its
+        /// `<name>.stacks.json` says which stack each application is deployed in; every one
+        /// stays there. Commit it with the templates.
+        #[arg(long)]
+        previous: Option<PathBuf>,
     },
     /// Validate a spec and report every problem.
     Validate {
@@ -216,13 +221,16 @@ fn run(cli: Cli) -> miette::Result<ExitCode> {
             spec: path,
             out,
             artifacts,
+            previous,
         } => {
             let Some(spec) = load(&path)? else {
                 return Ok(ExitCode::from(INVALID_SPEC));
             };
             let code_dir = relative_to(&artifacts, &out)?;
-            let rendering = cfn::render(&spec, &cfn::RenderOptions { code_dir })
-                .map_err(|e| miette::miette!("{e}"))?;
+            let placement = read_placement(previous.as_deref().unwrap_or(&out), &spec.name)?;
+            let rendering =
+                cfn::render_after(&spec, &cfn::RenderOptions { code_dir }, placement.as_ref())
+                    .map_err(|e| miette::miette!("{e}"))?;
             write(&spec, &rendering, &out)?;
             print_summary(&spec, &rendering, &out, &path);
             warn_quotas(&spec, &path);
@@ -294,6 +302,48 @@ fn normalize(path: &Path) -> PathBuf {
     out
 }
 
+/// The placement file of the spec called `name`: which stack holds each application.
+fn placement_file(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.stacks.json"))
+}
+
+/// The placement an earlier rendering into `dir` left, if any.
+fn read_placement(dir: &Path, name: &str) -> miette::Result<Option<cfn::Placement>> {
+    let path = placement_file(dir, name);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(miette::miette!("cannot read `{}`: {e}", path.display())),
+    };
+    let file: PlacementFile = serde_json::from_str(&text).map_err(|e| {
+        miette::miette!(
+            "`{}` is not a placement this synth wrote: {e}; restore it from version control",
+            path.display()
+        )
+    })?;
+    Ok(Some(
+        file.stacks
+            .into_iter()
+            .map(|s| (s.stack, s.applications))
+            .collect(),
+    ))
+}
+
+/// `<name>.stacks.json`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PlacementFile {
+    /// What the file is, for whoever opens it.
+    #[serde(default)]
+    about: String,
+    stacks: Vec<PlacedStack>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PlacedStack {
+    stack: String,
+    applications: Vec<String>,
+}
+
 /// Writes the templates, removing templates of this spec left by an earlier, larger rendering.
 fn write(spec: &spec::Spec, rendering: &cfn::Rendering, out: &Path) -> miette::Result<()> {
     std::fs::create_dir_all(out)
@@ -325,6 +375,19 @@ fn write(spec: &spec::Spec, rendering: &cfn::Rendering, out: &Path) -> miette::R
         std::fs::write(&path, &stack.yaml)
             .map_err(|e| miette::miette!("cannot write `{}`: {e}", path.display()))?;
     }
+    let placement = PlacementFile {
+        about: "which stack holds each application; synth render keeps every application in its stack. Commit it with the templates.".into(),
+        stacks: rendering
+            .placement()
+            .into_iter()
+            .map(|(stack, applications)| PlacedStack { stack, applications })
+            .collect(),
+    };
+    let path = placement_file(out, &spec.name);
+    let mut text = serde_json::to_string_pretty(&placement).expect("a placement serializes");
+    text.push('\n');
+    std::fs::write(&path, text)
+        .map_err(|e| miette::miette!("cannot write `{}`: {e}", path.display()))?;
     Ok(())
 }
 
@@ -355,7 +418,10 @@ fn print_summary(spec: &spec::Spec, rendering: &cfn::Rendering, out: &Path, spec
     for stack in rendering.stacks.iter().take(shown) {
         let role = match stack.role {
             cfn::StackRole::Single => "everything".to_string(),
-            cfn::StackRole::Platform => "platform (deploy first)".to_string(),
+            cfn::StackRole::Platform => format!(
+                "platform and {} application(s) (deploy first)",
+                stack.applications.len()
+            ),
             cfn::StackRole::Budgets => format!("{} application(s)", stack.applications.len()),
         };
         println!(
@@ -374,11 +440,17 @@ fn print_summary(spec: &spec::Spec, rendering: &cfn::Rendering, out: &Path, spec
     }
     if rendering.is_split() {
         println!(
-            "split: over one stack's CloudFormation quotas (500 resources, 200 outputs, 1 MB), so the platform \
-             exports its ARNs as `{}-*` and each budget stack imports them; deploy the platform stack first.",
-            spec.name
+            "split: over one stack's CloudFormation quotas (500 resources, 200 outputs, 1 MB), so the main stack \
+             `{}` (the platform and the applications that fit) exports its ARNs as `{}-*` and each budget stack \
+             imports them; deploy the main stack first.",
+            spec.name, spec.name
         );
     }
+    println!(
+        "placement: {}/{}.stacks.json keeps every application in its stack on the next render; commit it",
+        out.display(),
+        spec.name
+    );
     let out = out.display();
     println!("next:");
     println!(

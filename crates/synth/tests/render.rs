@@ -20,10 +20,14 @@ fn render_in_process(name: &str, source: &str) -> cfn::Rendering {
     .expect("renders")
 }
 
+/// The templates (`.yaml`) in `dir`; the placement file is read on its own.
 fn rendered_files(dir: &std::path::Path) -> BTreeMap<String, String> {
     let mut files = BTreeMap::new();
     for entry in std::fs::read_dir(dir).expect("rendered directory") {
         let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
         files.insert(
             path.file_name().unwrap().to_string_lossy().to_string(),
             std::fs::read_to_string(&path).expect("template"),
@@ -206,6 +210,103 @@ fn adding_an_application_renames_nothing() {
     }
 }
 
+fn render_after(name: &str, source: &str, previous: &cfn::Rendering) -> cfn::Rendering {
+    let spec = spec::parse(name, source).unwrap_or_else(|e| panic!("{e}"));
+    cfn::render_after(
+        &spec,
+        &cfn::RenderOptions {
+            code_dir: "../lambda".into(),
+        },
+        Some(&previous.placement()),
+    )
+    .expect("renders")
+}
+
+fn stack_of(rendering: &cfn::Rendering) -> std::collections::HashMap<String, String> {
+    rendering
+        .stacks
+        .iter()
+        .flat_map(|s| {
+            s.applications
+                .iter()
+                .map(|a| (a.clone(), s.stack_name.clone()))
+        })
+        .collect()
+}
+
+/// Growing one application (more alarms, another model) moves no other: greedy packing in
+/// declaration order would push later applications into the next stack, where the provider
+/// refuses them as owned by their old one.
+#[test]
+fn applications_stay_in_their_stacks_when_another_grows() {
+    let base = large_spec("grow", 300);
+    let before = render_in_process("a.yaml", &base);
+    assert!(before.stacks.len() >= 3);
+    let grown = base
+        .replacen(
+            "    alarms:\n",
+            "    alarms:\n      - { window: day, percent: 50 }\n      - { window: day, percent: 90 }\n      - { window: minute, percent: 90 }\n",
+            1,
+        )
+        .replacen("models: [haiku, nova-lite]", "models: [haiku, nova-lite, nova-micro]", 1);
+    assert_ne!(grown, base);
+    let after = render_after("b.yaml", &grown, &before);
+    assert_eq!(stack_of(&after), stack_of(&before), "nothing moved");
+    let first = &after.stacks[0];
+    assert!(
+        first
+            .template
+            .resources
+            .contains_key("Team00000DayUsdThreshold50Alarm")
+    );
+    // Without the earlier placement the same spec still renders, from scratch.
+    assert_eq!(
+        render_in_process("c.yaml", &grown).stacks.len(),
+        after.stacks.len()
+    );
+}
+
+/// A spec outgrowing one stack keeps that stack, its name and every resource in it; only the
+/// new applications go to budget stacks.
+#[test]
+fn crossing_the_single_stack_threshold_renames_nothing() {
+    let small = large_spec("cross", 12);
+    let before = render_in_process("a.yaml", &small);
+    assert_eq!(before.stacks.len(), 1);
+    assert_eq!(before.stacks[0].role, cfn::StackRole::Single);
+    let big = large_spec("cross", 200);
+    let after = render_after("b.yaml", &big, &before);
+    assert!(after.is_split());
+    let main = &after.stacks[0];
+    assert_eq!(
+        (main.stack_name.as_str(), main.role),
+        ("cross", cfn::StackRole::Platform)
+    );
+    assert!(
+        main.applications
+            .starts_with(&before.stacks[0].applications)
+    );
+    for (id, resource) in &before.stacks[0].template.resources {
+        assert_eq!(
+            main.template.resources.get(id),
+            Some(resource),
+            "{id} changed when the spec outgrew one stack"
+        );
+    }
+    assert!(
+        after.stacks[1..].iter().all(
+            |s| s.role == cfn::StackRole::Budgets && s.stack_name.starts_with("cross-budgets-")
+        )
+    );
+    // And back: applications removed from the spec leave their stacks; empty ones go.
+    let again = render_after("c.yaml", &small, &after);
+    assert_eq!(again.stacks.len(), 1);
+    assert_eq!(
+        again.stacks[0].template.resources,
+        before.stacks[0].template.resources
+    );
+}
+
 #[test]
 fn rendering_is_byte_identical_on_rerender() {
     let dir_a = scratch("determinism-a");
@@ -248,6 +349,15 @@ fn rerendering_a_smaller_spec_removes_stale_budget_stacks() {
     assert_eq!(
         files.keys().cloned().collect::<Vec<_>>(),
         ["shrinks.yaml", "unrelated.yaml"]
+    );
+    // The placement the next render keeps, beside the templates.
+    let placement: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out_dir.join("shrinks.stacks.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        placement["stacks"],
+        serde_json::json!([{ "stack": "shrinks", "applications": ["team-00000", "team-00001", "team-00002"] }])
     );
 }
 
