@@ -776,7 +776,9 @@ fn add_alerts(t: &mut Template, spec: &Spec) {
                             "Effect": "Allow",
                             "Principal": { "Service": ["cloudwatch.amazonaws.com", "budgets.amazonaws.com"] },
                             "Action": ["kms:Decrypt", "kms:GenerateDataKey*"],
-                            "Resource": "*"
+                            "Resource": "*",
+                            // Only on behalf of this account's alarms and budgets (confused deputy).
+                            "Condition": { "StringEquals": { "aws:SourceAccount": r("AWS::AccountId") } }
                         }
                     ]
                 }
