@@ -1,5 +1,6 @@
-//! The library behind the `synth` CLI: cost estimates of a spec and usage reports of a deployed
-//! stack. Rendering itself lives in the `cfn` crate.
+//! The library behind the `synth` CLI: cost estimates of a spec, usage reports of a deployed
+//! stack, and what an update of rendered templates would do. Rendering lives in the `cfn` crate.
 
+pub mod diff;
 pub mod estimate;
 pub mod report;

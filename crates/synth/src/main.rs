@@ -41,6 +41,19 @@ enum Command {
         #[arg(long)]
         previous: Option<PathBuf>,
     },
+    /// What deploying the rendering in NEW over the one in OLD would do, per stack: resources
+    /// added, removed, replaced and moved between stacks. Exits 2 when a change cannot be
+    /// applied by CloudFormation (replacing a custom-named resource, moving a budget or a named
+    /// resource between stacks) unless `--allow-unsafe`.
+    Diff {
+        /// The deployed rendering's directory.
+        old: PathBuf,
+        /// The new rendering's directory.
+        new: PathBuf,
+        /// Exit 0 even when a change cannot be applied as is (you will order the deploys).
+        #[arg(long)]
+        allow_unsafe: bool,
+    },
     /// Validate a spec and report every problem.
     Validate {
         /// The spec (YAML).
@@ -202,6 +215,24 @@ fn run(cli: Cli) -> miette::Result<ExitCode> {
                 print!("{}", report::table(&r, &since));
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Diff {
+            old,
+            new,
+            allow_unsafe,
+        } => {
+            let read = |dir: &Path| synth::diff::read_dir(dir).map_err(|e| miette::miette!("{e}"));
+            let diff = synth::diff::diff(&read(&old)?, &read(&new)?);
+            print!("{}", synth::diff::render(&diff));
+            if diff.unsafe_changes.is_empty() || allow_unsafe {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!(
+                    "{} change(s) CloudFormation cannot apply as rendered; pass --allow-unsafe to accept them",
+                    diff.unsafe_changes.len()
+                );
+                Ok(ExitCode::from(INVALID_SPEC))
+            }
         }
         Command::Validate { spec: path } => {
             let Some(spec) = load(&path)? else {
