@@ -176,13 +176,9 @@ fn window(v: &Value, path: &str) -> Result<Window, PropError> {
     })
 }
 
-/// `Application` names: 1 to 64 letters, digits, `-` and `_`.
+/// `Application` names: the spec's rule ([`spec::names::is_application_name`]).
 pub fn valid_application(app: &str) -> bool {
-    !app.is_empty()
-        && app.len() <= 64
-        && app
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    spec::names::is_application_name(app)
 }
 
 /// Why `name` is not a valid AWS Budgets name, if it is not.
@@ -281,7 +277,10 @@ pub fn parse_budget(value: &Value) -> Result<BudgetProps, PropError> {
     if !valid_application(&application) {
         return Err(err(
             "Application",
-            format!("`{application}` is not 1 to 64 letters, digits, `-` and `_`"),
+            format!(
+                "`{application}` is not {}",
+                spec::names::APPLICATION_NAME_RULE
+            ),
         ));
     }
     let mut limits: Vec<Limit> = Vec::new();
@@ -556,7 +555,10 @@ pub fn parse_alarm(value: &Value) -> Result<AlarmProps, PropError> {
     if !valid_application(&application) {
         return Err(err(
             "Application",
-            format!("`{application}` is not 1 to 64 letters, digits, `-` and `_`"),
+            format!(
+                "`{application}` is not {}",
+                spec::names::APPLICATION_NAME_RULE
+            ),
         ));
     }
     let kind = p.choice(

@@ -790,17 +790,12 @@ fn decode_applications(
     let mut logical: HashMap<String, &str> = HashMap::new();
     for (app, key, value) in &f.entries {
         let path = join("applications", app);
-        let valid = !app.is_empty()
-            && app.len() <= 64
-            && app
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        if !valid {
+        if !names::is_application_name(app) {
             d.error_help(
                 key.span,
                 &path,
                 format!("`{app}` is not a valid application name"),
-                Some("use 1 to 64 letters, digits, `-` and `_`".into()),
+                Some(format!("use {}", names::APPLICATION_NAME_RULE)),
             );
             ok = false;
             continue;

@@ -119,6 +119,19 @@ impl NameRule {
     }
 }
 
+/// Whether `app` is an application name: 1 to 64 letters, digits, `-` and `_`. The one rule, for
+/// specs and for hand-written `Custom::TokenBudget` / `Custom::TokenAlarm` properties.
+pub fn is_application_name(app: &str) -> bool {
+    !app.is_empty()
+        && app.len() <= 64
+        && app
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// [`is_application_name`]'s rule in words.
+pub const APPLICATION_NAME_RULE: &str = "1 to 64 letters, digits, `-` and `_`";
+
 /// Names derived from a spec's `name`.
 #[derive(Debug, Clone, Copy)]
 pub struct Names<'a> {
