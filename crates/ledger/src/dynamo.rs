@@ -317,21 +317,33 @@ impl DynamoLedger {
         Err(LedgerError::Contention(app.to_string()))
     }
 
-    async fn claim_holder(&self, claim: &Claim) -> Result<Option<String>, LedgerError> {
+    /// The string attribute `name` of the item (`pk`, `sk`), if the item and attribute exist.
+    async fn string_attribute(
+        &self,
+        pk: String,
+        sk: &str,
+        name: &str,
+        consistent: bool,
+    ) -> Result<Option<String>, LedgerError> {
         let out = self
             .client
             .get_item()
             .table_name(&self.table)
-            .key("pk", s(claim.key()))
-            .key("sk", s("claim"))
-            .consistent_read(true)
+            .key("pk", s(pk))
+            .key("sk", s(sk))
+            .consistent_read(consistent)
             .send()
             .await
             .map_err(|e| unavailable("GetItem", &e))?;
-        Ok(out.item.and_then(|item| match item.get("owner") {
-            Some(AttributeValue::S(o)) => Some(o.clone()),
+        Ok(out.item.and_then(|item| match item.get(name) {
+            Some(AttributeValue::S(v)) => Some(v.clone()),
             _ => None,
         }))
+    }
+
+    async fn claim_holder(&self, claim: &Claim) -> Result<Option<String>, LedgerError> {
+        self.string_attribute(claim.key(), "claim", "owner", true)
+            .await
     }
 
     fn counter_key(app: &str, slot: &Slot) -> HashMap<String, AttributeValue> {
@@ -569,19 +581,9 @@ impl Ledger for DynamoLedger {
     }
 
     async fn application_for(&self, identity: &Identity) -> Result<Option<String>, LedgerError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(identity.key()))
-            .key("sk", s("identity"))
-            .send()
+        // Eventually consistent: the gateway's lookups are many and an identity changes rarely.
+        self.string_attribute(identity.key(), "identity", "application", false)
             .await
-            .map_err(|e| unavailable("GetItem", &e))?;
-        Ok(out.item.and_then(|item| match item.get("application") {
-            Some(AttributeValue::S(app)) => Some(app.clone()),
-            _ => None,
-        }))
     }
 
     async fn reserve(&self, request: &ReserveRequest<'_>) -> Result<ReserveOutcome, LedgerError> {
