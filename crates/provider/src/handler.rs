@@ -430,9 +430,10 @@ impl<L: Ledger, A: AlarmOps, G: BudgetOps> Provider<L, A, G> {
                 }
             }
             // Recorded last, so that a retry after any failure above applies every step again.
+            // The identities were written with the configuration above: only it is rewritten.
             config.applied_request = Some(common.request_id.to_string());
             self.ledger
-                .put_budget(&config, &new_ids)
+                .put_budget(&config, &[])
                 .await
                 .map_err(|e| unavailable(&e))
         }
