@@ -1,4 +1,4 @@
-"""moto server for tokenfence's tests: `python moto_launcher.py HOST PORT [--serial]`.
+"""moto server for tokenfence's tests: `python moto_launcher.py HOST PORT [--serial] [--bedrock URL] [--lambda-env K=V]...`.
 
 It is moto (pinned in requirements.txt) with the gaps that matter here handled as stated:
 
@@ -26,6 +26,13 @@ It is moto (pinned in requirements.txt) with the gaps that matter here handled a
   trailers) are read chunk by chunk; Lambda's InvokeWithResponseStream, which moto lacks, is
   served in front of moto: each chunk is relayed as a `PayloadChunk` event when the function
   writes it, and `InvokeComplete` (with `ErrorCode` / `ErrorDetails` on failure) ends the stream.
+- IAM: moto enforces none. Functions run with credentials of their own execution role, and every
+  call they make with them, to moto or to Bedrock, is authorized against the role's policies by
+  `iam_check.py` (its docstring says how); so are the state machines' Bedrock calls (execution
+  role) and Lambda's polling of SQS event sources (the function's role, checked when the mapping
+  is created, as Lambda does). Bedrock runtime calls reach the Bedrock stub given as
+  `--bedrock URL` through that check. Not checked: what moto does not execute (API Gateway's
+  integrations and their credentials roles, EventBridge Pipes).
 - AWS::Bedrock::ApplicationInferenceProfile: moto has no Bedrock control plane, and its
   CloudFormation rejects a template that uses `Fn::GetAtt` on a type it does not know. The launcher
   adds the type to moto's CloudFormation: it issues an application inference profile ARN and ID
@@ -54,8 +61,8 @@ It is moto (pinned in requirements.txt) with the gaps that matter here handled a
   JSONata through a Java bridge it leaves unset; the launcher evaluates it with `jsonata-python`
   (pinned in requirements.txt). moto's `aws-sdk` tasks call boto3 with the integration's service
   name, which for Bedrock (`bedrockruntime`) boto3 spells `bedrock-runtime`, and send every call to
-  moto, which has no Converse: the launcher maps the name and sends Bedrock runtime calls where
-  `--lambda-env AWS_ENDPOINT_URL_BEDROCK_RUNTIME` says Bedrock is (the stub), as Lambdas are told.
+  moto, which has no Converse: the launcher maps the name and sends Bedrock runtime calls through
+  its IAM check (signed with the execution role's credentials) to the stub (`--bedrock URL`).
   Step Functions passes SDK parameters and results in PascalCase whatever the API's casing; moto's
   aws-sdk task does not convert them, so the launcher does, with the operation's botocore shapes.
 """
@@ -83,6 +90,8 @@ from moto.budgets.responses import BudgetsResponse
 from moto.budgets.exceptions import NotFoundException
 from moto.core.common_models import CloudFormationModel
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+import iam_check
 
 
 def _update_budget(self, account_id, new_budget):
@@ -112,7 +121,13 @@ class ApplicationInferenceProfile(CloudFormationModel):
     def __init__(self, account_id: str, region: str, properties: dict):
         self.id = uuid.uuid4().hex[:12]
         self.arn = f"arn:aws:bedrock:{region}:{account_id}:application-inference-profile/{self.id}"
+        self.remember(properties)
+
+    def remember(self, properties: dict):
         self.properties = properties
+        # What IAM evaluates a call through this profile against: its tags and its model.
+        iam_check.RESOURCE_TAGS[self.arn] = {t["Key"]: t["Value"] for t in properties.get("Tags", [])}
+        iam_check.PROFILE_SOURCES[self.arn] = properties.get("ModelSource", {}).get("CopyFrom", "")
 
     @staticmethod
     def cloudformation_type() -> str:
@@ -144,7 +159,7 @@ class ApplicationInferenceProfile(CloudFormationModel):
 
     @classmethod
     def update_from_cloudformation_json(cls, original_resource, new_resource_name, cloudformation_json, account_id, region_name):
-        original_resource.properties = cloudformation_json.get("Properties", {})
+        original_resource.remember(cloudformation_json.get("Properties", {}))
         return original_resource
 
     @classmethod
@@ -475,9 +490,8 @@ def _invoke_lambda(self, event=None, on_chunk=None):
         "AWS_EXECUTION_ENV": "AWS_Lambda_provided.al2023",
         "AWS_REGION": self.region,
         "AWS_DEFAULT_REGION": self.region,
-        "AWS_ACCESS_KEY_ID": "role-account-id",
-        "AWS_SECRET_ACCESS_KEY": "role-secret-key",
-        "AWS_SESSION_TOKEN": "session-token",
+        # The function's own role's credentials: iam_check authorizes what it calls with them.
+        **iam_check.credentials_for(self.role, self.function_name),
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{os.environ['MOTO_PORT']}",
         "LAMBDA_TASK_ROOT": "/var/task",
     }
@@ -623,14 +637,20 @@ def _install_step_functions():
     import moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_aws_sdk as aws_sdk
     original_client = aws_sdk.boto_client_for
 
+    execution_role = threading.local()
+
     def boto_client_for(region, service, state_credentials=None):
-        endpoint = LAMBDA_ENV.get("AWS_ENDPOINT_URL_BEDROCK_RUNTIME")
-        if service == "bedrock-runtime" and endpoint:
+        if service == "bedrock-runtime" and iam_check.BEDROCK["upstream"]:
             import boto3
             from botocore.config import Config
+            # Signed with the execution role's credentials and sent through this launcher,
+            # which authorizes the call against that role and forwards it to the stub.
+            credentials = iam_check.credentials_for(execution_role.arn, "states-execution")
             return boto3.client(
-                service, region_name=region, endpoint_url=endpoint,
-                aws_access_key_id="test", aws_secret_access_key="test",
+                service, region_name=region, endpoint_url=f"http://127.0.0.1:{os.environ['MOTO_PORT']}",
+                aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
+                aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"],
+                aws_session_token=credentials["AWS_SESSION_TOKEN"],
                 config=Config(retries={"max_attempts": 0, "total_max_attempts": 1}, read_timeout=130),
             )
         return original_client(region=region, service=service, state_credentials=state_credentials)
@@ -645,6 +665,7 @@ def _install_step_functions():
     session = botocore.session.get_session()
 
     def eval_service_task(self, env, resource_runtime_part, normalised_parameters, state_credentials):
+        execution_role.arn = env.states.context_object.context_object_data["Execution"]["RoleArn"]
         action = self.resource.api_action
         operation = session.get_service_model(self._get_boto_service_name()).operation_model(action[0].upper() + action[1:])
         self._to_boto_request(normalised_parameters, operation.input_shape)
@@ -685,6 +706,8 @@ if __name__ == "__main__":
         if arg == "--lambda-env":
             key, _, value = args[i + 1].partition("=")
             LAMBDA_ENV[key] = value
+        if arg == "--bedrock":
+            iam_check.BEDROCK["upstream"] = args[i + 1]
     os.environ["MOTO_PORT"] = str(port)
     import moto.settings
     from moto.awslambda.models import LambdaFunction
@@ -723,6 +746,7 @@ if __name__ == "__main__":
     Stack.create_resources, Stack.update, Stack.verify_readiness = create_resources, update, verify_readiness
     _install_custom_resource_lifecycle()
     LambdaFunction._invoke_lambda = _invoke_lambda
+    iam_check.install_event_source_mapping_check()
     _install_step_functions()
-    app = _ResponseStreaming(DomainDispatcherApplication(create_backend_app))
+    app = iam_check.IamCheck(_ResponseStreaming(DomainDispatcherApplication(create_backend_app)))
     run_simple(host, port, app, threaded=not serial, use_reloader=False)

@@ -33,7 +33,7 @@ impl LocalAws {
         )
         .await
         .expect("the Bedrock stub binds loopback");
-        let moto = Moto::start_with_lambdas(&[("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", &stub.url())]);
+        let moto = Moto::start_with_lambdas(&stub.url(), &[]);
         let aws = moto.aws();
         let sdk = moto.sdk_config().await;
         let dir = harness::target_dir().join("test-scratch/e2e").join(name);

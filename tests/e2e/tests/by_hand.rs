@@ -219,4 +219,13 @@ async fn hand_written_budgets_deploy_enforce_update_and_delete() {
         ledger.budget("support-bot").await.unwrap().is_some(),
         "the platform's own budget is untouched"
     );
+    // The provider's role allowed every call it made for the hand-written resources.
+    local
+        .moto
+        .assert_roles_allowed(&[
+            ("dynamodb:PutItem", ":table/"),
+            ("cloudwatch:PutMetricAlarm", ":alarm:"),
+            ("budgets:ModifyBudget", ":budget/acme-genai-reporting"),
+        ])
+        .await;
 }

@@ -416,4 +416,9 @@ async fn the_express_workflow_enforces_budgets_as_the_lambda_engine_does() {
     );
     // Prompts are not logged.
     assert!(!lines.iter().any(|l| l.contains("Hello from the workflow")));
+    // The workflow's execution role allowed every Bedrock call the workflow made.
+    local
+        .moto
+        .assert_roles_allowed(&[("bedrock:InvokeModel", ":foundation-model/")])
+        .await;
 }

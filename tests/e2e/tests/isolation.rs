@@ -150,4 +150,29 @@ async fn one_application_cannot_spend_or_read_anothers_budget() {
         "legal-review was charged"
     );
     assert_eq!(search + batch, billed, "the callers' ledgers vs billed");
+    // legal-review's own call goes through its profile of a cross-region (`us.`) profile: IAM
+    // wants the application profile, the system profile and the model in every region the
+    // request may land in. The invoke role allowed that and every other call made here.
+    let legal = local.api_key("globex-ai-legal-review");
+    let own = local.invoke(
+        "globex-ai-invoke",
+        &api_event(&legal, "sonnet", &converse("Review this contract.", 100)),
+    );
+    assert_eq!(own["statusCode"], 200, "{own}");
+    local
+        .moto
+        .assert_roles_allowed(&[
+            ("bedrock:InvokeModel", ":application-inference-profile/"),
+            (
+                "bedrock:InvokeModel",
+                ":inference-profile/us.anthropic.claude-sonnet-4",
+            ),
+            (
+                "bedrock:InvokeModel",
+                "us-west-2::foundation-model/anthropic.claude-sonnet-4",
+            ),
+            ("dynamodb:BatchGetItem", ":table/globex-ai-ledger"),
+            ("sqs:ReceiveMessage", "-requests"),
+        ])
+        .await;
 }

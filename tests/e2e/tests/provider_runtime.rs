@@ -247,4 +247,12 @@ async fn deployed_provider_answers_every_event_under_the_runtime() {
         message.contains("CREATE_FAILED") && message.contains("nobody"),
         "{message}"
     );
+    // The provider's role allowed every call it made, the refused events' included.
+    local
+        .moto
+        .assert_roles_allowed(&[
+            ("dynamodb:PutItem", ":table/"),
+            ("cloudwatch:PutMetricAlarm", ":alarm:"),
+        ])
+        .await;
 }

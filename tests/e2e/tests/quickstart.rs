@@ -504,4 +504,32 @@ async fn quickstart_renders_deploys_enforces_updates_and_deletes() {
         .send()
         .await
         .expect("the ledger table is retained (DeletionPolicy: Retain)");
+
+    // 7. Every call the functions made was allowed by their rendered roles, as IAM would judge
+    //    it; among them, each kind of call this scenario exercises.
+    local
+        .moto
+        .assert_roles_allowed(&[
+            ("dynamodb:BatchGetItem", ":table/acme-genai-ledger"),
+            ("dynamodb:UpdateItem", ":table/acme-genai-ledger"),
+            ("bedrock:InvokeModel", ":application-inference-profile/"),
+            (
+                "bedrock:InvokeModel",
+                ":foundation-model/anthropic.claude-3-5-haiku",
+            ),
+            (
+                "bedrock:InvokeModelWithResponseStream",
+                ":application-inference-profile/",
+            ),
+            ("sqs:SendMessage", ":acme-genai-support-bot-results"),
+            ("sqs:ReceiveMessage", ":acme-genai-support-bot-requests"),
+            (
+                "cloudwatch:PutMetricAlarm",
+                ":alarm:acme-genai-support-bot-",
+            ),
+            ("cloudwatch:DeleteAlarms", ":alarm:acme-genai-support-bot-"),
+            ("budgets:ModifyBudget", ":budget/acme-genai-support-bot"),
+            ("budgets:ViewBudget", ":budget/acme-genai-support-bot"),
+        ])
+        .await;
 }

@@ -95,12 +95,16 @@ impl Moto {
     /// Starts moto able to run Lambda functions: each invocation (Invoke API, custom resources,
     /// SQS event source mappings) runs the function's deployed `bootstrap` against a Lambda
     /// Runtime API of its own, with the function's environment plus `lambda_env` (what the
-    /// sandbox's network provides, e.g. `AWS_ENDPOINT_URL_BEDROCK_RUNTIME`). The launcher's
-    /// docstring lists what else it adds to moto's CloudFormation.
-    pub fn start_with_lambdas(lambda_env: &[(&str, &str)]) -> Moto {
+    /// sandbox's network provides), and with credentials of the function's own role: every
+    /// call the function makes to moto or to Bedrock is authorized against that role's policies
+    /// (`tests/tools/iam_check.py`; see [`Moto::iam_calls`]). Bedrock runtime calls are
+    /// forwarded to `bedrock` (the stub) once authorized. The launcher's docstring lists what
+    /// else it adds to moto's CloudFormation.
+    pub fn start_with_lambdas(bedrock: &str, lambda_env: &[(&str, &str)]) -> Moto {
         let venv = venv();
         let port = free_port();
         let mut command = Self::command(&venv, port);
+        command.args(["--bedrock", bedrock]);
         for (key, value) in lambda_env {
             command.args(["--lambda-env", &format!("{key}={value}")]);
         }
@@ -183,11 +187,59 @@ impl Moto {
         sdk_config_at(&self.url()).await
     }
 
+    /// Every call a deployed function made with its role's credentials so far, as IAM saw it:
+    /// the action, the resource ARN and whether the role's policies allowed it (a denied call
+    /// was answered AccessDenied).
+    pub async fn iam_calls(&self) -> Vec<IamCall> {
+        let body: serde_json::Value = reqwest::get(format!("{}/_tokenfence/iam", self.url()))
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .expect("the launcher lists the calls it authorized")
+            .json()
+            .await
+            .expect("a JSON list of calls");
+        serde_json::from_value(body["calls"].clone()).expect("calls of the launcher's shape")
+    }
+
+    /// Asserts that the deployed functions' roles allowed every call they made, and that among
+    /// those calls were all of `expected` (`(action, resource ARN substring)`): a role missing a
+    /// permission the code needs fails here, and so does a test that stopped exercising it.
+    pub async fn assert_roles_allowed(&self, expected: &[(&str, &str)]) -> Vec<IamCall> {
+        let calls = self.iam_calls().await;
+        let denied: Vec<_> = calls.iter().filter(|c| !c.allowed).collect();
+        assert!(
+            denied.is_empty(),
+            "the functions' roles denied calls the code makes (fix the rendered roles): {denied:#?}"
+        );
+        for (action, resource) in expected {
+            assert!(
+                calls
+                    .iter()
+                    .any(|c| c.action == *action && c.resource.contains(resource)),
+                "no `{action}` call on a resource containing `{resource}` was made; calls: {calls:#?}"
+            );
+        }
+        calls
+    }
+
     /// Stops moto (as a crash would), for fault tests.
     pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One call a deployed function made with its role's credentials, as the launcher's IAM saw it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct IamCall {
+    /// The role whose credentials signed the call.
+    pub role: String,
+    /// The IAM action, e.g. `dynamodb:BatchGetItem`.
+    pub action: String,
+    /// The resource ARN the action was authorized on.
+    pub resource: String,
+    /// Whether the role's policies allowed it.
+    pub allowed: bool,
 }
 
 impl Drop for Moto {
