@@ -40,21 +40,14 @@ It is moto (pinned in requirements.txt) with the gaps that matter here handled a
 - AWS::ApiGateway::ApiKey: moto's CloudFormation skips it (a `Ref` to it resolves to nothing).
   The launcher creates the key in moto's API Gateway, so `Ref` gives the key's ID as on AWS and
   `GetApiKey --include-value` gives its value.
-- Custom resources: moto builds the ResponseURL on `http://host.docker.internal`; here functions
-  run on this host, so it is `http://127.0.0.1:PORT`. And moto invokes the function on a
-  background thread and goes on creating the resources that depend on the custom resource;
-  CloudFormation waits for the answer first (a `Custom::TokenAlarm` needs its budget). The launcher
-  invokes custom resources before going on, as CloudFormation orders them (and, while a stack is
-  being created or updated, does not let a custom resource's answer re-walk the half-built
-  resource map: moto would create the resources not yet built a second time).
-- Custom resources get only Create events from moto, which also ignores the PhysicalResourceId
-  and a FAILED answer. The launcher plays the rest of CloudFormation's contract: a stack update
-  that modifies a custom resource's properties sends it an Update event (ResourceProperties and
-  OldResourceProperties resolved, the PhysicalResourceId it returned); a new PhysicalResourceId
-  is followed by a Delete of the old one, as CloudFormation's cleanup does; deleting the stack
-  (or removing the resource) sends Delete events, dependents first, before moto deletes the
-  function that serves them. A FAILED answer fails the operation: CREATE_FAILED with the reason
-  for a create, an error from UpdateStack / DeleteStack naming the resource and reason otherwise.
+- Custom resources: moto sends them a Create only, on a background thread while it goes on
+  creating their dependents, ignores their answers' PhysicalResourceId and FAILED status, and
+  builds the ResponseURL on `http://host.docker.internal`. `cfn_lifecycle.py` plays
+  CloudFormation's documented lifecycle instead (its docstring lists it): asynchronous invocations
+  with Lambda's retries, the ServiceTimeout, Create / Update / Delete with the right properties
+  and physical IDs, rollback of a failed create, the rollback Update of a failed update with old
+  and new properties swapped, Deletes of replaced and removed resources in the cleanup phase, and
+  Deletes dependents first. The ResponseURL is `http://127.0.0.1:PORT/...`.
 - Step Functions: moto executes state machines only with its "parser" backend
   (`execute_state_machine`), which this launcher turns on; its CloudFormation creates state
   machines in the other backend, so the launcher creates them in the executing one. moto evaluates
@@ -91,6 +84,7 @@ from moto.budgets.exceptions import NotFoundException
 from moto.core.common_models import CloudFormationModel
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
+import cfn_lifecycle
 import iam_check
 
 
@@ -215,126 +209,6 @@ class RestApiKey(CloudFormationModel):
             apigateway_backends[account_id][region_name].delete_api_key(resource_name)
         except Exception:
             pass
-
-
-class _InvokeBeforeGoingOn:
-    """Stands in for `threading.Thread` in moto's custom resource model: runs the target on start."""
-
-    def __init__(self, target, args=(), kwargs=None):
-        self.target, self.args, self.kwargs = target, args, kwargs or {}
-
-    def start(self):
-        self.target(*self.args, **self.kwargs)
-
-
-class CustomResourceFailed(Exception):
-    pass
-
-
-_created = iter(range(1, 1 << 62))
-STACKS: dict = {}
-
-
-def _install_custom_resource_lifecycle():
-    from moto.awslambda.utils import get_backend as get_lambda_backend
-    from moto.cloudformation import cloudformation_backends
-    from moto.cloudformation.custom_model import CustomModel
-    from moto.cloudformation.parsing import ResourceMap
-    from moto.cloudformation.responses import CloudFormationResponse
-
-    original_create = CustomModel.create_from_cloudformation_json.__func__
-
-    def create(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs):
-        resource = original_create(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs)
-        resource.account_id = account_id
-        resource.stack_id = kwargs["StackId"]
-        resource.resource_type = kwargs["ResourceType"]
-        resource.properties = cloudformation_json["Properties"]
-        resource.order = next(_created)
-        return resource
-
-    def send(resource, kind, properties, physical_id, old_properties=None):
-        """Sends one event to the function behind ServiceToken and returns its answer."""
-        request_id = str(uuid.uuid4())
-        event = {
-            "RequestType": kind,
-            "ServiceToken": properties["ServiceToken"],
-            "ResponseURL": f"http://127.0.0.1:{os.environ['MOTO_PORT']}/cloudformation_{resource.region_name}/cfnresponse?stack={resource.stack_id}",
-            "StackId": resource.stack_id,
-            "RequestId": request_id,
-            "LogicalResourceId": resource.logical_id,
-            "PhysicalResourceId": physical_id,
-            "ResourceType": resource.resource_type,
-            "ResourceProperties": properties,
-        }
-        if old_properties is not None:
-            event["OldResourceProperties"] = old_properties
-        resource.answer = None
-        fn = get_lambda_backend(resource.account_id, resource.region_name).get_function(properties["ServiceToken"])
-        fn.invoke(json.dumps(event), {}, {})
-        answer = resource.answer
-        if answer is None or answer.get("RequestId") != request_id:
-            raise CustomResourceFailed(f"{resource.logical_id}: no answer to the {kind} request")
-        if answer.get("Status") != "SUCCESS":
-            raise CustomResourceFailed(f"{resource.logical_id}: {kind} FAILED: {answer.get('Reason')}")
-        return answer
-
-    def update(cls, original_resource, new_resource_name, cloudformation_json, account_id, region_name):
-        new_properties = cloudformation_json["Properties"]
-        if new_properties == original_resource.properties:
-            return original_resource
-        old_properties, old_physical = original_resource.properties, original_resource.physical_id
-        answer = send(original_resource, "Update", new_properties, old_physical, old_properties)
-        original_resource.properties = new_properties
-        if answer["PhysicalResourceId"] != old_physical:
-            # CloudFormation deletes the replaced resource in its cleanup phase.
-            send(original_resource, "Delete", old_properties, old_physical)
-        original_resource.physical_id = answer["PhysicalResourceId"]
-        return original_resource
-
-    def delete(self, account_id, region_name):
-        if getattr(self, "deleted", False):
-            return
-        send(self, "Delete", self.properties, self.physical_id)
-        self.deleted = True
-
-    CustomModel.create_from_cloudformation_json = classmethod(create)
-    CustomModel.update_from_cloudformation_json = classmethod(update)
-    CustomModel.delete = delete
-
-    original_map_delete = ResourceMap.delete
-
-    def delete_map(self):
-        # CloudFormation deletes dependents first; the function serving the custom resources
-        # is a dependency of all of them.
-        customs = [r for r in self._parsed_resources.values() if isinstance(r, CustomModel)]
-        for resource in sorted(customs, key=lambda r: -r.order):
-            resource.delete(self._account_id, self._region_name)
-        original_map_delete(self)
-
-    ResourceMap.delete = delete_map
-
-    original_process = CloudFormationResponse.process_cfn_response
-
-    def process_cfn_response(self):
-        # While moto deletes a stack, the stack is in neither of its registries.
-        stack = STACKS[self._get_param("StackId")]
-        resource = stack.custom_resources.get(self._get_param("LogicalResourceId"))
-        answer = json.loads(self.body)
-        if resource is not None:
-            resource.answer = answer
-            # A later Delete names the physical ID of the last answer, FAILED ones included.
-            resource.physical_id = answer.get("PhysicalResourceId") or getattr(resource, "physical_id", None)
-            if answer.get("Status") != "SUCCESS" and stack.status == "CREATE_IN_PROGRESS":
-                reason = f"{resource.logical_id}: {answer.get('Reason')}"
-                stack.status = "CREATE_FAILED"
-                stack.status_reason = reason
-                stack._add_stack_event("CREATE_FAILED", resource_status_reason=reason)
-        if stack.stack_id not in self.cloudformation_backend.stacks:
-            return 200, {"status": 200}, json.dumps("{}")
-        return original_process(self)
-
-    CloudFormationResponse.process_cfn_response = process_cfn_response
 
 
 RUNTIME = "/2018-06-01/runtime"
@@ -613,6 +487,20 @@ class _ResponseStreaming:
         return events()
 
 
+class _TestApi:
+    """`GET /_tokenfence/cfn-requests`: every request CloudFormation sent to a custom resource."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        if environ.get("PATH_INFO") != "/_tokenfence/cfn-requests":
+            return self.app(environ, start_response)
+        body = json.dumps({"requests": cfn_lifecycle.REQUESTS}).encode()
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+
+
 def _install_step_functions():
     """Executing state machines, with JSONata and Bedrock runtime calls (see the docstring)."""
     from moto.core.config import default_user_config
@@ -712,41 +600,10 @@ if __name__ == "__main__":
     import moto.settings
     from moto.awslambda.models import LambdaFunction
 
-    import types
-    import moto.cloudformation.custom_model as custom_model
-
     moto.settings.moto_server_host = lambda: "http://127.0.0.1"
-    custom_model.threading = types.SimpleNamespace(Thread=_InvokeBeforeGoingOn)
-
-    from moto.cloudformation.models import Stack
-
-    building: set[str] = set()
-    original_create, original_update, original_verify = Stack.create_resources, Stack.update, Stack.verify_readiness
-
-    def create_resources(self):
-        STACKS[self.stack_id] = self
-        building.add(self.stack_id)
-        try:
-            original_create(self)
-        finally:
-            building.discard(self.stack_id)
-
-    def update(self, *args, **kwargs):
-        building.add(self.stack_id)
-        try:
-            original_update(self, *args, **kwargs)
-        finally:
-            building.discard(self.stack_id)
-
-    def verify_readiness(self):
-        # Only a stack waiting for its custom resources becomes complete on an answer.
-        if self.stack_id not in building and self.status == "CREATE_IN_PROGRESS":
-            original_verify(self)
-
-    Stack.create_resources, Stack.update, Stack.verify_readiness = create_resources, update, verify_readiness
-    _install_custom_resource_lifecycle()
+    cfn_lifecycle.install()
     LambdaFunction._invoke_lambda = _invoke_lambda
     iam_check.install_event_source_mapping_check()
     _install_step_functions()
-    app = iam_check.IamCheck(_ResponseStreaming(DomainDispatcherApplication(create_backend_app)))
+    app = _TestApi(iam_check.IamCheck(_ResponseStreaming(DomainDispatcherApplication(create_backend_app))))
     run_simple(host, port, app, threaded=not serial, use_reloader=False)

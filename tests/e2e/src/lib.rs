@@ -56,6 +56,36 @@ impl LocalAws {
     /// `create-stack` / `update-stack` rather than `deploy`: moto's change sets (what `deploy`
     /// uses) lose the stack's Outputs and Exports.
     pub fn deploy(&self, template: &Path, stack: &str) -> BTreeMap<String, String> {
+        let exists = self.submit(template, stack);
+        let wanted = if exists {
+            "UPDATE_COMPLETE"
+        } else {
+            "CREATE_COMPLETE"
+        };
+        let stack_json = self.wait_for(stack, wanted);
+        outputs_of(&stack_json)
+    }
+
+    /// Submits a create or update that is expected to fail, waits for the stack to settle and
+    /// returns its final status (`ROLLBACK_COMPLETE`, `UPDATE_ROLLBACK_COMPLETE`, ...).
+    pub fn deploy_failing(&self, template: &Path, stack: &str) -> String {
+        self.submit(template, stack);
+        self.settled(stack)["StackStatus"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Every request the launcher's CloudFormation sent to custom resources, in order
+    /// (RequestType, LogicalResourceId, PhysicalResourceId, ResourceProperties,
+    /// OldResourceProperties).
+    pub async fn cfn_requests(&self) -> Vec<Value> {
+        self.moto.cfn_requests().await
+    }
+
+    /// Packages and uploads the template and starts `create-stack` or `update-stack`; returns
+    /// whether the stack existed (an update).
+    fn submit(&self, template: &Path, stack: &str) -> bool {
         let n = self.uploads.get() + 1;
         self.uploads.set(n);
         let packaged = self.dir.join(format!("{stack}-{n}.packaged.yaml"));
@@ -101,58 +131,43 @@ impl LocalAws {
             "CAPABILITY_IAM",
             "CAPABILITY_NAMED_IAM",
         ]);
-        let wanted = if exists {
-            "UPDATE_COMPLETE"
-        } else {
-            "CREATE_COMPLETE"
-        };
-        let stack_json = self.wait_for(stack, wanted);
-        stack_json["Outputs"]
-            .as_array()
-            .map(|outputs| {
-                outputs
-                    .iter()
-                    .map(|o| {
-                        (
-                            o["OutputKey"].as_str().unwrap().to_string(),
-                            o["OutputValue"].as_str().unwrap().to_string(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+        exists
     }
 
-    /// Polls `describe-stacks` until the stack leaves `*_IN_PROGRESS`; panics with its events
-    /// unless it reached `wanted`.
-    pub fn wait_for(&self, stack: &str, wanted: &str) -> Value {
+    /// Polls `describe-stacks` until the stack leaves `*_IN_PROGRESS` (180 s at most).
+    fn settled(&self, stack: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(180);
         loop {
             let described =
                 self.aws
                     .json(&["cloudformation", "describe-stacks", "--stack-name", stack]);
             let current = described["Stacks"][0].clone();
-            let status = current["StackStatus"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
+            let status = current["StackStatus"].as_str().unwrap_or_default();
             if !status.ends_with("_IN_PROGRESS") || Instant::now() > deadline {
-                if status != wanted {
-                    let events = self.aws.run(&[
-                        "cloudformation",
-                        "describe-stack-events",
-                        "--stack-name",
-                        stack,
-                    ]);
-                    panic!(
-                        "stack {stack} is {status}, not {wanted}; events:\n{events}\nmoto's log: {}",
-                        Moto::log_path(self.moto.port).display()
-                    );
-                }
                 return current;
             }
             std::thread::sleep(Duration::from_millis(250));
         }
+    }
+
+    /// Polls `describe-stacks` until the stack leaves `*_IN_PROGRESS`; panics with its events
+    /// unless it reached `wanted`.
+    pub fn wait_for(&self, stack: &str, wanted: &str) -> Value {
+        let current = self.settled(stack);
+        let status = current["StackStatus"].as_str().unwrap_or_default();
+        if status != wanted {
+            let events = self.aws.run(&[
+                "cloudformation",
+                "describe-stack-events",
+                "--stack-name",
+                stack,
+            ]);
+            panic!(
+                "stack {stack} is {status}, not {wanted}; events:\n{events}\nmoto's log: {}",
+                Moto::log_path(self.moto.port).display()
+            );
+        }
+        current
     }
 
     /// `aws cloudformation delete-stack`, then waits until the stack is gone.
@@ -284,6 +299,24 @@ impl LocalAws {
             })
             .unwrap_or_default()
     }
+}
+
+/// A stack's outputs, by key.
+fn outputs_of(stack: &Value) -> BTreeMap<String, String> {
+    stack["Outputs"]
+        .as_array()
+        .map(|outputs| {
+            outputs
+                .iter()
+                .map(|o| {
+                    (
+                        o["OutputKey"].as_str().unwrap().to_string(),
+                        o["OutputValue"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// API Gateway's proxy event for `POST /model/{model}/converse`, as the REST API's Lambda proxy

@@ -173,6 +173,82 @@ async fn hand_written_budgets_deploy_enforce_update_and_delete() {
         ledger.budget(APP).await.unwrap().unwrap().limits[1].usd,
         Some(MicroUsd::from_micros(200))
     );
+
+    // An update that fails half-way rolls back as CloudFormation does: the budget, already
+    // updated, gets a rollback Update with old and new properties swapped; the alarm whose
+    // Update failed is updated back too. The stack ends UPDATE_ROLLBACK_COMPLETE.
+    let lowered = std::fs::read_to_string(&edited).unwrap();
+    let failing = lowered.replacen("Usd: '0.0002'", "Usd: '9'", 1).replacen(
+        "Percent: '75'",
+        "Percent: '175'",
+        1,
+    );
+    assert_ne!(lowered, failing);
+    let failing_path = local.dir.join("budgets-by-hand-failing.yaml");
+    std::fs::write(&failing_path, failing).unwrap();
+    let sent_before = local.cfn_requests().await.len();
+    assert_eq!(
+        local.deploy_failing(&failing_path, "reporting-budgets"),
+        "UPDATE_ROLLBACK_COMPLETE"
+    );
+    let sent: Vec<_> = local.cfn_requests().await.split_off(sent_before);
+    let day_usd = |props: &serde_json::Value| props["Limits"][1]["Usd"].clone();
+    let summary: Vec<(String, String, serde_json::Value, serde_json::Value)> = sent
+        .iter()
+        .map(|r| {
+            let (new, old) = (&r["ResourceProperties"], &r["OldResourceProperties"]);
+            let pick = |p: &serde_json::Value| {
+                if r["LogicalResourceId"] == "ReportingBudget" {
+                    day_usd(p)
+                } else {
+                    p["Percent"].clone()
+                }
+            };
+            (
+                r["RequestType"].as_str().unwrap().to_string(),
+                r["LogicalResourceId"].as_str().unwrap().to_string(),
+                pick(new),
+                pick(old),
+            )
+        })
+        .collect();
+    let s = |v: &str| serde_json::Value::String(v.into());
+    assert_eq!(
+        summary,
+        vec![
+            (
+                "Update".into(),
+                "ReportingBudget".into(),
+                s("9"),
+                s("0.0002")
+            ),
+            (
+                "Update".into(),
+                "ReportingDayThreshold".into(),
+                s("175"),
+                s("75")
+            ),
+            (
+                "Update".into(),
+                "ReportingBudget".into(),
+                s("0.0002"),
+                s("9")
+            ),
+            (
+                "Update".into(),
+                "ReportingDayThreshold".into(),
+                s("75"),
+                s("175")
+            ),
+        ],
+        "{sent:#?}"
+    );
+    assert_eq!(
+        ledger.budget(APP).await.unwrap().unwrap().limits[1].usd,
+        Some(MicroUsd::from_micros(200)),
+        "the rollback restored the day limit"
+    );
+
     // nova-lite's worst case (1,024 output tokens at $0.24/M) is over what is left of $0.0002.
     let fallback = local.invoke(
         invoke,

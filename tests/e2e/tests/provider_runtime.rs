@@ -228,25 +228,96 @@ async fn deployed_provider_answers_every_event_under_the_runtime() {
     );
     assert_eq!(again["Status"], "SUCCESS", "delete is idempotent: {again}");
 
-    // Through CloudFormation: a stack whose alarm names an undeclared application fails with
-    // the provider's reason.
+    // Through CloudFormation: a stack whose alarm is invalid fails with the provider's reason
+    // and rolls back: the failed alarm gets a Delete with the physical ID of its FAILED answer,
+    // then the budget created before it is deleted. The stack ends ROLLBACK_COMPLETE.
     let broken = local.dir.join("broken.yaml");
     std::fs::write(
         &broken,
-        "Resources:\n  Orphan:\n    Type: Custom::TokenAlarm\n    Properties:\n      ServiceToken: !ImportValue acme-genai-ServiceToken\n      Application: nobody\n      Window: day\n",
+        "Resources:\n  Budget:\n    Type: Custom::TokenBudget\n    Properties:\n      ServiceToken: !ImportValue acme-genai-ServiceToken\n      Application: orphans\n      Limits:\n        - Window: day\n          Tokens: '1000'\n  Broken:\n    Type: Custom::TokenAlarm\n    DependsOn: Budget\n    Properties:\n      ServiceToken: !ImportValue acme-genai-ServiceToken\n      Application: orphans\n      Window: fortnight\n",
     )
     .unwrap();
-    let events = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        local.deploy(&broken, "broken")
-    }));
-    let message = match events {
-        Ok(outputs) => panic!("the stack was created: {outputs:?}"),
-        Err(panic) => panic.downcast_ref::<String>().cloned().unwrap_or_default(),
-    };
+    let sent_before = local.cfn_requests().await.len();
+    assert_eq!(local.deploy_failing(&broken, "broken"), "ROLLBACK_COMPLETE");
+    let events = local.aws.run(&[
+        "cloudformation",
+        "describe-stack-events",
+        "--stack-name",
+        "broken",
+    ]);
     assert!(
-        message.contains("CREATE_FAILED") && message.contains("nobody"),
-        "{message}"
+        events.contains("CREATE_FAILED") && events.contains("fortnight"),
+        "the provider's reason is in the events: {events}"
     );
+    let sent: Vec<(String, String, String)> = local
+        .cfn_requests()
+        .await
+        .split_off(sent_before)
+        .iter()
+        .map(|r| {
+            (
+                r["RequestType"].as_str().unwrap().to_string(),
+                r["LogicalResourceId"].as_str().unwrap().to_string(),
+                r["PhysicalResourceId"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let kinds: Vec<(&str, &str)> = sent
+        .iter()
+        .map(|(kind, logical, _)| (kind.as_str(), logical.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("Create", "Budget"),
+            ("Create", "Broken"),
+            ("Delete", "Broken"),
+            ("Delete", "Budget")
+        ],
+        "{sent:?}"
+    );
+    assert!(
+        !sent[2].2.is_empty() && !sent[3].2.is_empty(),
+        "rollback Deletes name physical IDs: {sent:?}"
+    );
+    assert!(
+        ledger.budget("orphans").await.unwrap().is_none(),
+        "the rollback deleted the budget created before the failure"
+    );
+    // A ServiceToken whose function fails without answering (the invoke function does not
+    // serve custom resources): Lambda invokes it three times (its asynchronous retries), then
+    // CloudFormation gives up on the answer; the rollback's Delete is not answered either, so
+    // the stack ends ROLLBACK_FAILED, as it would on AWS after the ServiceTimeout.
+    let unanswered = local.dir.join("unanswered.yaml");
+    std::fs::write(
+        &unanswered,
+        "Resources:\n  Budget:\n    Type: Custom::TokenBudget\n    Properties:\n      ServiceToken: arn:aws:lambda:us-east-1:123456789012:function:acme-genai-invoke\n      ServiceTimeout: 60\n      Application: nobody-home\n      Limits:\n        - Window: day\n          Tokens: '1000'\n",
+    )
+    .unwrap();
+    let sent_before = local.cfn_requests().await.len();
+    assert_eq!(
+        local.deploy_failing(&unanswered, "unanswered"),
+        "ROLLBACK_FAILED"
+    );
+    let sent = local.cfn_requests().await.split_off(sent_before);
+    let attempts: Vec<(&str, u64)> = sent
+        .iter()
+        .map(|r| {
+            (
+                r["RequestType"].as_str().unwrap(),
+                r["Attempts"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(attempts, [("Create", 3), ("Delete", 3)], "{sent:#?}");
+    let events = local.aws.run(&[
+        "cloudformation",
+        "describe-stack-events",
+        "--stack-name",
+        "unanswered",
+    ]);
+    assert!(events.contains("did not receive a response"), "{events}");
+
     // The provider's role allowed every call it made, the refused events' included.
     local
         .moto

@@ -201,6 +201,19 @@ impl Moto {
         serde_json::from_value(body["calls"].clone()).expect("calls of the launcher's shape")
     }
 
+    /// Every request the launcher's CloudFormation sent to custom resources, in order.
+    pub async fn cfn_requests(&self) -> Vec<serde_json::Value> {
+        let body: serde_json::Value =
+            reqwest::get(format!("{}/_tokenfence/cfn-requests", self.url()))
+                .await
+                .and_then(reqwest::Response::error_for_status)
+                .expect("the launcher lists the custom resource requests")
+                .json()
+                .await
+                .expect("JSON");
+        body["requests"].as_array().cloned().unwrap_or_default()
+    }
+
     /// Asserts that the deployed functions' roles allowed every call they made, and that among
     /// those calls were all of `expected` (`(action, resource ARN substring)`): a role missing a
     /// permission the code needs fails here, and so does a test that stopped exercising it.
