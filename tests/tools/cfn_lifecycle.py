@@ -24,6 +24,9 @@ PhysicalResourceId and FAILED status. `install()` replaces that with CloudFormat
   the failed update created (and the replacements). UPDATE_ROLLBACK_COMPLETE, or
   UPDATE_ROLLBACK_FAILED when a rollback Update fails. A failed Delete in an update's cleanup
   does not fail the update, as on AWS.
+- Change sets (`aws cloudformation deploy`): executing one is the equivalent CreateStack or
+  UpdateStack, with the lifecycle above, Outputs, Exports and imports (moto applies change sets
+  to the resource map alone, without them).
 - Delete of a stack: custom resources dependents first, before the function serving them goes; a
   failed Delete leaves the stack DELETE_FAILED with the reason.
 
@@ -380,3 +383,39 @@ def install():
             self.stacks[stack.stack_id] = stack
 
     CloudFormationBackend.delete_stack = backend_delete_stack
+
+    def execute_change_set(self, change_set_name, stack_name=None):
+        # `aws cloudformation deploy` is CreateChangeSet + ExecuteChangeSet. moto applies a change
+        # set to the resource map directly: no imports for a new stack, no Outputs or Exports,
+        # no custom resource lifecycle. Execute it as the equivalent CreateStack / UpdateStack.
+        change_set = self.describe_change_set(change_set_name)
+        stack = self.stacks[change_set.stack_id]
+        if change_set.change_set_type == "CREATE":
+            stack.template = change_set.template
+            stack.cross_stack_resources = self.exports
+            stack._parse_template()
+            stack.description = stack.template_dict.get("Description")
+            stack.resource_map = stack._create_resource_map()
+            stack.output_map = stack._create_output_map()
+            self._validate_export_uniqueness(stack)
+            for export in stack.exports:
+                self.exports[export.name] = export
+            stack._add_stack_event("CREATE_IN_PROGRESS", resource_status_reason="User Initiated")
+            stack.create_resources()
+        else:
+            stack.update(change_set.template, stack.role_arn, parameters=change_set.parameters or None)
+            for export in stack.exports:
+                self.exports[export.name] = export
+        change_set.execution_status = "EXECUTE_COMPLETE"
+
+    CloudFormationBackend.execute_change_set = execute_change_set
+
+    # The AWS CLI's `deploy` uploads the template and passes its path-style URL on the S3
+    # endpoint (`http://127.0.0.1:PORT/BUCKET/KEY`); moto reads path-style URLs only on
+    # `localhost`.
+    original_from_s3 = CloudFormationResponse._get_stack_from_s3_url
+
+    def get_stack_from_s3_url(self, template_url):
+        return original_from_s3(self, template_url.replace("//127.0.0.1:", "//localhost:", 1))
+
+    CloudFormationResponse._get_stack_from_s3_url = get_stack_from_s3_url

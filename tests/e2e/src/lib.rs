@@ -50,26 +50,41 @@ impl LocalAws {
         }
     }
 
-    /// `aws cloudformation package` (local code paths to S3 in moto), then `create-stack` or
-    /// `update-stack` with the packaged template, and waits for the stack. Returns its outputs.
-    ///
-    /// `create-stack` / `update-stack` rather than `deploy`: moto's change sets (what `deploy`
-    /// uses) lose the stack's Outputs and Exports.
+    /// The README's deploy: `aws cloudformation package` (local code paths to S3 in moto), then
+    /// `aws cloudformation deploy` of the packaged template (a change set, which the launcher
+    /// executes as CloudFormation does). Panics unless the stack reached `CREATE_COMPLETE` /
+    /// `UPDATE_COMPLETE` (or was unchanged); returns its outputs.
     pub fn deploy(&self, template: &Path, stack: &str) -> BTreeMap<String, String> {
-        let exists = self.submit(template, stack);
-        let wanted = if exists {
-            "UPDATE_COMPLETE"
+        let (exists, output) = self.submit(template, stack);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let wanted = if stdout.contains("No changes to deploy") {
+            // Nothing changed: the stack keeps the status of its last operation.
+            self.settled(stack)["StackStatus"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        } else if exists {
+            "UPDATE_COMPLETE".to_string()
         } else {
-            "CREATE_COMPLETE"
+            "CREATE_COMPLETE".to_string()
         };
-        let stack_json = self.wait_for(stack, wanted);
+        let stack_json = self.wait_for(stack, &wanted);
+        assert!(
+            output.status.success(),
+            "aws cloudformation deploy {stack} failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         outputs_of(&stack_json)
     }
 
     /// Submits a create or update that is expected to fail, waits for the stack to settle and
     /// returns its final status (`ROLLBACK_COMPLETE`, `UPDATE_ROLLBACK_COMPLETE`, ...).
     pub fn deploy_failing(&self, template: &Path, stack: &str) -> String {
-        self.submit(template, stack);
+        let (_, output) = self.submit(template, stack);
+        assert!(
+            !output.status.success(),
+            "aws cloudformation deploy {stack} succeeded"
+        );
         self.settled(stack)["StackStatus"]
             .as_str()
             .unwrap_or_default()
@@ -83,9 +98,9 @@ impl LocalAws {
         self.moto.cfn_requests().await
     }
 
-    /// Packages and uploads the template and starts `create-stack` or `update-stack`; returns
-    /// whether the stack existed (an update).
-    fn submit(&self, template: &Path, stack: &str) -> bool {
+    /// Packages the template and runs `aws cloudformation deploy`; returns whether the stack
+    /// existed (an update) and the command's output.
+    fn submit(&self, template: &Path, stack: &str) -> (bool, std::process::Output) {
         let n = self.uploads.get() + 1;
         self.uploads.set(n);
         let packaged = self.dir.join(format!("{stack}-{n}.packaged.yaml"));
@@ -99,15 +114,6 @@ impl LocalAws {
             "--output-template-file",
             path(&packaged),
         ]);
-        let key = format!("{stack}-{n}.yaml");
-        self.aws.run(&[
-            "s3",
-            "cp",
-            path(&packaged),
-            &format!("s3://artifacts/{key}"),
-        ]);
-        // moto reads path-style template URLs only on host `localhost`.
-        let url = format!("http://localhost:{}/artifacts/{key}", self.moto.port);
         let exists = self
             .aws
             .command(&["cloudformation", "describe-stacks", "--stack-name", stack])
@@ -115,23 +121,26 @@ impl LocalAws {
             .expect("aws runs")
             .status
             .success();
-        let verb = if exists {
-            "update-stack"
-        } else {
-            "create-stack"
-        };
-        self.aws.run(&[
-            "cloudformation",
-            verb,
-            "--stack-name",
-            stack,
-            "--template-url",
-            &url,
-            "--capabilities",
-            "CAPABILITY_IAM",
-            "CAPABILITY_NAMED_IAM",
-        ]);
-        exists
+        // The README's command (a change set, executed and waited for), plus
+        // `--no-fail-on-empty-changeset` for the tests that re-deploy an unchanged stack.
+        let output = self
+            .aws
+            .command(&[
+                "cloudformation",
+                "deploy",
+                "--template-file",
+                path(&packaged),
+                "--s3-bucket",
+                "artifacts",
+                "--stack-name",
+                stack,
+                "--capabilities",
+                "CAPABILITY_IAM",
+                "--no-fail-on-empty-changeset",
+            ])
+            .output()
+            .expect("aws runs");
+        (exists, output)
     }
 
     /// Polls `describe-stacks` until the stack leaves `*_IN_PROGRESS` (180 s at most).
