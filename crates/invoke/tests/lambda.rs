@@ -67,7 +67,10 @@ fn soon() -> std::time::Instant {
 }
 
 fn fixture(name: &str) -> Value {
-    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/tests/fixtures/{name}",
+        std::env::var("CARGO_MANIFEST_DIR").expect("run by cargo test")
+    );
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
 }
 

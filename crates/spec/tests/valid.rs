@@ -4,7 +4,10 @@ use budget::{MicroUsd, Window};
 use spec::{AlarmKind, Metric, Mode, OnExceed};
 
 fn example(name: &str) -> String {
-    let path = format!("{}/../../examples/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/../../examples/{name}",
+        std::env::var("CARGO_MANIFEST_DIR").expect("run by cargo test")
+    );
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"))
 }
 

@@ -8,10 +8,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The workspace root.
+/// The workspace root: the nearest directory above the running test's package (cargo sets
+/// `CARGO_MANIFEST_DIR` when it runs a test) that holds `Cargo.lock`. Read at run time, not
+/// baked in with `env!`: a test binary a shared target directory kept from another checkout
+/// must still read this checkout's files.
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
+    let package = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .expect("CARGO_MANIFEST_DIR is set: run the tests with cargo test");
+    package
+        .ancestors()
+        .find(|dir| dir.join("Cargo.lock").is_file())
+        .unwrap_or_else(|| panic!("no workspace root above {}", package.display()))
         .canonicalize()
         .expect("the workspace root exists")
 }
