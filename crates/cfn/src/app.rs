@@ -4,6 +4,7 @@ use serde_json::{Value, json};
 use spec::names::{self, Names, logical_id_part};
 use spec::{AlarmKind, Application, Engine, OnExceed, Spec};
 
+use crate::custom;
 use crate::platform::{QUEUE_VISIBILITY_SECONDS, exports, ids, model_source_arn};
 use crate::template::{Output, Resource, get_att, import, r};
 
@@ -143,6 +144,11 @@ fn tags(stack: &str, app: &str, application: &Application) -> Vec<Value> {
 /// invocation twice when one dies without answering).
 pub const SERVICE_TIMEOUT: u32 = 900;
 
+/// A custom resource's properties as template JSON.
+fn properties<T: serde::Serialize>(props: &T) -> Value {
+    serde_json::to_value(props).expect("custom resource properties serialize to JSON")
+}
+
 /// Renders one application's resources.
 pub fn render_app(spec: &Spec, app: &str, application: &Application, link: Link) -> AppUnit {
     let names = Names::new(&spec.name);
@@ -174,92 +180,79 @@ pub fn render_app(spec: &Spec, app: &str, application: &Application, link: Link)
                 }),
             ),
         ));
-        profiles
-            .push(json!({ "Model": def.id, "Arn": get_att(&profile_id, "InferenceProfileArn") }));
+        profiles.push(custom::ProfileProperties {
+            model: def.id.clone(),
+            arn: get_att(&profile_id, "InferenceProfileArn"),
+        });
     }
 
-    let mut budget = serde_json::Map::new();
-    budget.insert("ServiceToken".into(), link.service_token());
-    budget.insert("ServiceTimeout".into(), json!(SERVICE_TIMEOUT));
-    budget.insert("Application".into(), json!(app));
-    if let Some(cc) = &application.cost_center {
-        budget.insert("CostCenter".into(), json!(cc));
-    }
-    budget.insert(
-        "Models".into(),
-        json!(
-            application
-                .models
-                .iter()
-                .map(|a| spec.models[a].id.clone())
-                .collect::<Vec<_>>()
-        ),
-    );
-    budget.insert(
-        "Limits".into(),
-        Value::Array(
-            application
-                .limits
-                .iter()
-                .map(|l| {
-                    let mut m = serde_json::Map::new();
-                    m.insert("Window".into(), json!(l.window.as_str()));
-                    if let Some(t) = l.tokens {
-                        m.insert("Tokens".into(), json!(t.to_string()));
-                    }
-                    if let Some(u) = l.usd {
-                        m.insert("Usd".into(), json!(u.to_string()));
-                    }
-                    Value::Object(m)
+    let mut budget = custom::TokenBudgetProperties::<Value> {
+        service_token: Some(link.service_token()),
+        service_timeout: Some(custom::Count(SERVICE_TIMEOUT.into())),
+        application: app.to_string(),
+        cost_center: application.cost_center.clone(),
+        models: application
+            .models
+            .iter()
+            .map(|a| spec.models[a].id.clone())
+            .collect(),
+        limits: application
+            .limits
+            .iter()
+            .map(|l| custom::LimitProperties {
+                window: l.window.into(),
+                tokens: l.tokens.map(custom::Count),
+                usd: l.usd.map(custom::Usd),
+            })
+            .collect(),
+        on_exceed: Some(match &application.on_exceed {
+            OnExceed::Reject => custom::OnExceedName::Reject,
+            OnExceed::Fallback { .. } => custom::OnExceedName::Fallback,
+            OnExceed::Queue => custom::OnExceedName::Queue,
+        }),
+        fallback_model: match &application.on_exceed {
+            OnExceed::Fallback { model } => Some(spec.models[model].id.clone()),
+            _ => None,
+        },
+        mode: Some(match application.mode {
+            spec::Mode::Enforce => custom::ModeName::Enforce,
+            spec::Mode::Shadow => custom::ModeName::Shadow,
+        }),
+        prices: aliases
+            .iter()
+            .filter_map(|a| {
+                let def = &spec.models[*a];
+                let p = def.price.filter(|_| def.price_from_spec)?;
+                Some(custom::PriceProperties {
+                    model: def.id.clone(),
+                    input: custom::PerMillion(p.input_usd()),
+                    output: custom::PerMillion(p.output_usd()),
+                    cache_read: Some(custom::PerMillion(p.cache_read_usd())),
+                    cache_write: Some(custom::PerMillion(p.cache_write_usd())),
                 })
-                .collect(),
-        ),
-    );
-    budget.insert("OnExceed".into(), json!(application.on_exceed.as_str()));
-    if let OnExceed::Fallback { model } = &application.on_exceed {
-        budget.insert("FallbackModel".into(), json!(spec.models[model].id));
-    }
-    budget.insert("Mode".into(), json!(application.mode.as_str()));
-    let prices: Vec<Value> = aliases
-        .iter()
-        .filter_map(|a| {
-            let def = &spec.models[*a];
-            let p = def.price.filter(|_| def.price_from_spec)?;
-            Some(json!({
-                "Model": def.id,
-                "Input": p.input_usd(),
-                "Output": p.output_usd(),
-                "CacheRead": p.cache_read_usd(),
-                "CacheWrite": p.cache_write_usd()
-            }))
-        })
-        .collect();
-    if !prices.is_empty() {
-        budget.insert("Prices".into(), Value::Array(prices));
-    }
-    if let Some(cb) = &application.cost_budget {
-        let mut m = serde_json::Map::new();
-        m.insert("BudgetName".into(), json!(names.budget(app)));
-        m.insert("MonthlyUsd".into(), json!(cb.monthly_usd.to_string()));
-        m.insert(
-            "ForecastPercent".into(),
-            json!(cb.forecast_percent.to_string()),
-        );
-        m.insert(
-            "ActualPercents".into(),
-            json!(
-                cb.actual_percents
-                    .iter()
-                    .map(u32::to_string)
-                    .collect::<Vec<_>>()
-            ),
-        );
-        m.insert("TopicArn".into(), link.alert_topic());
-        budget.insert("CostBudget".into(), Value::Object(m));
-    }
-    if !profiles.is_empty() {
-        budget.insert("InferenceProfiles".into(), Value::Array(profiles));
-    }
+            })
+            .collect(),
+        cost_budget: application
+            .cost_budget
+            .as_ref()
+            .map(|cb| custom::CostBudgetProperties {
+                budget_name: Some(names.budget(app)),
+                monthly_usd: custom::Usd(cb.monthly_usd),
+                forecast_percent: Some(custom::Count(cb.forecast_percent.into())),
+                actual_percents: Some(
+                    cb.actual_percents
+                        .iter()
+                        .map(|p| custom::Count((*p).into()))
+                        .collect(),
+                ),
+                topic_arn: Some(link.alert_topic()),
+                emails: Vec::new(),
+            }),
+        api_key_ids: Vec::new(),
+        request_queue_arns: Vec::new(),
+        results_queue_url: None,
+        inference_profiles: profiles,
+    };
 
     if spec.access.rest {
         let key_id = format!("{id}ApiKey");
@@ -295,7 +288,7 @@ pub fn render_app(spec: &Spec, app: &str, application: &Application, link: Link)
                 json!({ "KeyId": r(&key_id), "KeyType": "API_KEY", "UsagePlanId": r(&plan_id) }),
             ),
         ));
-        budget.insert("ApiKeyIds".into(), json!([r(&key_id)]));
+        budget.api_key_ids = vec![r(&key_id)];
         outputs.push((
             format!("{id}ApiKeyId"),
             Output {
@@ -369,11 +362,8 @@ pub fn render_app(spec: &Spec, app: &str, application: &Application, link: Link)
             // The budget must be in the ledger before the first message can be charged against it.
             consumer.1.depends_on([budget_id.clone()]),
         ));
-        budget.insert(
-            "RequestQueueArns".into(),
-            json!([get_att(&requests_id, "Arn")]),
-        );
-        budget.insert("ResultsQueueUrl".into(), r(&results_id));
+        budget.request_queue_arns = vec![get_att(&requests_id, "Arn")];
+        budget.results_queue_url = Some(r(&results_id));
         outputs.push((
             format!("{id}RequestsQueueUrl"),
             Output {
@@ -394,26 +384,34 @@ pub fn render_app(spec: &Spec, app: &str, application: &Application, link: Link)
 
     resources.push((
         budget_id.clone(),
-        Resource::new("Custom::TokenBudget", Value::Object(budget)),
+        Resource::new("Custom::TokenBudget", properties(&budget)),
     ));
 
     for alarm in &application.alarms {
-        let mut props = serde_json::Map::new();
-        props.insert("ServiceToken".into(), link.service_token());
-        props.insert("ServiceTimeout".into(), json!(SERVICE_TIMEOUT));
-        props.insert("Application".into(), json!(app));
-        props.insert("AlarmName".into(), json!(names.alarm(app, alarm)));
-        props.insert("Window".into(), json!(alarm.window.as_str()));
-        props.insert("Metric".into(), json!(alarm.metric.as_str()));
-        props.insert("Kind".into(), json!(alarm.kind.as_str()));
-        if let AlarmKind::Threshold { percent } = alarm.kind {
-            props.insert("Percent".into(), json!(percent.to_string()));
-        }
-        props.insert("AlarmActions".into(), json!([link.alert_topic()]));
+        let props = custom::TokenAlarmProperties::<Value> {
+            service_token: Some(link.service_token()),
+            service_timeout: Some(custom::Count(SERVICE_TIMEOUT.into())),
+            application: app.to_string(),
+            alarm_name: Some(names.alarm(app, alarm)),
+            window: Some(alarm.window.into()),
+            metric: Some(match alarm.metric {
+                spec::Metric::Tokens => custom::AlarmMetric::Tokens,
+                spec::Metric::Usd => custom::AlarmMetric::Usd,
+            }),
+            kind: Some(match alarm.kind {
+                AlarmKind::Threshold { .. } => custom::AlarmKind::Threshold,
+                AlarmKind::Forecast => custom::AlarmKind::Forecast,
+                AlarmKind::Anomaly => custom::AlarmKind::Anomaly,
+            }),
+            percent: match alarm.kind {
+                AlarmKind::Threshold { percent } => Some(custom::Count(percent.into())),
+                _ => None,
+            },
+            alarm_actions: vec![link.alert_topic()],
+        };
         resources.push((
             format!("{id}{}Alarm", names::alarm_logical_id_part(alarm)),
-            Resource::new("Custom::TokenAlarm", Value::Object(props))
-                .depends_on([budget_id.clone()]),
+            Resource::new("Custom::TokenAlarm", properties(&props)).depends_on([budget_id.clone()]),
         ));
     }
 

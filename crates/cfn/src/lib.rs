@@ -7,6 +7,7 @@
 //! IDs derive from names only, so adding an application renames nothing.
 
 mod app;
+pub mod custom;
 pub mod platform;
 pub mod template;
 pub mod workflow;

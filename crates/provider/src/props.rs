@@ -1,10 +1,15 @@
-//! Reading custom resource properties. CloudFormation sends every scalar as a string (`"200000"`,
-//! `"40.5"`, `"true"`); hand-written events may send JSON numbers and booleans. Both are read, and
-//! every error names the property, e.g. `Limits[1].Usd`.
+//! Reading custom resource properties, defined once in [`cfn::custom`] (synth renders the same
+//! types). Deserializing checks the shape and each scalar, whether CloudFormation sent it as a
+//! string (`"200000"`) or a hand-written event as a number; what types cannot say (positive
+//! limits, one limit per window, percent ranges, names) is checked here. Every error names the
+//! property, e.g. `Limits[1].Usd`.
 
 use budget::config::{EnforcementMode, ExceedAction, InferenceProfile, ModelPrice};
 use budget::{Limit, MicroUsd, Price, Window};
-use serde_json::{Map, Value};
+pub use cfn::custom::{AlarmKind, AlarmMetric};
+use cfn::custom::{ModeName, OnExceedName, TokenAlarmProperties, TokenBudgetProperties};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 /// A property that is wrong, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -23,156 +28,49 @@ fn err(property: impl Into<String>, message: impl Into<String>) -> PropError {
     }
 }
 
-struct Props<'a> {
-    map: &'a Map<String, Value>,
-    path: String,
-}
-
-impl<'a> Props<'a> {
-    fn new(value: &'a Value, path: &str, allowed: &[&str]) -> Result<Self, PropError> {
-        let map = value.as_object().ok_or_else(|| {
-            err(
-                if path.is_empty() {
-                    "ResourceProperties"
-                } else {
-                    path
-                },
-                "must be an object",
-            )
-        })?;
-        if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
-            return Err(err(
-                Self::join(path, unknown),
-                format!("unknown property; expected one of {}", allowed.join(", ")),
-            ));
-        }
-        Ok(Props {
-            map,
-            path: path.to_string(),
-        })
-    }
-
-    fn join(path: &str, key: &str) -> String {
-        if path.is_empty() {
-            key.to_string()
-        } else {
-            format!("{path}.{key}")
-        }
-    }
-
-    fn at(&self, key: &str) -> String {
-        Self::join(&self.path, key)
-    }
-
-    fn get(&self, key: &str) -> Option<&'a Value> {
-        self.map.get(key).filter(|v| !v.is_null())
-    }
-
-    fn string(&self, key: &str) -> Result<Option<String>, PropError> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::String(s)) if s.is_empty() => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(_) => Err(err(self.at(key), "must be a string")),
-        }
-    }
-
-    fn required_string(&self, key: &str) -> Result<String, PropError> {
-        self.string(key)?
-            .ok_or_else(|| err(self.at(key), "is required"))
-    }
-
-    fn strings(&self, key: &str) -> Result<Vec<String>, PropError> {
-        match self.get(key) {
-            None => Ok(Vec::new()),
-            Some(Value::Array(items)) => items
-                .iter()
-                .enumerate()
-                .map(|(i, v)| {
-                    v.as_str()
-                        .map(str::to_string)
-                        .ok_or_else(|| err(format!("{}[{i}]", self.at(key)), "must be a string"))
-                })
+/// The value without `null` members: a property set to `null` is a property not given.
+fn without_nulls(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), without_nulls(v)))
                 .collect(),
-            Some(_) => Err(err(self.at(key), "must be a list of strings")),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(without_nulls).collect()),
+        other => other.clone(),
+    }
+}
+
+/// Deserializes `value`, naming the property of the first error.
+fn read<T: DeserializeOwned>(value: &Value) -> Result<T, PropError> {
+    if !value.is_object() {
+        return Err(err("ResourceProperties", "must be an object"));
+    }
+    serde_path_to_error::deserialize(without_nulls(value)).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.inner().to_string();
+        let at = |key: &str| {
+            if path == "." {
+                key.to_string()
+            } else {
+                format!("{path}.{key}")
+            }
+        };
+        if let Some(rest) = message.strip_prefix("missing field `") {
+            let key = rest.split('`').next().unwrap_or_default();
+            return err(at(key), "is required");
         }
-    }
-
-    fn list(&self, key: &str) -> Result<&'a [Value], PropError> {
-        match self.get(key) {
-            None => Ok(&[]),
-            Some(Value::Array(items)) => Ok(items),
-            Some(_) => Err(err(self.at(key), "must be a list")),
+        if let Some(rest) = message.strip_prefix("unknown field `") {
+            let expected = rest.split_once(", expected ").map(|(_, e)| e).unwrap_or("");
+            return err(path, format!("unknown property; expected {expected}"));
         }
-    }
-
-    fn choice<T: Copy>(
-        &self,
-        key: &str,
-        options: &[(&str, T)],
-        default: T,
-    ) -> Result<T, PropError> {
-        match self.string(key)? {
-            None => Ok(default),
-            Some(v) => options
-                .iter()
-                .find(|(name, _)| *name == v)
-                .map(|(_, t)| *t)
-                .ok_or_else(|| {
-                    let names: Vec<String> =
-                        options.iter().map(|(n, _)| format!("`{n}`")).collect();
-                    err(
-                        self.at(key),
-                        format!("`{v}` is not one of {}", names.join(", ")),
-                    )
-                }),
-        }
-    }
-}
-
-fn scalar_text(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.trim().to_string()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
-fn whole(v: &Value, path: &str) -> Result<u64, PropError> {
-    let text = scalar_text(v).ok_or_else(|| err(path, "must be a whole number"))?;
-    let n: u64 = text
-        .parse()
-        .map_err(|_| err(path, format!("`{text}` is not a whole number")))?;
-    if n == 0 {
-        return Err(err(path, "must be positive"));
-    }
-    Ok(n)
-}
-
-fn usd(v: &Value, path: &str) -> Result<MicroUsd, PropError> {
-    let text = scalar_text(v).ok_or_else(|| err(path, "must be an amount in USD"))?;
-    let amount = MicroUsd::parse_usd(&text).map_err(|e| err(path, e.to_string()))?;
-    if amount == MicroUsd::ZERO {
-        return Err(err(path, "must be positive"));
-    }
-    Ok(amount)
-}
-
-fn percent(v: &Value, path: &str, max: u64) -> Result<u32, PropError> {
-    let n = whole(v, path)?;
-    if n > max {
-        return Err(err(path, format!("`{n}` is above {max}")));
-    }
-    Ok(n as u32)
-}
-
-fn window(v: &Value, path: &str) -> Result<Window, PropError> {
-    let text = v.as_str().ok_or_else(|| err(path, "must be a string"))?;
-    text.parse().map_err(|_| {
-        err(
-            path,
-            format!("`{text}` is not one of `minute`, `hour`, `day`, `month`"),
-        )
+        let path = if path == "." {
+            "ResourceProperties".to_string()
+        } else {
+            path
+        };
+        err(path, message)
     })
 }
 
@@ -235,283 +133,166 @@ pub struct BudgetProps {
     pub inference_profiles: Vec<InferenceProfile>,
 }
 
-const BUDGET_KEYS: &[&str] = &[
-    "ServiceToken",
-    "ServiceTimeout",
-    "Application",
-    "CostCenter",
-    "Models",
-    "Limits",
-    "OnExceed",
-    "FallbackModel",
-    "Mode",
-    "Prices",
-    "CostBudget",
-    "ApiKeyIds",
-    "RequestQueueArns",
-    "ResultsQueueUrl",
-    "InferenceProfiles",
-];
-
 /// CloudFormation's `ServiceTimeout` of a custom resource: 1 to 3,600 seconds. CloudFormation
 /// enforces it, and passes it along with the properties; it is checked here so that a bad value is
-/// named rather than taken for an unknown property.
-fn service_timeout(p: &Props<'_>) -> Result<(), PropError> {
-    if let Some(v) = p.get("ServiceTimeout") {
-        let seconds = whole(v, "ServiceTimeout")?;
-        if seconds > 3_600 {
-            return Err(err(
-                "ServiceTimeout",
-                format!("`{seconds}` is above CloudFormation's 3600 seconds"),
-            ));
-        }
+/// named rather than accepted.
+fn service_timeout(seconds: Option<cfn::custom::Count>) -> Result<(), PropError> {
+    match seconds {
+        Some(s) if s.0 > 3_600 => Err(err(
+            "ServiceTimeout",
+            format!("`{s}` is above CloudFormation's 3600 seconds"),
+        )),
+        _ => Ok(()),
     }
-    Ok(())
+}
+
+fn application(name: String) -> Result<String, PropError> {
+    if !valid_application(&name) {
+        return Err(err(
+            "Application",
+            format!("`{name}` is not {}", spec::names::APPLICATION_NAME_RULE),
+        ));
+    }
+    Ok(name)
+}
+
+fn percent(n: cfn::custom::Count, path: &str, max: u64) -> Result<u32, PropError> {
+    if n.0 > max {
+        return Err(err(path, format!("`{n}` is above {max}")));
+    }
+    Ok(n.0 as u32)
+}
+
+fn non_empty(value: Option<String>) -> Option<String> {
+    value.filter(|v| !v.is_empty())
 }
 
 /// Reads the properties of a `Custom::TokenBudget`.
 pub fn parse_budget(value: &Value) -> Result<BudgetProps, PropError> {
-    let p = Props::new(value, "", BUDGET_KEYS)?;
-    service_timeout(&p)?;
-    let application = p.required_string("Application")?;
-    if !valid_application(&application) {
-        return Err(err(
-            "Application",
-            format!(
-                "`{application}` is not {}",
-                spec::names::APPLICATION_NAME_RULE
-            ),
-        ));
-    }
-    let mut limits: Vec<Limit> = Vec::new();
-    let items = p.list("Limits")?;
-    if items.is_empty() {
+    let p: TokenBudgetProperties<String> = read(value)?;
+    service_timeout(p.service_timeout)?;
+    let application = application(p.application)?;
+    if p.limits.is_empty() {
         return Err(err(
             "Limits",
             "is required and must list at least one limit",
         ));
     }
-    for (i, item) in items.iter().enumerate() {
-        let path = format!("Limits[{i}]");
-        let l = Props::new(item, &path, &["Window", "Tokens", "Usd"])?;
-        let w = window(
-            l.get("Window")
-                .ok_or_else(|| err(l.at("Window"), "is required"))?,
-            &l.at("Window"),
-        )?;
-        let tokens = l
-            .get("Tokens")
-            .map(|v| whole(v, &l.at("Tokens")))
-            .transpose()?;
-        let usd = l.get("Usd").map(|v| usd(v, &l.at("Usd"))).transpose()?;
-        if tokens.is_none() && usd.is_none() {
-            return Err(err(path, "needs `Tokens`, `Usd` or both"));
+    let mut limits: Vec<Limit> = Vec::new();
+    for (i, l) in p.limits.iter().enumerate() {
+        let window = Window::from(l.window);
+        if l.tokens.is_none() && l.usd.is_none() {
+            return Err(err(format!("Limits[{i}]"), "needs `Tokens`, `Usd` or both"));
         }
-        if limits.iter().any(|x| x.window == w) {
+        if limits.iter().any(|x| x.window == window) {
             return Err(err(
-                l.at("Window"),
-                format!("a `{w}` limit is already declared"),
+                format!("Limits[{i}].Window"),
+                format!("a `{window}` limit is already declared"),
             ));
         }
         limits.push(Limit {
-            window: w,
-            tokens,
-            usd,
+            window,
+            tokens: l.tokens.map(|t| t.0),
+            usd: l.usd.map(|u| u.0),
         });
     }
     limits.sort_by_key(|l| l.window);
 
-    #[derive(Clone, Copy)]
-    enum Action {
-        Reject,
-        Fallback,
-        Queue,
-    }
-    let action = p.choice(
-        "OnExceed",
-        &[
-            ("reject", Action::Reject),
-            ("fallback", Action::Fallback),
-            ("queue", Action::Queue),
-        ],
-        Action::Reject,
-    )?;
-    let fallback = p.string("FallbackModel")?;
-    let on_exceed = match (action, fallback) {
-        (Action::Fallback, Some(model)) => ExceedAction::Fallback { model },
-        (Action::Fallback, None) => {
+    let on_exceed = match (
+        p.on_exceed.unwrap_or(OnExceedName::Reject),
+        p.fallback_model,
+    ) {
+        (OnExceedName::Fallback, Some(model)) => ExceedAction::Fallback { model },
+        (OnExceedName::Fallback, None) => {
             return Err(err(
                 "FallbackModel",
                 "is required with `OnExceed: fallback`",
             ));
         }
         (_, Some(_)) => return Err(err("FallbackModel", "only applies to `OnExceed: fallback`")),
-        (Action::Reject, None) => ExceedAction::Reject,
-        (Action::Queue, None) => ExceedAction::Queue,
+        (OnExceedName::Reject, None) => ExceedAction::Reject,
+        (OnExceedName::Queue, None) => ExceedAction::Queue,
     };
-    let mode = p.choice(
-        "Mode",
-        &[
-            ("enforce", EnforcementMode::Enforce),
-            ("shadow", EnforcementMode::Shadow),
-        ],
-        EnforcementMode::Enforce,
-    )?;
+    let mode = match p.mode.unwrap_or(ModeName::Enforce) {
+        ModeName::Enforce => EnforcementMode::Enforce,
+        ModeName::Shadow => EnforcementMode::Shadow,
+    };
 
     let mut prices = Vec::new();
-    for (i, item) in p.list("Prices")?.iter().enumerate() {
-        let path = format!("Prices[{i}]");
-        let q = Props::new(
-            item,
-            &path,
-            &["Model", "Input", "Output", "CacheRead", "CacheWrite"],
-        )?;
-        let model = q.required_string("Model")?;
-        let text = |key: &str, required: bool| -> Result<Option<String>, PropError> {
-            match q.get(key) {
-                None if required => Err(err(q.at(key), "is required")),
-                None => Ok(None),
-                Some(v) => scalar_text(v)
-                    .map(Some)
-                    .ok_or_else(|| err(q.at(key), "must be an amount in USD per million tokens")),
-            }
-        };
-        let (input, output) = (
-            text("Input", true)?.unwrap_or_default(),
-            text("Output", true)?.unwrap_or_default(),
-        );
+    for (i, q) in p.prices.into_iter().enumerate() {
         let price = Price::from_usd_per_million(
-            &model,
-            &input,
-            &output,
-            text("CacheRead", false)?.as_deref(),
-            text("CacheWrite", false)?.as_deref(),
+            &q.model,
+            &q.input.0,
+            &q.output.0,
+            q.cache_read.as_ref().map(|c| c.0.as_str()),
+            q.cache_write.as_ref().map(|c| c.0.as_str()),
         )
-        .map_err(|e| err(&path, e.to_string()))?;
-        prices.push(ModelPrice { model, price });
+        .map_err(|e| err(format!("Prices[{i}]"), e.to_string()))?;
+        prices.push(ModelPrice {
+            model: q.model,
+            price,
+        });
     }
 
-    let cost_budget = match p.get("CostBudget") {
+    let cost_budget = match p.cost_budget {
         None => None,
-        Some(v) => {
-            let c = Props::new(
-                v,
-                "CostBudget",
-                &[
-                    "BudgetName",
-                    "MonthlyUsd",
-                    "ForecastPercent",
-                    "ActualPercents",
-                    "TopicArn",
-                    "Emails",
-                ],
-            )?;
-            let monthly_usd = usd(
-                c.get("MonthlyUsd")
-                    .ok_or_else(|| err(c.at("MonthlyUsd"), "is required"))?,
-                &c.at("MonthlyUsd"),
-            )?;
+        Some(c) => {
             let forecast_percent = c
-                .get("ForecastPercent")
-                .map(|v| percent(v, &c.at("ForecastPercent"), 1_000))
+                .forecast_percent
+                .map(|n| percent(n, "CostBudget.ForecastPercent", 1_000))
                 .transpose()?
                 .unwrap_or(100);
-            let actual_percents = match c.get("ActualPercents") {
+            let actual_percents = match c.actual_percents {
                 None => vec![80, 100],
-                Some(Value::Array(items)) => items
-                    .iter()
+                Some(items) => items
+                    .into_iter()
                     .enumerate()
-                    .map(|(i, v)| percent(v, &format!("{}[{i}]", c.at("ActualPercents")), 1_000))
+                    .map(|(i, n)| percent(n, &format!("CostBudget.ActualPercents[{i}]"), 1_000))
                     .collect::<Result<_, _>>()?,
-                Some(_) => return Err(err(c.at("ActualPercents"), "must be a list of percents")),
             };
             if actual_percents.len() > 4 {
                 return Err(err(
-                    c.at("ActualPercents"),
+                    "CostBudget.ActualPercents",
                     "AWS Budgets allows 5 notifications per budget: at most 4 actual percents besides the forecast",
                 ));
             }
-            let budget_name = c.string("BudgetName")?;
-            if let Some(name) = &budget_name
+            if let Some(name) = &c.budget_name
                 && let Some(why) = check_budget_name(name)
             {
-                return Err(err(c.at("BudgetName"), why));
+                return Err(err("CostBudget.BudgetName", why));
             }
             Some(CostBudgetProps {
-                budget_name,
-                monthly_usd,
+                budget_name: c.budget_name,
+                monthly_usd: c.monthly_usd.0,
                 forecast_percent,
                 actual_percents,
-                topic_arn: c.string("TopicArn")?,
-                emails: c.strings("Emails")?,
+                topic_arn: non_empty(c.topic_arn),
+                emails: c.emails,
             })
         }
     };
 
-    let mut inference_profiles = Vec::new();
-    for (i, item) in p.list("InferenceProfiles")?.iter().enumerate() {
-        let q = Props::new(item, &format!("InferenceProfiles[{i}]"), &["Model", "Arn"])?;
-        inference_profiles.push(InferenceProfile {
-            model: q.required_string("Model")?,
-            arn: q.required_string("Arn")?,
-        });
-    }
-
     Ok(BudgetProps {
         application,
-        cost_center: p.string("CostCenter")?,
-        models: p.strings("Models")?,
+        cost_center: p.cost_center,
+        models: p.models,
         limits,
         on_exceed,
         mode,
         prices,
         cost_budget,
-        api_key_ids: p.strings("ApiKeyIds")?,
-        request_queue_arns: p.strings("RequestQueueArns")?,
-        results_queue_url: p.string("ResultsQueueUrl")?,
-        inference_profiles,
+        api_key_ids: p.api_key_ids,
+        request_queue_arns: p.request_queue_arns,
+        results_queue_url: non_empty(p.results_queue_url),
+        inference_profiles: p
+            .inference_profiles
+            .into_iter()
+            .map(|q| InferenceProfile {
+                model: q.model,
+                arn: q.arn,
+            })
+            .collect(),
     })
-}
-
-/// Tokens or USD.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AlarmMetric {
-    /// Tokens.
-    Tokens,
-    /// USD.
-    Usd,
-}
-
-impl AlarmMetric {
-    /// The name used in properties and metric dimensions.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AlarmMetric::Tokens => "tokens",
-            AlarmMetric::Usd => "usd",
-        }
-    }
-}
-
-/// The kinds of `Custom::TokenAlarm`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AlarmKind {
-    /// At `Percent` of the window's limit.
-    Threshold,
-    /// The burn rate projects usage past the limit before the window ends.
-    Forecast,
-    /// Usage leaves its anomaly band.
-    Anomaly,
-}
-
-impl AlarmKind {
-    /// The name used in properties.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AlarmKind::Threshold => "threshold",
-            AlarmKind::Forecast => "forecast",
-            AlarmKind::Anomaly => "anomaly",
-        }
-    }
 }
 
 /// The properties of a `Custom::TokenAlarm`.
@@ -535,74 +316,34 @@ pub struct AlarmProps {
 
 /// Reads the properties of a `Custom::TokenAlarm`.
 pub fn parse_alarm(value: &Value) -> Result<AlarmProps, PropError> {
-    let p = Props::new(
-        value,
-        "",
-        &[
-            "ServiceToken",
-            "ServiceTimeout",
-            "Application",
-            "AlarmName",
-            "Window",
-            "Metric",
-            "Kind",
-            "Percent",
-            "AlarmActions",
-        ],
-    )?;
-    service_timeout(&p)?;
-    let application = p.required_string("Application")?;
-    if !valid_application(&application) {
-        return Err(err(
-            "Application",
-            format!(
-                "`{application}` is not {}",
-                spec::names::APPLICATION_NAME_RULE
-            ),
-        ));
-    }
-    let kind = p.choice(
-        "Kind",
-        &[
-            ("threshold", AlarmKind::Threshold),
-            ("forecast", AlarmKind::Forecast),
-            ("anomaly", AlarmKind::Anomaly),
-        ],
-        AlarmKind::Threshold,
-    )?;
-    let window = match p.get("Window") {
-        Some(v) => window(v, "Window")?,
+    let p: TokenAlarmProperties<String> = read(value)?;
+    service_timeout(p.service_timeout)?;
+    let application = application(p.application)?;
+    let kind = p.kind.unwrap_or(AlarmKind::Threshold);
+    let window = match p.window {
+        Some(w) => Window::from(w),
         None if kind == AlarmKind::Anomaly => Window::Hour,
         None => return Err(err("Window", "is required")),
     };
-    let metric = match p.string("Metric")? {
-        None => None,
-        Some(_) => Some(p.choice(
-            "Metric",
-            &[("tokens", AlarmMetric::Tokens), ("usd", AlarmMetric::Usd)],
-            AlarmMetric::Usd,
-        )?),
-    };
-    let percent = match p.get("Percent") {
+    let percent = match p.percent {
         None => 80,
         Some(_) if kind != AlarmKind::Threshold => {
             return Err(err("Percent", "only applies to `Kind: threshold`"));
         }
-        Some(v) => percent(v, "Percent", 100)?,
+        Some(n) => percent(n, "Percent", 100)?,
     };
-    let alarm_name = p.string("AlarmName")?;
-    if let Some(name) = &alarm_name
+    if let Some(name) = &p.alarm_name
         && (name.len() > 255 || name.chars().any(char::is_control))
     {
         return Err(err("AlarmName", "must be 1 to 255 printable characters"));
     }
     Ok(AlarmProps {
         application,
-        alarm_name,
+        alarm_name: p.alarm_name,
         window,
-        metric,
+        metric: p.metric,
         kind,
         percent,
-        alarm_actions: p.strings("AlarmActions")?,
+        alarm_actions: p.alarm_actions,
     })
 }
