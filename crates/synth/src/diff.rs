@@ -174,6 +174,8 @@ pub fn diff(old: &Stacks, new: &Stacks) -> Diff {
                             out.unsafe_changes.push(format!("`{id}` moves from stack `{from}` to `{stack}`: its application stays owned by the old stack until that stack deletes it, so the provider refuses it in the new one; deploy `{from}` without it first, or keep it in `{from}` (render with `--previous`)"));
                         } else if let Some((prop, name)) = custom_name(a, co) {
                             out.unsafe_changes.push(format!("`{id}` ({}) moves from stack `{from}` to `{stack}` keeping its `{prop}` {name}: the new stack cannot create it while the old one holds the name", kind(a)));
+                        } else if old[from]["Resources"][id]["DeletionPolicy"] == "Retain" {
+                            out.unsafe_changes.push(format!("`{id}` ({}) moves from stack `{from}` to `{stack}` with `DeletionPolicy: Retain`: the old stack leaves it in the account and the new stack creates an empty one; keep it in `{from}` (render with `--previous`)", kind(a)));
                         }
                         Change::MovedFrom(from.clone())
                     }
@@ -268,4 +270,36 @@ pub fn render(diff: &Diff) -> String {
         let _ = writeln!(s, "cannot apply: {problem}");
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn stacks(entries: &[(&str, Value)]) -> Stacks {
+        entries
+            .iter()
+            .map(|(name, resources)| (name.to_string(), json!({ "Resources": resources })))
+            .collect()
+    }
+
+    #[test]
+    fn a_retained_resource_moved_between_stacks_is_refused_named_or_not() {
+        let table = json!({ "Type": "AWS::DynamoDB::Table", "DeletionPolicy": "Retain", "Properties": { "BillingMode": "PAY_PER_REQUEST" } });
+        let old = stacks(&[("a", json!({ "Ledger": table })), ("b", json!({}))]);
+        let new = stacks(&[("a", json!({})), ("b", json!({ "Ledger": table }))]);
+        let moved = diff(&old, &new);
+        assert_eq!(moved.unsafe_changes.len(), 1, "{:?}", moved.unsafe_changes);
+        assert!(
+            moved.unsafe_changes[0].contains("`DeletionPolicy: Retain`"),
+            "{:?}",
+            moved.unsafe_changes
+        );
+        // A resource that is not retained moves without loss of anything it holds.
+        let queue = json!({ "Type": "AWS::SQS::Queue", "Properties": {} });
+        let old = stacks(&[("a", json!({ "Q": queue })), ("b", json!({}))]);
+        let new = stacks(&[("a", json!({})), ("b", json!({ "Q": queue }))]);
+        assert!(diff(&old, &new).unsafe_changes.is_empty());
+    }
 }
