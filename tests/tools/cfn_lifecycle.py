@@ -15,7 +15,8 @@ PhysicalResourceId and FAILED status. `install()` replaces that with CloudFormat
   the stack back: a Delete to the failed resource (with the PhysicalResourceId of its FAILED
   answer, or its logical ID's default when it gave none), then Deletes of everything created,
   dependents first; the stack ends ROLLBACK_COMPLETE (ROLLBACK_FAILED if a Delete fails).
-- Update of a stack: removed resources and replaced ones (an Update answered with a new
+- Update of a stack: resources are added and updated in dependency order (`DependsOn`), where
+  moto adds all before it updates any. Removed resources and replaced ones (an Update answered with a new
   PhysicalResourceId) are deleted only in the cleanup phase, after every resource succeeded. A
   failed Update or Create stops the operation and rolls back: every custom resource already
   updated (the failed one too) gets an Update with the old properties as ResourceProperties and
@@ -232,6 +233,62 @@ def install():
     CustomModel.create_from_cloudformation_json = classmethod(create)
     CustomModel.update_from_cloudformation_json = classmethod(update)
     CustomModel.delete = delete
+
+    def update_map(self, template, parameters=None):
+        # moto adds every new resource before it modifies any; CloudFormation walks the
+        # dependency graph, so a new alarm that depends on a changed budget comes after the
+        # budget's Update. Removed resources first, as moto does: custom resources among them
+        # only get their Delete in the cleanup phase.
+        from moto.cloudformation.parsing import MAX_UPDATE_ATTEMPTS, parse_and_update_resource
+
+        actions = self.build_resource_diff(template, parameters)
+        for logical_name in actions["Remove"]:
+            if logical_name in self._parsed_resources:
+                self._delete_resource(self._parsed_resources[logical_name], self._resource_json_map[logical_name])
+        self._template = template
+        if parameters:
+            self.input_parameters = parameters
+        self.load_mapping()
+        self.load_parameters()
+        self.load_conditions()
+        self._resource_json_map = template["Resources"]
+        added, modified = set(actions["Add"]), set(actions["Modify"])
+        waiting = []
+        for logical_name in self._ResourceMap__get_resources_in_dependency_order():
+            if logical_name in added:
+                _ = self[logical_name]
+            elif logical_name in modified:
+                waiting.append(logical_name)
+                # Modify as soon as it comes up; one whose references are not ready yet is
+                # retried after the pass, as moto does.
+                for name in list(waiting):
+                    try:
+                        self._parsed_resources[name] = parse_and_update_resource(
+                            name, self._resource_json_map[name], self, account_id=self._account_id, region_name=self._region_name
+                        )
+                    except CustomResourceFailed:
+                        raise
+                    except Exception:
+                        continue
+                    waiting.remove(name)
+        for _ in range(MAX_UPDATE_ATTEMPTS):
+            if not waiting:
+                break
+            for name in list(waiting):
+                try:
+                    self._parsed_resources[name] = parse_and_update_resource(
+                        name, self._resource_json_map[name], self, account_id=self._account_id, region_name=self._region_name
+                    )
+                except CustomResourceFailed:
+                    raise
+                except Exception as error:
+                    last = error
+                    continue
+                waiting.remove(name)
+        if waiting:
+            raise last
+
+    ResourceMap.update = update_map
 
     original_map_delete = ResourceMap.delete
 

@@ -156,14 +156,40 @@ async fn hand_written_budgets_deploy_enforce_update_and_delete() {
 
     // Edit the template's day limit and update the stack: the next request falls back.
     let template = std::fs::read_to_string(&by_hand).unwrap();
-    let lowered = template.replacen("Usd: '15'", "Usd: '0.0002'", 1);
-    assert_ne!(
-        template, lowered,
-        "the template's day limit moved; update this test"
+    // The same update adds an alarm that depends on the budget: CloudFormation updates the
+    // budget first, then creates the alarm.
+    let hour_alarm = "  ReportingHourTokens:\n    Type: Custom::TokenAlarm\n    DependsOn: ReportingBudget\n    Properties:\n      ServiceToken: !ImportValue acme-genai-ServiceToken\n      Application: reporting\n      AlarmName: acme-genai-reporting-hour-tokens-threshold-90\n      Window: hour\n      Metric: tokens\n      Percent: '90'\nOutputs:\n";
+    let lowered =
+        template
+            .replacen("Usd: '15'", "Usd: '0.0002'", 1)
+            .replacen("Outputs:\n", hour_alarm, 1);
+    assert!(
+        lowered.contains("'0.0002'") && lowered.contains("ReportingHourTokens"),
+        "the template's day limit or outputs moved; update this test"
     );
     let edited = local.dir.join("budgets-by-hand-lowered.yaml");
     std::fs::write(&edited, lowered).unwrap();
+    let sent_before = local.cfn_requests().await.len();
     let outputs = local.deploy(&edited, "reporting-budgets");
+    let sent: Vec<(String, String)> = local
+        .cfn_requests()
+        .await
+        .split_off(sent_before)
+        .iter()
+        .map(|r| {
+            (
+                r["RequestType"].as_str().unwrap().to_string(),
+                r["LogicalResourceId"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        sent,
+        [
+            ("Update".to_string(), "ReportingBudget".to_string()),
+            ("Create".to_string(), "ReportingHourTokens".to_string())
+        ]
+    );
     assert_eq!(
         outputs.get("ReportingConfigVersion").map(String::as_str),
         Some("2"),
