@@ -284,6 +284,74 @@ async fn deployed_provider_answers_every_event_under_the_runtime() {
         ledger.budget("orphans").await.unwrap().is_none(),
         "the rollback deleted the budget created before the failure"
     );
+    // Replacements through a stack: a new Application is a new physical ID, and the old budget
+    // is deleted in the cleanup phase, after the update succeeded. When the update then fails
+    // after a replacement, the rollback goes back to the old budget without an Update and its
+    // cleanup deletes the replacement (and the resource whose Create failed).
+    let swapping = local.dir.join("swapping.yaml");
+    let budget_of = |app: &str, extra: &str| {
+        format!(
+            "Resources:\n  Budget:\n    Type: Custom::TokenBudget\n    Properties:\n      ServiceToken: !ImportValue acme-genai-ServiceToken\n      Application: {app}\n      Limits:\n        - Window: day\n          Tokens: '1000'\n{extra}"
+        )
+    };
+    let requests = |sent: Vec<serde_json::Value>| -> Vec<(String, String, String)> {
+        sent.iter()
+            .map(|r| {
+                (
+                    r["RequestType"].as_str().unwrap().to_string(),
+                    r["LogicalResourceId"].as_str().unwrap().to_string(),
+                    r["PhysicalResourceId"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    };
+    std::fs::write(&swapping, budget_of("swap-a", "")).unwrap();
+    local.deploy(&swapping, "swapping");
+    std::fs::write(&swapping, budget_of("swap-b", "")).unwrap();
+    let sent_before = local.cfn_requests().await.len();
+    local.deploy(&swapping, "swapping");
+    let t = |k: &str, l: &str, p: &str| (k.to_string(), l.to_string(), p.to_string());
+    assert_eq!(
+        requests(local.cfn_requests().await.split_off(sent_before)),
+        [
+            t("Update", "Budget", "tokenfence:budget:swap-a"),
+            t("Delete", "Budget", "tokenfence:budget:swap-a"),
+        ]
+    );
+    assert!(ledger.budget("swap-a").await.unwrap().is_none());
+    assert!(ledger.budget("swap-b").await.unwrap().is_some());
+    let broken_alarm = "  Broken:\n    Type: Custom::TokenAlarm\n    DependsOn: Budget\n    Properties:\n      ServiceToken: !ImportValue acme-genai-ServiceToken\n      Application: swap-c\n      Window: fortnight\n";
+    std::fs::write(&swapping, budget_of("swap-c", broken_alarm)).unwrap();
+    let sent_before = local.cfn_requests().await.len();
+    assert_eq!(
+        local.deploy_failing(&swapping, "swapping"),
+        "UPDATE_ROLLBACK_COMPLETE"
+    );
+    let sent = requests(local.cfn_requests().await.split_off(sent_before));
+    let kinds: Vec<(&str, &str)> = sent
+        .iter()
+        .map(|(k, l, _)| (k.as_str(), l.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("Update", "Budget"),
+            ("Create", "Broken"),
+            ("Delete", "Broken"),
+            ("Delete", "Budget")
+        ],
+        "{sent:?}"
+    );
+    assert_eq!(sent[3].2, "tokenfence:budget:swap-c", "{sent:?}");
+    assert!(
+        ledger.budget("swap-b").await.unwrap().is_some(),
+        "the old budget stays"
+    );
+    assert!(
+        ledger.budget("swap-c").await.unwrap().is_none(),
+        "the replacement is gone"
+    );
+
     // A ServiceToken whose function fails without answering (the invoke function does not
     // serve custom resources): Lambda invokes it three times (its asynchronous retries), then
     // CloudFormation gives up on the answer; the rollback's Delete is not answered either, so
