@@ -254,26 +254,11 @@ def install():
         self._resource_json_map = template["Resources"]
         added, modified = set(actions["Add"]), set(actions["Modify"])
         waiting = []
-        for logical_name in self._ResourceMap__get_resources_in_dependency_order():
-            if logical_name in added:
-                _ = self[logical_name]
-            elif logical_name in modified:
-                waiting.append(logical_name)
-                # Modify as soon as it comes up; one whose references are not ready yet is
-                # retried after the pass, as moto does.
-                for name in list(waiting):
-                    try:
-                        self._parsed_resources[name] = parse_and_update_resource(
-                            name, self._resource_json_map[name], self, account_id=self._account_id, region_name=self._region_name
-                        )
-                    except CustomResourceFailed:
-                        raise
-                    except Exception:
-                        continue
-                    waiting.remove(name)
-        for _ in range(MAX_UPDATE_ATTEMPTS):
-            if not waiting:
-                break
+
+        def modify_waiting():
+            # Modify what is waiting; one whose references are not ready yet stays waiting and
+            # is retried, as moto does. Returns the last such error.
+            last = None
             for name in list(waiting):
                 try:
                     self._parsed_resources[name] = parse_and_update_resource(
@@ -285,6 +270,20 @@ def install():
                     last = error
                     continue
                 waiting.remove(name)
+            return last
+
+        for logical_name in self._ResourceMap__get_resources_in_dependency_order():
+            if logical_name in added:
+                _ = self[logical_name]
+            elif logical_name in modified:
+                # Modify as soon as it comes up.
+                waiting.append(logical_name)
+                modify_waiting()
+        last = None
+        for _ in range(MAX_UPDATE_ATTEMPTS):
+            if not waiting:
+                break
+            last = modify_waiting()
         if waiting:
             raise last
 

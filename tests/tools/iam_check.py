@@ -81,9 +81,7 @@ def _table(region, account, name):
 
 def _dynamodb(op, body, region, account):
     req = json.loads(body or b"{}")
-    if op == "BatchGetItem":
-        return [(f"dynamodb:{op}", _table(region, account, t)) for t in req.get("RequestItems", {})]
-    if op == "BatchWriteItem":
+    if op in ("BatchGetItem", "BatchWriteItem"):
         return [(f"dynamodb:{op}", _table(region, account, t)) for t in req.get("RequestItems", {})]
     if op in ("TransactWriteItems", "TransactGetItems"):
         kinds = {"Put": "PutItem", "Update": "UpdateItem", "Delete": "DeleteItem", "ConditionCheck": "ConditionCheckItem", "Get": "GetItem"}
@@ -311,7 +309,7 @@ def _role(role_arn):
     return iam_backends[account]["aws"].get_role_by_arn(role_arn)
 
 
-def _denied(service, target, principal, action, resource, reason):
+def _denied(service, principal, action, resource, reason):
     message = f"User: {principal} is not authorized to perform: {action} on resource: {resource} {reason}"
     if service == "monitoring":
         body = (
@@ -388,7 +386,7 @@ class IamCheck:
                 CALLS.append({"role": role_arn, "action": action, "resource": resource, "allowed": allowed})
             if not allowed:
                 status, headers, denial = _denied(
-                    service, target, principal, action, resource, "because no identity-based policy allows the " + action + " action"
+                    service, principal, action, resource, "because no identity-based policy allows the " + action + " action"
                 )
                 start_response(status, headers + [("Content-Length", str(len(denial)))])
                 return [denial]

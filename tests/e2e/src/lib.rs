@@ -310,6 +310,21 @@ impl LocalAws {
     }
 }
 
+/// Custom resource requests (as [`LocalAws::cfn_requests`] lists them) as
+/// `(RequestType, LogicalResourceId, PhysicalResourceId)`, the physical ID empty for a Create.
+pub fn request_summary(requests: &[Value]) -> Vec<(String, String, String)> {
+    requests
+        .iter()
+        .map(|r| {
+            (
+                r["RequestType"].as_str().unwrap().to_string(),
+                r["LogicalResourceId"].as_str().unwrap().to_string(),
+                r["PhysicalResourceId"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
 /// A stack's outputs, by key.
 fn outputs_of(stack: &Value) -> BTreeMap<String, String> {
     stack["Outputs"]

@@ -171,18 +171,11 @@ async fn hand_written_budgets_deploy_enforce_update_and_delete() {
     std::fs::write(&edited, lowered).unwrap();
     let sent_before = local.cfn_requests().await.len();
     let outputs = local.deploy(&edited, "reporting-budgets");
-    let sent: Vec<(String, String)> = local
-        .cfn_requests()
-        .await
-        .split_off(sent_before)
-        .iter()
-        .map(|r| {
-            (
-                r["RequestType"].as_str().unwrap().to_string(),
-                r["LogicalResourceId"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let sent: Vec<(String, String)> =
+        e2e::request_summary(&local.cfn_requests().await.split_off(sent_before))
+            .into_iter()
+            .map(|(kind, logical, _)| (kind, logical))
+            .collect();
     assert_eq!(
         sent,
         [

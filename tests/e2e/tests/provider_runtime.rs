@@ -249,19 +249,7 @@ async fn deployed_provider_answers_every_event_under_the_runtime() {
         events.contains("CREATE_FAILED") && events.contains("fortnight"),
         "the provider's reason is in the events: {events}"
     );
-    let sent: Vec<(String, String, String)> = local
-        .cfn_requests()
-        .await
-        .split_off(sent_before)
-        .iter()
-        .map(|r| {
-            (
-                r["RequestType"].as_str().unwrap().to_string(),
-                r["LogicalResourceId"].as_str().unwrap().to_string(),
-                r["PhysicalResourceId"].as_str().unwrap_or("").to_string(),
-            )
-        })
-        .collect();
+    let sent = e2e::request_summary(&local.cfn_requests().await.split_off(sent_before));
     let kinds: Vec<(&str, &str)> = sent
         .iter()
         .map(|(kind, logical, _)| (kind.as_str(), logical.as_str()))
@@ -294,17 +282,7 @@ async fn deployed_provider_answers_every_event_under_the_runtime() {
             "Resources:\n  Budget:\n    Type: Custom::TokenBudget\n    Properties:\n      ServiceToken: !ImportValue acme-genai-ServiceToken\n      Application: {app}\n      Limits:\n        - Window: day\n          Tokens: '1000'\n{extra}"
         )
     };
-    let requests = |sent: Vec<serde_json::Value>| -> Vec<(String, String, String)> {
-        sent.iter()
-            .map(|r| {
-                (
-                    r["RequestType"].as_str().unwrap().to_string(),
-                    r["LogicalResourceId"].as_str().unwrap().to_string(),
-                    r["PhysicalResourceId"].as_str().unwrap_or("").to_string(),
-                )
-            })
-            .collect()
-    };
+    let requests = |sent: Vec<serde_json::Value>| e2e::request_summary(&sent);
     std::fs::write(&swapping, budget_of("swap-a", "")).unwrap();
     local.deploy(&swapping, "swapping");
     std::fs::write(&swapping, budget_of("swap-b", "")).unwrap();
