@@ -143,7 +143,7 @@ pub enum Outcome {
     Reply(Reply),
     /// A stream Bedrock opened: send `reply`'s status and headers, then relay the stream with
     /// [`Gateway::relay`], which settles it.
-    Stream(Opened),
+    Stream(Box<Opened>),
     /// Async only: try again later (over budget with `queue`, or a duplicate still in flight).
     Requeue {
         /// Seconds until it is worth trying again.
@@ -210,6 +210,9 @@ impl std::fmt::Debug for Opened {
     }
 }
 
+/// An application's configuration as read at an instant (`None`: the application has none).
+type CachedConfig = (Instant, Option<Arc<BudgetConfig>>);
+
 /// The gateway: generic over its ledger and its Bedrock, so tests run it against the in-memory
 /// ledger or DynamoDB on moto, and the Bedrock stub.
 pub struct Gateway<L, B> {
@@ -217,7 +220,7 @@ pub struct Gateway<L, B> {
     bedrock: B,
     settings: Settings,
     metrics: MetricsSink,
-    configs: Mutex<HashMap<String, (Instant, Option<BudgetConfig>)>>,
+    configs: Mutex<HashMap<String, CachedConfig>>,
 }
 
 /// Unix seconds now.
@@ -319,7 +322,7 @@ pub struct Plan {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Ticket {
     /// The application's configuration it was admitted under.
-    pub config: BudgetConfig,
+    pub config: Arc<BudgetConfig>,
     /// The model plan.
     pub plan: Plan,
     /// The reservation to settle.
@@ -368,13 +371,15 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
         &self.settings
     }
 
-    async fn config(&self, application: &str) -> Result<Option<BudgetConfig>, LedgerError> {
+    /// The application's configuration, shared: cloning it on every request cost a dozen
+    /// allocations.
+    async fn config(&self, application: &str) -> Result<Option<Arc<BudgetConfig>>, LedgerError> {
         if let Some((at, config)) = self.configs.lock().expect("config cache").get(application)
             && at.elapsed() < self.settings.config_ttl
         {
             return Ok(config.clone());
         }
-        let config = self.ledger.budget(application).await?;
+        let config = self.ledger.budget(application).await?.map(Arc::new);
         self.configs
             .lock()
             .expect("config cache")
@@ -629,14 +634,14 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
         if let Some(note) = &ticket.shadow_note {
             reply = reply.with_header("x-tokenfence-shadow", format!("would-reject; {note}"));
         }
-        Outcome::Stream(Opened {
+        Outcome::Stream(Box::new(Opened {
             reply,
             ticket,
             family,
             upstream,
             deadline,
             request_id: request_id.to_string(),
-        })
+        }))
     }
 
     /// Relays an opened stream to `to` and settles it from its final usage: a caller that hangs
@@ -647,7 +652,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
     /// A stream that breaks off ends the caller's with an error too, never as if complete.
     pub async fn relay(
         &self,
-        opened: Opened,
+        opened: Box<Opened>,
         to: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
     ) {
         let Opened {
@@ -657,7 +662,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
             deadline,
             request_id,
             ..
-        } = opened;
+        } = *opened;
         let mut guard = ChargeGuard {
             ledger: Arc::clone(&self.ledger),
             ticket: Some(ticket),
@@ -1075,7 +1080,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
                 if plan.price.is_none() {
                     reply = reply.with_header("x-tokenfence-cost", "unknown");
                 }
-                self.metrics.emit(request_record(
+                self.metrics.emit(&request_record(
                     &RequestMetrics {
                         application: &config.application,
                         cost_center: config.cost_center.as_deref(),
@@ -1158,7 +1163,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
                 count,
                 "reservations held past their hold were charged at their worst case"
             );
-            self.metrics.emit(expired_record(
+            self.metrics.emit(&expired_record(
                 application,
                 count,
                 tokens,
@@ -1213,7 +1218,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
             Ok(output) => {
                 let usage = output.usage.unwrap_or_default();
                 let actual = config::actual(plan.price, &usage);
-                self.metrics.emit(request_record(
+                self.metrics.emit(&request_record(
                     &RequestMetrics {
                         application,
                         cost_center,
@@ -1239,7 +1244,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
                 ))
             }
             Err(failure) => {
-                self.metrics.emit(request_record(
+                self.metrics.emit(&request_record(
                     &RequestMetrics {
                         application,
                         cost_center,
@@ -1313,7 +1318,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
         usage: &Usage,
         cost: u64,
     ) {
-        self.metrics.emit(request_record(
+        self.metrics.emit(&request_record(
             &RequestMetrics {
                 application: &config.application,
                 cost_center: config.cost_center.as_deref(),
@@ -1331,7 +1336,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
     }
 
     fn emit_failed(&self, config: &BudgetConfig, model: &str, worst_case: bool, charged: Charge) {
-        self.metrics.emit(request_record(
+        self.metrics.emit(&request_record(
             &RequestMetrics {
                 application: &config.application,
                 cost_center: config.cost_center.as_deref(),
@@ -1376,26 +1381,27 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
     }
 
     fn emit_windows(&self, application: &str, usage: &[WindowUsage], now: i64) {
+        let timestamp = now_millis();
+        let mut records = Vec::with_capacity(usage.len() * 2);
         for w in usage {
-            let mut gauges = Vec::new();
-            if let Some(limit) = w.limit.tokens {
-                gauges.push(("tokens", w.used.tokens, limit));
-            }
-            if let Some(limit) = w.limit.usd {
-                gauges.push(("usd", w.used.cost.0, limit.0));
-            }
-            for (metric, used, limit) in gauges {
+            let window = w.limit.window.as_str();
+            let gauges = [
+                w.limit.tokens.map(|limit| ("tokens", w.used.tokens, limit)),
+                w.limit.usd.map(|limit| ("usd", w.used.cost.0, limit.0)),
+            ];
+            for (metric, used, limit) in gauges.into_iter().flatten() {
                 let projected = projected_usage(used, &w.instance, now);
-                self.metrics.emit(window_record(
+                records.push(window_record(
                     application,
-                    w.limit.window.as_str(),
+                    window,
                     metric,
                     utilization_percent(used, limit),
                     utilization_percent(projected, limit),
-                    now_millis(),
+                    timestamp,
                 ));
             }
         }
+        self.metrics.emit_all(&records);
     }
 
     /// The caller's usage and what remains in each window (`GET /usage`).
@@ -1557,6 +1563,8 @@ fn passed_answer_headers(headers: &[(String, String)]) -> Vec<(String, String)> 
 
 /// Reads a whole answer: a success with its usage, or Bedrock's error answer, passed on byte for
 /// byte and classified ([`is_refusal`]).
+// A failure is taken apart by its one caller at once; boxing its reply would buy nothing.
+#[allow(clippy::result_large_err)]
 pub fn read_answer(family: Family, answer: Answer) -> Result<Answered, Failure> {
     let body = match answer.body {
         AnswerBody::Full(b) => b,

@@ -53,6 +53,11 @@ enum Command {
     },
 }
 
+// Every request allocates and frees its body, headers and JSON values; under load glibc's malloc
+// took a sixth of the gateway's CPU (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn init_tracing() {
     // JSON logs on stderr; stdout carries the EMF metric lines. Prompts are never logged.
     tracing_subscriber::fmt()

@@ -5,7 +5,7 @@
 
 use budget::Usage;
 use budget::estimate::{
-    additional_output_cap, input_token_bound, native_input_bound, native_tool_prompt_tokens,
+    additional_output_cap, at, input_token_bound, native_input_bound, native_tool_prompt_tokens,
     tool_prompt_tokens,
 };
 use bytes::Bytes;
@@ -259,7 +259,7 @@ pub fn shape(
 type Caps = (Option<u64>, Option<u64>);
 
 fn positive_cap(request: &Value, pointer: &str) -> Result<Option<u64>, Reply> {
-    match request.pointer(pointer) {
+    match at(request, pointer) {
         None => Ok(None),
         Some(v) => match v.as_u64().filter(|n| *n > 0 && *n <= i32::MAX as u64) {
             Some(n) => Ok(Some(n)),
@@ -322,14 +322,12 @@ fn converse_bounds(
         ));
     }
     unseen_media(request)?;
-    if let Some(tier) = request.pointer("/serviceTier/type").and_then(Value::as_str)
+    if let Some(tier) = at(request, "/serviceTier/type").and_then(Value::as_str)
         && tier != "default"
     {
         price_fields.push(("serviceTier.type".into(), tier.into()));
     }
-    if let Some(latency) = request
-        .pointer("/performanceConfig/latency")
-        .and_then(Value::as_str)
+    if let Some(latency) = at(request, "/performanceConfig/latency").and_then(Value::as_str)
         && latency != "standard"
     {
         price_fields.push(("performanceConfig.latency".into(), latency.into()));
@@ -350,10 +348,8 @@ fn unseen_media(request: &Value) -> Result<(), Reply> {
         };
         for (j, block) in content.iter().enumerate() {
             for kind in ["document", "video", "audio"] {
-                if block
-                    .pointer(&format!("/{kind}/source/s3Location"))
-                    .is_some()
-                {
+                let source = block.get(kind).and_then(|b| b.get("source"));
+                if source.and_then(|s| s.get("s3Location")).is_some() {
                     return Err(field(
                         400,
                         &format!("messages[{i}].content[{j}].{kind}.source.s3Location"),
@@ -424,7 +420,7 @@ fn native_bounds(
     non_empty_messages(request)?;
     let set = positive_cap(request, family.cap_pointer())?;
     // Anthropic's thinking budget counts within `max_tokens`; taking the larger is safe either way.
-    let thinking = match request.pointer("/thinking/budget_tokens") {
+    let thinking = match at(request, "/thinking/budget_tokens") {
         None => None,
         Some(v) => Some(v.as_u64().ok_or_else(|| {
             field(
@@ -676,9 +672,7 @@ impl StreamUsage {
                             .and_then(|m| native_usage(Family::Anthropic, m));
                     }
                     Some("message_delta") if self.family == Family::Anthropic => {
-                        if let Some(n) = inner
-                            .pointer("/usage/output_tokens")
-                            .and_then(Value::as_u64)
+                        if let Some(n) = at(&inner, "/usage/output_tokens").and_then(Value::as_u64)
                         {
                             self.anthropic_output = Some(n);
                         }
@@ -691,10 +685,10 @@ impl StreamUsage {
                 {
                     self.usage = larger(self.usage, native_usage(Family::Llama, &inner));
                 }
-                if self.family == Family::Nova {
-                    if let Some(meta) = inner.get("metadata") {
-                        self.usage = larger(self.usage, native_usage(Family::Nova, meta));
-                    }
+                if self.family == Family::Nova
+                    && let Some(meta) = inner.get("metadata")
+                {
+                    self.usage = larger(self.usage, native_usage(Family::Nova, meta));
                 }
             }
             _ => {}
@@ -773,7 +767,7 @@ mod tests {
         ] {
             let s = shaped(op, model, body).unwrap();
             let sent: Value = serde_json::from_slice(&s.body).unwrap();
-            assert_eq!(sent.pointer(pointer), Some(&json!(1024)), "{model}");
+            assert_eq!(at(&sent, pointer), Some(&json!(1024)), "{model}");
             assert_eq!(s.max_tokens, 1024);
         }
     }
