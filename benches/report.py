@@ -83,7 +83,19 @@ for latency in (0, 50):
     if latency == 0:
         lines += ["", f"tokenfence (memory) / LiteLLM: added p99 {ratio99:.3f}× (target ≤ 0.05), throughput per core "
                       f"{ratio_rps:.1f}× (target ≥ 20): the stub answers at once, so each gateway's core is the "
-                      "bottleneck at c=16.", ""]
+                      "bottleneck at c=16."]
+        met = lambda ok: "met" if ok else "missed"
+        lines += ["", f"Absolute targets (issue #13, in-memory ledger): added p99 at c=1 ≤ 0.100 ms: {tf[1]:+.3f} ms, "
+                      f"{met(tf[1] <= 0.100)}; ≥ 15,000 requests/s per core: {tf[2]:,.0f}, {met(tf[2] >= 15000)} "
+                      "(published peers: LiteLLM's Rust mode 0.111 ms, agentgateway 0.199 ms, on their own machines).",
+                  "",
+                  "Where a request's CPU goes (`perf record` of `invoke serve` built with `--profile profiling`, "
+                  "c=16, stub at 0 ms): before commit 7f3b4ad, EMF metric lines built as `serde_json::Value` "
+                  "maps and printed through `Display` took ~20% of the process and glibc's malloc ~17%; typed "
+                  "records written once per batch, mimalloc and a shared configuration took c=16 from 3,486 to "
+                  "7,496 requests/s in one session on one machine (profiling build after, release before). What "
+                  "is left is mostly HTTP: hyper's server and reqwest's client ~40%, the kernel's socket work "
+                  "~25%, SigV4 signing ~9%, the gateway's own admission and settlement ~18%.", ""]
     else:
         bound = 16 / (floor1["p50"] / 1000)
         lines += ["", f"tokenfence (memory) / LiteLLM: added p99 {ratio99:.3f}× (target ≤ 0.05). At c=16 requests/s "
