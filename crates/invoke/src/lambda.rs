@@ -166,9 +166,7 @@ pub async fn handle<L: Ledger, B: Bedrock, Q: Queues>(
         let expired = gateway.sweep().await.map_err(|e| e.to_string())?;
         return Ok(serde_json::json!({ "expired": expired.len() }));
     }
-    if event.get("type").and_then(Value::as_str) == Some("REQUEST")
-        && event.get("methodArn").is_some()
-    {
+    if is_authorizer_request(&event) {
         let request: ApiGatewayCustomAuthorizerRequestTypeRequest =
             serde_json::from_value(event)
                 .map_err(|e| format!("not an API Gateway REQUEST authorizer event: {e}"))?;
@@ -193,6 +191,12 @@ pub async fn handle<L: Ledger, B: Bedrock, Q: Queues>(
         "unsupported event: expected an API Gateway REST proxy event, an SQS event or a sweep"
             .into(),
     )
+}
+
+/// Whether `event` is the REST API's REQUEST authorizer event (`type: REQUEST` with a
+/// `methodArn`), which also carries the request's path and headers.
+fn is_authorizer_request(event: &Value) -> bool {
+    event.get("type").and_then(Value::as_str) == Some("REQUEST") && event.get("methodArn").is_some()
 }
 
 /// The REST API's REQUEST authorizer (`ApiKeySourceType: AUTHORIZER`): hands API Gateway the key
@@ -379,7 +383,10 @@ pub type LambdaResponse = lambda_runtime::FunctionResponse<Value, BodyStream>;
 /// through a `STREAM` integration (Lambda's InvokeWithResponseStream) and which must be answered
 /// in its format ([`handle_stream`]), errors included.
 pub fn is_stream_request(event: &Value) -> bool {
-    event.get("requestContext").is_some()
+    // The REQUEST authorizer's event names the path too, but API Gateway invokes the authorizer
+    // with a plain Invoke and reads a JSON policy: it is never answered as a stream.
+    !is_authorizer_request(event)
+        && event.get("requestContext").is_some()
         && event.get("httpMethod").and_then(Value::as_str) == Some("POST")
         && event
             .get("path")

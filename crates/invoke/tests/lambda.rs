@@ -596,6 +596,13 @@ async fn streaming_requests_are_answered_in_lambdas_streaming_format_and_settled
     assert!(is_stream_request(&event));
     assert!(!is_stream_request(&fixture("apigw-converse.json")));
     assert!(!is_stream_request(&json!({ "Records": [] })));
+    // The authorizer's event for a streaming path is answered with a JSON policy, not a stream.
+    let authorizer = fixture("apigw-authorizer-request.json");
+    assert_eq!(
+        authorizer["path"],
+        "/model/haiku/invoke-with-response-stream"
+    );
+    assert!(!is_stream_request(&authorizer));
 
     let (status, headers, body) =
         streamed(handle_stream(Arc::clone(&env.gateway), event, soon()).await).await;
