@@ -11,7 +11,10 @@ PhysicalResourceId and FAILED status. `install()` replaces that with CloudFormat
   resource's `ServiceTimeout` (default 3600 s): an answer after it, or none, fails the resource.
   An answer must name the RequestId, StackId and LogicalResourceId, carry a PhysicalResourceId,
   and stay within 4,096 bytes ("Response object is too long."), or the resource fails.
-- Create of a stack: resources in dependency order. A failed one stops the operation and rolls
+- Create of a stack: resources in dependency order. moto orders by `DependsOn` only and creates
+  a resource that a `Ref` or `Fn::GetAtt` names on demand, ignoring that resource's own
+  `DependsOn` (a stage's deployment would be created before the methods it waits for); here a
+  resource created on demand gets its `DependsOn` created first, as CloudFormation orders it. A failed one stops the operation and rolls
   the stack back: a Delete to the failed resource (with the PhysicalResourceId of its FAILED
   answer, or its logical ID's default when it gave none), then Deletes of everything created,
   dependents first; the stack ends ROLLBACK_COMPLETE (ROLLBACK_FAILED if a Delete fails).
@@ -156,6 +159,18 @@ def install():
     from moto.cloudformation.models import Stack
     from moto.cloudformation.parsing import ResourceMap
     from moto.cloudformation.responses import CloudFormationResponse
+
+    original_getitem = ResourceMap.__getitem__
+
+    def getitem(self, key):
+        if key not in self._parsed_resources:
+            depends = (self._resource_json_map.get(key) or {}).get("DependsOn") or []
+            for dependency in [depends] if isinstance(depends, str) else depends:
+                if dependency in self._resource_json_map:
+                    original_getitem(self, dependency)
+        return original_getitem(self, key)
+
+    ResourceMap.__getitem__ = getitem
 
     def operation(stack_id):
         stack = STACKS.get(stack_id)

@@ -31,8 +31,14 @@ It is moto (pinned in requirements.txt) with the gaps that matter here handled a
   `iam_check.py` (its docstring says how); so are the state machines' Bedrock calls (execution
   role) and Lambda's polling of SQS event sources (the function's role, checked when the mapping
   is created, as Lambda does). Bedrock runtime calls reach the Bedrock stub given as
-  `--bedrock URL` through that check. Not checked: what moto does not execute (API Gateway's
-  integrations and their credentials roles, EventBridge Pipes).
+  `--bedrock URL` through that check. Not checked: API Gateway's integration credentials roles (the
+  REST API's integrations invoke with Lambda permissions, which are not evaluated) and EventBridge
+  Pipes, which moto does not execute.
+- API Gateway REST: moto stores a REST API but serves none of it, and its CloudFormation skips
+  authorizers, usage plans and their keys, and stages. `apigw.py` adds those types and serves the
+  deployed APIs over HTTPS as API Gateway does (authorizer, API key through usage plans, Lambda
+  proxy integrations whole or streamed); its docstring says what it plays and what it does not.
+  `GET /_tokenfence/apigw` gives its URL and certificate.
 - AWS::Bedrock::ApplicationInferenceProfile: moto has no Bedrock control plane, and its
   CloudFormation rejects a template that uses `Fn::GetAtt` on a type it does not know. The launcher
   adds the type to moto's CloudFormation: it issues an application inference profile ARN and ID
@@ -84,6 +90,7 @@ from moto.budgets.exceptions import NotFoundException
 from moto.core.common_models import CloudFormationModel
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
+import apigw
 import cfn_lifecycle
 import iam_check
 
@@ -488,15 +495,22 @@ class _ResponseStreaming:
 
 
 class _TestApi:
-    """`GET /_tokenfence/cfn-requests`: every request CloudFormation sent to a custom resource."""
+    """`GET /_tokenfence/cfn-requests`: every request CloudFormation sent to a custom resource;
+    `GET /_tokenfence/apigw`: the root URL of the deployed REST APIs (`apigw.py`) and the
+    certificate to trust for it."""
 
-    def __init__(self, app):
+    def __init__(self, app, data_plane):
         self.app = app
+        self.data_plane = data_plane
 
     def __call__(self, environ, start_response):
-        if environ.get("PATH_INFO") != "/_tokenfence/cfn-requests":
+        path = environ.get("PATH_INFO")
+        if path == "/_tokenfence/cfn-requests":
+            body = json.dumps({"requests": cfn_lifecycle.REQUESTS}).encode()
+        elif path == "/_tokenfence/apigw":
+            body = json.dumps({"url": self.data_plane.url, "ca": self.data_plane.ca}).encode()
+        else:
             return self.app(environ, start_response)
-        body = json.dumps({"requests": cfn_lifecycle.REQUESTS}).encode()
         start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
         return [body]
 
@@ -605,5 +619,7 @@ if __name__ == "__main__":
     LambdaFunction._invoke_lambda = _invoke_lambda
     iam_check.install_event_source_mapping_check()
     _install_step_functions()
-    app = _TestApi(iam_check.IamCheck(_ResponseStreaming(DomainDispatcherApplication(create_backend_app))))
+    apigw.install()
+    data_plane = apigw.DataPlane(tempfile.gettempdir())
+    app = _TestApi(iam_check.IamCheck(_ResponseStreaming(DomainDispatcherApplication(create_backend_app))), data_plane)
     run_simple(host, port, app, threaded=not serial, use_reloader=False)

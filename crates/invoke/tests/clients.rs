@@ -12,67 +12,32 @@ use std::time::Duration;
 use ledger::MemoryLedger;
 use serde_json::Value;
 
-const SPEC: &str = r#"
-version: 1
-name: clients
-models:
-  sonnet: anthropic.claude-sonnet-4-20250514-v1:0
-  nova: amazon.nova-lite-v1:0
-  llama: meta.llama3-8b-instruct-v1:0
-defaults: { max_tokens: 300 }
-applications:
-  agents:
-    models: [sonnet, nova, llama]
-    limits: [{ window: day, tokens: 1000000 }]
-  tight:
-    models: [sonnet]
-    limits: [{ window: day, tokens: 3000 }]
-  priced:
-    models: [nova]
-    limits: [{ window: day, usd: 1 }]
-  agent:
-    models: [sonnet]
-    limits: [{ window: day, tokens: 60000 }]
-"#;
+/// The clients' spec (`tests/clients/clients.yaml`), also deployed by the end-to-end test.
+fn spec() -> String {
+    std::fs::read_to_string(harness::repo().join("tests/clients/clients.yaml"))
+        .expect("tests/clients/clients.yaml")
+}
 
 /// Runs `tests/clients/clients.py CLIENT` against a fresh gateway; returns what it saw and the
 /// environment, once every reservation is settled.
 async fn run(client: &str) -> (Value, common::Env<MemoryLedger>) {
     let ledger = Arc::new(MemoryLedger::new());
-    let env = common::start(Arc::clone(&ledger), SPEC, |_| {}).await;
-    let python = harness::venv().join("bin/python");
-    let script = harness::repo().join("tests/clients/clients.py");
+    let env = common::start(Arc::clone(&ledger), &spec(), |_| {}).await;
     // Over HTTPS, as `invoke serve --tls-cert` serves it: botocore sends bearer keys to HTTPS
     // endpoints only.
     let (base, ca) = env.tls.clone().expect("served over TLS");
-    let mut command = std::process::Command::new(&python);
-    command
-        .arg(&script)
-        .args([client, &base, "key-agents", "key-tight"])
-        .env("AWS_CA_BUNDLE", &ca)
-        .env("SSL_CERT_FILE", &ca)
-        .env("PRICED_KEY", "key-priced")
-        .env("AGENT_KEY", "key-agent")
-        .env("NO_PROXY", "127.0.0.1")
-        .env("OTEL_SDK_DISABLED", "true");
-    let output = tokio::task::spawn_blocking(move || command.output())
-        .await
-        .expect("the client process runs")
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
-    assert!(
-        output.status.success(),
-        "{client} failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let seen: Value = serde_json::from_slice(
-        output
-            .stdout
-            .split(|b| *b == b'\n')
-            .rfind(|l| !l.is_empty())
-            .expect("a JSON line"),
-    )
-    .expect("the script prints JSON");
+    let client = client.to_string();
+    let seen = tokio::task::spawn_blocking(move || {
+        let keys = harness::ClientKeys {
+            agents: "key-agents",
+            tight: "key-tight",
+            priced: "key-priced",
+            agent: "key-agent",
+        };
+        harness::run_client(&client, &base, &ca, &keys)
+    })
+    .await
+    .expect("the client process runs");
     // Streams settle after their last byte: wait until nothing is held.
     for _ in 0..100 {
         if ledger.open_reservations() == 0 {

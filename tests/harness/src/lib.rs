@@ -50,6 +50,51 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The keys `tests/clients/clients.py` calls with: one per application of the clients' spec
+/// (`agents`, `tight`, `priced`, `agent`; the same spec served by `invoke serve` and deployed).
+pub struct ClientKeys<'a> {
+    /// Key of `agents`: every model, a large token limit.
+    pub agents: &'a str,
+    /// Key of `tight`: a limit too small for the over-budget requests.
+    pub tight: &'a str,
+    /// Key of `priced`: a USD limit.
+    pub priced: &'a str,
+    /// Key of `agent`: the coding-agent session's budget.
+    pub agent: &'a str,
+}
+
+/// Runs `tests/clients/clients.py CLIENT` (real clients from PyPI, pinned in the venv) against
+/// the gateway at `endpoint` (HTTPS: botocore sends bearer keys to HTTPS endpoints only),
+/// trusting the certificate `ca`; panics unless every check in it passed, and returns the JSON
+/// object of what it saw.
+pub fn run_client(client: &str, endpoint: &str, ca: &Path, keys: &ClientKeys) -> serde_json::Value {
+    let python = venv().join("bin/python");
+    let script = repo().join("tests/clients/clients.py");
+    let output = Command::new(&python)
+        .arg(&script)
+        .args([client, endpoint, keys.agents, keys.tight])
+        .env("AWS_CA_BUNDLE", ca)
+        .env("SSL_CERT_FILE", ca)
+        .env("PRICED_KEY", keys.priced)
+        .env("AGENT_KEY", keys.agent)
+        .env("NO_PROXY", "127.0.0.1")
+        .env("OTEL_SDK_DISABLED", "true")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
+    assert!(
+        output.status.success(),
+        "{client} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let line = output
+        .stdout
+        .split(|b| *b == b'\n')
+        .rfind(|l| !l.is_empty())
+        .unwrap_or_else(|| panic!("{client} printed nothing"));
+    serde_json::from_slice(line).expect("the script prints JSON")
+}
+
 /// Runs cfn-lint, with tokenfence's security rules (`tests/security/rules`) appended, on
 /// `templates` and panics with its findings unless it reports none.
 ///
@@ -207,6 +252,27 @@ impl Moto {
             .await
             .expect("a JSON list of calls");
         serde_json::from_value(body["calls"].clone()).expect("calls of the launcher's shape")
+    }
+
+    /// A deployed REST API as the launcher serves it (`tests/tools/apigw.py`): a stack's
+    /// `ApiUrl` output (`https://{id}.execute-api.{region}.amazonaws.com/{stage}`) becomes
+    /// `https://127.0.0.1:PORT/{id}/{stage}`; returned with the certificate to trust for it.
+    pub async fn rest_api(&self, api_url: &str) -> (String, PathBuf) {
+        let (id, stage) = api_url
+            .strip_prefix("https://")
+            .and_then(|rest| rest.split_once(".execute-api."))
+            .and_then(|(id, rest)| Some((id, rest.split_once('/')?.1)))
+            .unwrap_or_else(|| panic!("not a REST API URL: {api_url}"));
+        let body: serde_json::Value = reqwest::get(format!("{}/_tokenfence/apigw", self.url()))
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .expect("the launcher serves the deployed REST APIs")
+            .json()
+            .await
+            .expect("JSON");
+        let root = body["url"].as_str().expect("url");
+        let ca = body["ca"].as_str().expect("ca");
+        (format!("{root}/{id}/{stage}"), PathBuf::from(ca))
     }
 
     /// Every request the launcher's CloudFormation sent to custom resources, in order.
