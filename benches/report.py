@@ -54,6 +54,10 @@ lines = [
     "so its requests/s are per core; the client and the stub share CPU 0.",
     "",
     "- **floor**: the client straight to the stub.",
+    "- **relay (TCP)**: `bench relay --mode tcp`, bytes copied between client and stub with no HTTP",
+    "  parsing: the least any proxy adds on this machine (one more loopback hop).",
+    "- **relay (HTTP)**: `bench relay --mode http`, `invoke serve`'s HTTP stack (axum server, reqwest",
+    "  client, TCP_NODELAY) relaying each request with no budget work.",
     "- **tokenfence (memory)**: `invoke serve --ledger memory`: estimate, reserve in four windows",
     "  (minute/hour tokens, day/month USD), call, settle, EMF metrics and JSON logs.",
     "- **tokenfence (DynamoDB on moto)**: the same with `--ledger dynamodb:TABLE` against moto",
@@ -70,7 +74,8 @@ for latency in (0, 50):
               "| target | p50 c=1 (ms) | p99 c=1 (ms) | added p50 | added p99 | req/s c=16 | non-200 |",
               "|---|---|---|---|---|---|---|"]
     added = {}
-    for target, label in (("floor", "floor"), ("tokenfence-memory", "tokenfence (memory)"),
+    for target, label in (("floor", "floor"), ("relay-tcp", "relay (TCP)"), ("relay-http", "relay (HTTP)"),
+                          ("tokenfence-memory", "tokenfence (memory)"),
                           ("tokenfence-dynamodb", "tokenfence (DynamoDB on moto)"), ("litellm", "LiteLLM")):
         p1, p16 = point(target, latency, 1), point(target, latency, 16)
         a50, a99 = p1["p50"] - floor1["p50"], p1["p99"] - floor1["p99"]
@@ -85,9 +90,15 @@ for latency in (0, 50):
                       f"{ratio_rps:.1f}× (target ≥ 20): the stub answers at once, so each gateway's core is the "
                       "bottleneck at c=16."]
         met = lambda ok: "met" if ok else "missed"
+        rt, rh = added["relay-tcp"], added["relay-http"]
         lines += ["", f"Absolute targets (issue #13, in-memory ledger): added p99 at c=1 ≤ 0.100 ms: {tf[1]:+.3f} ms, "
                       f"{met(tf[1] <= 0.100)}; ≥ 15,000 requests/s per core: {tf[2]:,.0f}, {met(tf[2] >= 15000)} "
-                      "(published peers: LiteLLM's Rust mode 0.111 ms, agentgateway 0.199 ms, on their own machines).",
+                      "(published peers: LiteLLM's Rust mode 0.111 ms, agentgateway 0.199 ms, on their own machines). "
+                      f"The do-nothing peers in this run bound what any gateway can show here: a byte relay adds "
+                      f"{rt[1]:+.3f} ms p99 at c=1 and relays {rt[2]:,.0f} requests/s; serve's HTTP stack alone adds "
+                      f"{rh[1]:+.3f} ms and relays {rh[2]:,.0f}/s. tokenfence's own work (budget, signing, metrics) is "
+                      f"the difference from the HTTP relay: {tf[1] - rh[1]:+.3f} ms p99; at c=16 the client and stub "
+                      f"share CPU 0, whose ceiling is the floor's {floor16['rps']:,.0f} requests/s.",
                   "",
                   "Where a request's CPU goes (`perf record` of `invoke serve` built with `--profile profiling`, "
                   "c=16, stub at 0 ms): before commit 7f3b4ad, EMF metric lines built as `serde_json::Value` "
@@ -116,7 +127,8 @@ lines += ["## Streams: added time to first byte", "",
           "|---|---|---|---|---|---|---|"]
 for latency in (0, 50):
     floor = point("stream-floor", latency, 1)
-    for target, label, key in (("stream-floor", "floor", None), ("stream-tokenfence-memory", "tokenfence (memory)", "tf"),
+    for target, label, key in (("stream-floor", "floor", None), ("stream-relay-tcp", "relay (TCP)", None),
+                               ("stream-tokenfence-memory", "tokenfence (memory)", "tf"),
                                ("stream-litellm", "LiteLLM", "ll")):
         p = point(target, latency, 1)
         mem = rss.get(f"rss-{key}/{latency}") if key else None

@@ -65,6 +65,13 @@ for latency in 0 50; do
   AWS_ENDPOINT_URL_BEDROCK_RUNTIME="$stub_url" taskset -c 1 "$bin/invoke" serve --spec benches/bench.yaml \
     --listen "127.0.0.1:$tf_port" --ledger memory --api-key bench-key=bench >/dev/null 2>&1 &
   tf_pid=$!; pids+=($tf_pid); wait_port "$tf_port"
+  # The do-nothing peers: a byte relay and serve's HTTP stack without the budget (bench relay).
+  rt_port=$(free_port)
+  taskset -c 1 "$bin/bench" relay --listen "127.0.0.1:$rt_port" --upstream "${stub_url#http://}" --mode tcp &
+  rt_pid=$!; pids+=($rt_pid); wait_port "$rt_port"
+  rh_port=$(free_port)
+  taskset -c 1 "$bin/bench" relay --listen "127.0.0.1:$rh_port" --upstream "${stub_url#http://}" --mode http &
+  rh_pid=$!; pids+=($rh_pid); wait_port "$rh_port"
   # tokenfence, DynamoDB ledger on moto
   td_port=$(free_port)
   AWS_ENDPOINT_URL="http://127.0.0.1:$moto_port" AWS_ENDPOINT_URL_BEDROCK_RUNTIME="$stub_url" taskset -c 1 "$bin/invoke" serve \
@@ -80,11 +87,14 @@ for latency in 0 50; do
     for conc in 1 16; do
       load "floor/$latency/$round" "$stub_url/model/amazon.nova-micro-v1:0/converse" converse "$conc"
       load "tokenfence-memory/$latency/$round" "http://127.0.0.1:$tf_port/model/nova-micro/converse" converse "$conc" "x-api-key: bench-key"
+      load "relay-tcp/$latency/$round" "http://127.0.0.1:$rt_port/model/amazon.nova-micro-v1:0/converse" converse "$conc"
+      load "relay-http/$latency/$round" "http://127.0.0.1:$rh_port/model/amazon.nova-micro-v1:0/converse" converse "$conc"
       load "litellm/$latency/$round" "http://127.0.0.1:$ll_port/v1/chat/completions" openai "$conc" "authorization: Bearer sk-bench"
       load "tokenfence-dynamodb/$latency/$round" "http://127.0.0.1:$td_port/model/nova-micro/converse" converse "$conc" "x-api-key: bench-key"
     done
     # Streams: time to first byte at c=1, the same stream mix through each gateway.
     load "stream-floor/$latency/$round" "$stub_url/model/amazon.nova-micro-v1:0/converse-stream" converse-stream 1
+    load "stream-relay-tcp/$latency/$round" "http://127.0.0.1:$rt_port/model/amazon.nova-micro-v1:0/converse-stream" converse-stream 1
     load "stream-tokenfence-memory/$latency/$round" "http://127.0.0.1:$tf_port/model/nova-micro/converse-stream" converse-stream 1 "x-api-key: bench-key"
     load "stream-litellm/$latency/$round" "http://127.0.0.1:$ll_port/v1/chat/completions" openai-stream 1 "authorization: Bearer sk-bench"
   done
@@ -92,7 +102,7 @@ for latency in 0 50; do
   for p in tf:$tf_pid ll:$ll_pid; do
     echo "{\"name\": \"rss-${p%%:*}/$latency\", \"kib\": $(awk '/VmHWM/ {print $2}' /proc/${p##*:}/status)}" >> "$out/rss.jsonl"
   done
-  kill "$tf_pid" "$td_pid" "$ll_pid" 2>/dev/null || true
+  kill "$tf_pid" "$td_pid" "$ll_pid" "$rt_pid" "$rh_pid" 2>/dev/null || true
 done
 
 echo "== decision (in-process)" >&2

@@ -5,6 +5,12 @@
 //! a closed-loop load generator. Each of C connections sends the request mix (bodies of 200 to
 //! 4,000 characters, maxTokens 64 to 256, round robin) back to back for S seconds. Prints one JSON
 //! line: requests, per-second rate, status counts, latency percentiles in microseconds.
+//!
+//! `bench relay --listen ADDR --upstream HOST:PORT --mode tcp|http`: the do-nothing peers of a
+//! gateway, to tell what any proxy costs on this machine from what tokenfence's own work costs.
+//! `tcp` copies bytes between the caller and the upstream (no HTTP parsing: the least any proxy
+//! can add); `http` is `invoke serve`'s HTTP stack with no budget work (axum server, reqwest
+//! client, TCP_NODELAY, body buffered, answer relayed as it came).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,9 +25,10 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("decision") => decision(&args[1..]),
         Some("load") => load(&args[1..]),
+        Some("relay") => relay(&args[1..]),
         _ => {
             eprintln!(
-                "usage: bench decision [--iterations N] | bench load --url URL --concurrency C --seconds S --format converse|converse-stream|openai|openai-stream [--header K:V]..."
+                "usage: bench decision [--iterations N] | bench load --url URL --concurrency C --seconds S --format converse|converse-stream|openai|openai-stream [--header K:V]... | bench relay --listen ADDR --upstream HOST:PORT --mode tcp|http"
             );
             std::process::exit(2);
         }
@@ -218,4 +225,95 @@ fn load(args: &[String]) {
         s
     });
     println!("{result}");
+}
+
+fn relay(args: &[String]) {
+    let listen = flag(args, "--listen").expect("--listen ADDR").to_string();
+    let upstream = flag(args, "--upstream")
+        .expect("--upstream HOST:PORT")
+        .to_string();
+    let mode = flag(args, "--mode").unwrap_or("http").to_string();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .expect("bind --listen");
+        match mode.as_str() {
+            "tcp" => loop {
+                let (mut inbound, _) = listener.accept().await.expect("accept");
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let _ = inbound.set_nodelay(true);
+                    let _ = outbound.set_nodelay(true);
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                });
+            },
+            "http" => {
+                let client = reqwest::Client::builder()
+                    .redirect(reqwest::redirect::Policy::none())
+                    .build()
+                    .expect("an HTTP client");
+                let base = Arc::new(format!("http://{upstream}"));
+                let app = axum::Router::new().fallback(
+                    move |uri: axum::http::Uri,
+                          headers: axum::http::HeaderMap,
+                          body: axum::body::Bytes| {
+                        let (client, base) = (client.clone(), Arc::clone(&base));
+                        async move { http_relay(&client, &base, &uri, &headers, body).await }
+                    },
+                );
+                axum::serve(
+                    axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                        let _ = tcp.set_nodelay(true);
+                    }),
+                    app,
+                )
+                .await
+                .expect("serve");
+            }
+            other => panic!("--mode tcp|http, not `{other}`"),
+        }
+    });
+}
+
+/// One request relayed as `invoke serve` relays it, minus the budget: the body read whole,
+/// passed on with the caller's content type, the answer's status, content type and body back.
+async fn http_relay(
+    client: &reqwest::Client,
+    base: &str,
+    uri: &axum::http::Uri,
+    headers: &axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut request = client.post(format!("{base}{path}")).body(body);
+    if let Some(kind) = headers.get(axum::http::header::CONTENT_TYPE) {
+        request = request.header(reqwest::header::CONTENT_TYPE, kind.as_bytes());
+    }
+    match request.send().await {
+        Ok(answer) => {
+            let status = axum::http::StatusCode::from_u16(answer.status().as_u16())
+                .unwrap_or(axum::http::StatusCode::BAD_GATEWAY);
+            let kind = answer
+                .headers()
+                .get(reqwest::header::CONTENT_TYPE)
+                .map(|v| v.as_bytes().to_vec());
+            let bytes = answer.bytes().await.unwrap_or_default();
+            let mut response = (status, bytes).into_response();
+            if let Some(kind) = kind.and_then(|k| axum::http::HeaderValue::from_bytes(&k).ok()) {
+                response
+                    .headers_mut()
+                    .insert(axum::http::header::CONTENT_TYPE, kind);
+            }
+            response
+        }
+        Err(_) => axum::http::StatusCode::BAD_GATEWAY.into_response(),
+    }
 }
