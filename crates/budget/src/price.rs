@@ -152,79 +152,121 @@ impl CacheRule {
     }
 }
 
-/// Where the built-in prices come from, and when they were read.
-pub const PRICE_BOOK_SOURCE: &str = "Amazon Bedrock on-demand pricing, us-east-1, as recorded in \
-tokenfence's design notes on 2026-11-27 (AWS ML blog 'proactive AI cost management', Parts 1-2; \
-aws.amazon.com/bedrock/pricing). Verify before relying on them; override per model in the spec.";
+/// The built-in price book as data (`crates/budget/data/prices.json`): dated, with its sources,
+/// so updating a price is an edit of data, not of code.
+const BOOK_JSON: &str = include_str!("../data/prices.json");
 
-/// One built-in entry: a base model ID and its prices in USD per million tokens.
-struct Entry {
-    model: &'static str,
-    input: &'static str,
-    output: &'static str,
-    /// Regional (`us.`, `eu.`, ...) inference profiles of this model cost 10% more than global ones.
-    regional_premium: bool,
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BookFile {
+    recorded: String,
+    region: String,
+    tier: String,
+    unit: String,
+    note: String,
+    sources: std::collections::BTreeMap<String, String>,
+    models: Vec<EntryFile>,
 }
 
-const BUILT_IN: &[Entry] = &[
-    Entry {
-        model: "anthropic.claude-3-7-sonnet-20250219-v1:0",
-        input: "3.00",
-        output: "15.00",
-        regional_premium: false,
-    },
-    Entry {
-        model: "anthropic.claude-sonnet-4-20250514-v1:0",
-        input: "3.00",
-        output: "15.00",
-        regional_premium: false,
-    },
-    Entry {
-        model: "anthropic.claude-3-5-haiku-20241022-v1:0",
-        input: "0.80",
-        output: "4.00",
-        regional_premium: false,
-    },
-    Entry {
-        model: "anthropic.claude-haiku-4-5-20251001-v1:0",
-        input: "1.00",
-        output: "5.00",
-        regional_premium: true,
-    },
-    Entry {
-        model: "anthropic.claude-3-haiku-20240307-v1:0",
-        input: "0.25",
-        output: "1.25",
-        regional_premium: false,
-    },
-    Entry {
-        model: "amazon.nova-micro-v1:0",
-        input: "0.035",
-        output: "0.14",
-        regional_premium: false,
-    },
-    Entry {
-        model: "amazon.nova-lite-v1:0",
-        input: "0.06",
-        output: "0.24",
-        regional_premium: false,
-    },
-    Entry {
-        model: "amazon.nova-pro-v1:0",
-        input: "0.80",
-        output: "3.20",
-        regional_premium: false,
-    },
-    Entry {
-        model: "meta.llama3-70b-instruct-v1:0",
-        input: "2.65",
-        output: "3.50",
-        regional_premium: false,
-    },
-];
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntryFile {
+    model: String,
+    input: String,
+    output: String,
+    #[serde(default)]
+    cache_read: Option<String>,
+    #[serde(default)]
+    cache_write: Option<String>,
+    #[serde(default)]
+    regional_premium_percent: u64,
+    source: String,
+}
+
+/// One model of the built-in book.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BookEntry {
+    /// The base model ID (`anthropic.claude-haiku-4-5-20251001-v1:0`).
+    pub model: String,
+    /// Its price in its global or in-region form; cache prices derived by the family when the
+    /// book lists none.
+    pub price: Price,
+    /// How much more its geographic cross-region profiles (`us.`, `eu.`, ...) cost, in percent.
+    pub regional_premium_percent: u64,
+    /// The key of the source it was read from, in [`PriceBook::sources`].
+    pub source: String,
+}
+
+/// The parsed book.
+#[derive(Debug)]
+struct Book {
+    recorded: String,
+    region: String,
+    tier: String,
+    unit: String,
+    note: String,
+    sources: Vec<(String, String)>,
+    entries: Vec<BookEntry>,
+}
+
+fn parse_book(text: &str) -> Result<Book, String> {
+    let file: BookFile =
+        serde_json::from_str(text).map_err(|e| format!("the price book is not valid: {e}"))?;
+    let mut entries = Vec::with_capacity(file.models.len());
+    for m in file.models {
+        if !file.sources.contains_key(&m.source) {
+            return Err(format!(
+                "price book: `{}` names the unknown source `{}`",
+                m.model, m.source
+            ));
+        }
+        if entries.iter().any(|e: &BookEntry| e.model == m.model) {
+            return Err(format!("price book: `{}` is listed twice", m.model));
+        }
+        let price = Price::from_usd_per_million(
+            &m.model,
+            &m.input,
+            &m.output,
+            m.cache_read.as_deref(),
+            m.cache_write.as_deref(),
+        )
+        .map_err(|e| format!("price book: `{}`: {e}", m.model))?;
+        entries.push(BookEntry {
+            model: m.model,
+            price,
+            regional_premium_percent: m.regional_premium_percent,
+            source: m.source,
+        });
+    }
+    Ok(Book {
+        recorded: file.recorded,
+        region: file.region,
+        tier: file.tier,
+        unit: file.unit,
+        note: file.note,
+        sources: file.sources.into_iter().collect(),
+        entries,
+    })
+}
+
+fn book() -> &'static Book {
+    static BOOK: std::sync::OnceLock<Book> = std::sync::OnceLock::new();
+    // The file is part of the build and parsed by a unit test; a broken one never ships.
+    BOOK.get_or_init(|| parse_book(BOOK_JSON).expect("the built-in price book parses"))
+}
 
 /// Prefixes of cross-region (system) inference profile IDs; `global.` has no regional premium.
 const REGIONAL_PREFIXES: &[&str] = &["us.", "eu.", "apac.", "jp.", "au.", "ca.", "us-gov."];
+
+/// The base model ID of a model ID, inference profile ID or ARN, and whether it names a
+/// geographic (regional) cross-region profile.
+pub fn base_model(model: &str) -> (&str, bool) {
+    let id = model.rsplit_once('/').map_or(model, |(_, id)| id);
+    match REGIONAL_PREFIXES.iter().find_map(|p| id.strip_prefix(p)) {
+        Some(base) => (base, true),
+        None => (id.strip_prefix("global.").unwrap_or(id), false),
+    }
+}
 
 /// The built-in price book: looks up a price by model ID, inference profile ID or ARN.
 #[derive(Debug, Default, Clone, Copy)]
@@ -233,7 +275,34 @@ pub struct PriceBook;
 impl PriceBook {
     /// The model IDs the built-in book prices.
     pub fn known_models() -> impl Iterator<Item = &'static str> {
-        BUILT_IN.iter().map(|e| e.model)
+        book().entries.iter().map(|e| e.model.as_str())
+    }
+
+    /// Every model of the book.
+    pub fn entries() -> &'static [BookEntry] {
+        &book().entries
+    }
+
+    /// When the book's prices were read (`YYYY-MM-DD`).
+    pub fn recorded() -> &'static str {
+        &book().recorded
+    }
+
+    /// The region, tier and unit the prices are for, e.g. `us-east-1`, `standard (on-demand)`,
+    /// `USD per million tokens`.
+    pub fn scope() -> (&'static str, &'static str, &'static str) {
+        let b = book();
+        (&b.region, &b.tier, &b.unit)
+    }
+
+    /// How the book derives what it does not list.
+    pub fn note() -> &'static str {
+        &book().note
+    }
+
+    /// The sources, by key.
+    pub fn sources() -> &'static [(String, String)] {
+        &book().sources
     }
 
     /// The built-in price of a model, inference profile or ARN, if known.
@@ -241,23 +310,18 @@ impl PriceBook {
     /// `us.anthropic.claude-haiku-4-5-...` resolves to the base model with its regional premium;
     /// `arn:aws:bedrock:...:foundation-model/ID` and `.../inference-profile/ID` resolve to `ID`.
     pub fn lookup(model: &str) -> Option<Price> {
-        let id = model.rsplit_once('/').map_or(model, |(_, id)| id);
-        let (base, regional) = match REGIONAL_PREFIXES.iter().find_map(|p| id.strip_prefix(p)) {
-            Some(base) => (base, true),
-            None => (id.strip_prefix("global.").unwrap_or(id), false),
-        };
-        let entry = BUILT_IN.iter().find(|e| e.model == base)?;
-        let mut price =
-            Price::from_usd_per_million(entry.model, entry.input, entry.output, None, None)
-                .expect("built-in prices are valid decimals");
-        if regional && entry.regional_premium {
+        let (base, regional) = base_model(model);
+        let entry = book().entries.iter().find(|e| e.model == base)?;
+        let mut price = entry.price;
+        if regional && entry.regional_premium_percent > 0 {
+            let factor = 100 + entry.regional_premium_percent;
             for p in [
                 &mut price.input,
                 &mut price.output,
                 &mut price.cache_read,
                 &mut price.cache_write,
             ] {
-                *p = p.saturating_mul(11).div_ceil(10);
+                *p = p.saturating_mul(factor).div_ceil(100);
             }
         }
         Some(price)
@@ -284,6 +348,47 @@ mod tests {
         let global = PriceBook::lookup("global.anthropic.claude-haiku-4-5-20251001-v1:0").unwrap();
         assert_eq!((regional.input, global.input), (1_100_000, 1_000_000));
         assert!(PriceBook::lookup("acme.unknown-v1").is_none());
+    }
+
+    #[test]
+    fn the_book_is_dated_sourced_data() {
+        assert_eq!(PriceBook::recorded(), "2026-11-27");
+        assert_eq!(PriceBook::scope().0, "us-east-1");
+        assert!(PriceBook::entries().len() >= 9);
+        for entry in PriceBook::entries() {
+            assert!(
+                PriceBook::sources().iter().any(|(k, _)| *k == entry.source),
+                "{} has a source",
+                entry.model
+            );
+        }
+        let bad = |text: &str| parse_book(text).unwrap_err();
+        let minimal = r#"{"recorded":"d","region":"r","tier":"t","unit":"u","note":"n","sources":{"s":"x"},"models":[M]}"#;
+        let with = |m: &str| minimal.replace('M', m);
+        assert!(
+            bad(&with(
+                r#"{"model":"a","input":"1","output":"1","source":"nope"}"#
+            ))
+            .contains("unknown source `nope`")
+        );
+        assert!(
+            bad(&with(
+                r#"{"model":"a","input":"x","output":"1","source":"s"}"#
+            ))
+            .contains("`a`")
+        );
+        assert!(
+            bad(&with(
+                r#"{"model":"a","input":"1","output":"1","source":"s"},{"model":"a","input":"1","output":"1","source":"s"}"#
+            ))
+            .contains("twice")
+        );
+        assert!(
+            bad(&with(
+                r#"{"model":"a","input":"1","output":"1","source":"s","extra":1}"#
+            ))
+            .contains("unknown field")
+        );
     }
 
     #[test]

@@ -903,11 +903,18 @@ fn decode_application(
             if let Some(def) = ctx.models.get(&alias)
                 && def.price.is_none()
             {
+                let add = format!(
+                    "add `price: {{ input: ..., output: ... }}` (USD per million tokens) to `models.{alias}`"
+                );
+                let help = match crate::suggest_model(&def.id) {
+                    Some(close) => format!("did you mean `{close}`? Otherwise {add}"),
+                    None => format!("{add} (`synth prices` lists the models the book knows)"),
+                };
                 d.error_help(
                     usd_span,
                     &usd_path,
                     format!("a USD limit needs a price for model `{alias}` (`{}`), which the built-in price book does not know", def.id),
-                    Some(format!("add `price: {{ input: ..., output: ... }}` (USD per million tokens) to `models.{alias}`")),
+                    Some(help),
                 );
             }
         }

@@ -16,6 +16,19 @@ pub use error::{SpecError, SpecErrors};
 pub use model::*;
 pub use schema::json_schema;
 
+/// The built-in price book's model ID closest to `model` (an ID, inference profile ID or ARN),
+/// when it is within a typo of it: a few edits, not merely a model of the same family (Claude
+/// Sonnet 4 is no suggestion for Sonnet 4.5: its price may differ).
+pub fn suggest_model(model: &str) -> Option<&'static str> {
+    let (base, _) = budget::price::base_model(model);
+    let most = (base.len() / 12).max(2);
+    budget::PriceBook::known_models()
+        .map(|m| (strsim::levenshtein(base, m), m))
+        .filter(|(edits, _)| *edits <= most)
+        .min_by_key(|(edits, _)| *edits)
+        .map(|(_, m)| m)
+}
+
 /// Parses and validates the spec in `source`; `file` names it in error messages.
 pub fn parse(file: &str, source: &str) -> Result<Spec, SpecErrors> {
     let fail = |mut errors: Vec<SpecError>| {

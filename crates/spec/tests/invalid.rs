@@ -58,7 +58,7 @@ applications:
             "spec.yaml:21:19: applications.support-bot.limits[5].window: a `day` limit is already declared; combine `tokens` and `usd` in one entry",
             "spec.yaml:22:26: applications.support-bot.on_exceed.action: `queue` needs the `queue` front (add `queue` to the top-level `access` list)",
             "spec.yaml:24:19: applications.support-bot.alarms[0].window: a `threshold` alarm on `tokens` needs a `tokens` limit on the `hour` window (alarms are set relative to the window's limit; add the limit or change the window)",
-            "spec.yaml:27:34: applications.b.limits[0].usd: a USD limit needs a price for model `mystery` (`acme.mystery-v1`), which the built-in price book does not know (add `price: { input: ..., output: ... }` (USD per million tokens) to `models.mystery`)",
+            "spec.yaml:27:34: applications.b.limits[0].usd: a USD limit needs a price for model `mystery` (`acme.mystery-v1`), which the built-in price book does not know (add `price: { input: ..., output: ... }` (USD per million tokens) to `models.mystery` (`synth prices` lists the models the book knows))",
             "spec.yaml:29:3: applications.b: duplicate key `b` (first defined at line 25)",
         ],
     );
@@ -220,7 +220,19 @@ fn a_usd_limit_on_an_unpriced_fallback_is_an_error() {
     check(
         "version: 1\nname: acme\nmodels: { m: amazon.nova-micro-v1:0, x: acme.x-v1 }\napplications:\n  a:\n    models: [m]\n    limits: [{ window: day, usd: 1 }]\n    on_exceed: { action: fallback, model: x }\n",
         &[
-            "spec.yaml:7:34: applications.a.limits[0].usd: a USD limit needs a price for model `x` (`acme.x-v1`), which the built-in price book does not know (add `price: { input: ..., output: ... }` (USD per million tokens) to `models.x`)",
+            "spec.yaml:7:34: applications.a.limits[0].usd: a USD limit needs a price for model `x` (`acme.x-v1`), which the built-in price book does not know (add `price: { input: ..., output: ... }` (USD per million tokens) to `models.x` (`synth prices` lists the models the book knows))",
+        ],
+    );
+}
+
+#[test]
+fn an_unpriced_model_within_a_typo_of_the_book_gets_a_suggestion() {
+    check(
+        "version: 1\nname: acme\nmodels: { h: us.anthropic.claude-3-5-haiku-20241022-v1, s: anthropic.claude-sonnet-4-5-20250929-v1:0 }\napplications:\n  a:\n    limits: [{ window: day, usd: 1 }]\n",
+        &[
+            "spec.yaml:6:34: applications.a.limits[0].usd: a USD limit needs a price for model `h` (`us.anthropic.claude-3-5-haiku-20241022-v1`), which the built-in price book does not know (did you mean `anthropic.claude-3-5-haiku-20241022-v1:0`? Otherwise add `price: { input: ..., output: ... }` (USD per million tokens) to `models.h`)",
+            // A model of the same family is no typo: its price may differ.
+            "spec.yaml:6:34: applications.a.limits[0].usd: a USD limit needs a price for model `s` (`anthropic.claude-sonnet-4-5-20250929-v1:0`), which the built-in price book does not know (add `price: { input: ..., output: ... }` (USD per million tokens) to `models.s` (`synth prices` lists the models the book knows))",
         ],
     );
 }

@@ -3,4 +3,5 @@
 
 pub mod diff;
 pub mod estimate;
+pub mod prices;
 pub mod report;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use synth::{estimate, report};
+use synth::{estimate, prices, report};
 
 // A large rendering allocates and frees hundreds of MB of JSON values and YAML text; glibc's
 // malloc spent over a third of a 10,000-application render in page faults and consolidation.
@@ -85,6 +85,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the built-in price book (USD per million tokens) with its date and sources, or
+    /// one model's price: an ID, inference profile ID or ARN (a geographic profile with its
+    /// regional premium).
+    Prices {
+        /// The model, inference profile or ARN to price.
+        #[arg(long)]
+        model: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Report a deployed stack's usage, cost and limit utilization per application and cost
     /// center, from its CloudWatch metrics and ledger (uses the standard AWS configuration).
     Report {
@@ -116,7 +127,7 @@ struct SpecDiagnostic {
     help: Option<String>,
 }
 
-/// Exit code for an invalid spec (1 is for everything else).
+/// Exit code for an invalid spec or an unknown model (1 is for everything else).
 const INVALID_SPEC: u8 = 2;
 
 fn main() -> ExitCode {
@@ -137,6 +148,24 @@ fn run(cli: Cli) -> miette::Result<ExitCode> {
                 "{}",
                 serde_json::to_string_pretty(&spec::json_schema()).expect("a schema serializes")
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Prices { model, json } => {
+            let rows = match prices::rows(model.as_deref()) {
+                Ok(rows) => rows,
+                Err(unknown) => {
+                    eprintln!("error: {unknown}");
+                    return Ok(ExitCode::from(INVALID_SPEC));
+                }
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&prices::json(rows)).expect("JSON serializes")
+                );
+            } else {
+                print!("{}", prices::table(&rows));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Estimate {

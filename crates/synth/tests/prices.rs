@@ -1,0 +1,84 @@
+//! `synth prices`: the built-in book as a golden table and as JSON, one model by ID, profile or
+//! ARN, and a clear error with a suggestion for a model the book does not know.
+
+mod common;
+
+use budget::PriceBook;
+use common::synth;
+use serde_json::Value;
+
+fn json(args: &[&str]) -> Value {
+    let out = synth(args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}
+
+#[test]
+fn the_table_shows_every_model_with_its_date_and_sources() {
+    let out = synth(&["prices"]);
+    assert!(out.status.success());
+    insta::assert_snapshot!("prices-table", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn the_json_is_the_book_the_gateway_prices_with() {
+    let book = json(&["prices", "--json"]);
+    assert_eq!(book["recorded"], PriceBook::recorded());
+    assert_eq!(book["unit"], "USD per million tokens");
+    let models = book["models"].as_array().unwrap();
+    assert_eq!(models.len(), PriceBook::entries().len());
+    for m in models {
+        let id = m["model"].as_str().unwrap();
+        let price = PriceBook::lookup(id).unwrap();
+        assert_eq!(m["input"], price.input_usd(), "{id}");
+        assert_eq!(m["output"], price.output_usd(), "{id}");
+        assert_eq!(m["cacheRead"], price.cache_read_usd(), "{id}");
+        assert_eq!(m["cacheWrite"], price.cache_write_usd(), "{id}");
+        let source = m["source"].as_str().unwrap();
+        assert!(book["sources"][source].is_string(), "{id}'s source");
+    }
+}
+
+#[test]
+fn one_model_by_profile_or_arn() {
+    // A geographic profile of Claude Haiku 4.5 costs 10% more than the model in-region.
+    let regional = json(&[
+        "prices",
+        "--model",
+        "us.anthropic.claude-haiku-4-5-20251001-v1:0",
+        "--json",
+    ]);
+    let row = &regional["models"][0];
+    assert_eq!(row["baseModel"], "anthropic.claude-haiku-4-5-20251001-v1:0");
+    assert_eq!(
+        (&row["input"], &row["output"]),
+        (&"1.1".into(), &"5.5".into())
+    );
+    assert_eq!(row["regionalPremiumPercent"], 10);
+    let arn = json(&[
+        "prices",
+        "--model",
+        "arn:aws:bedrock:us-east-1::foundation-model/amazon.nova-micro-v1:0",
+        "--json",
+    ]);
+    assert_eq!(arn["models"][0]["input"], "0.035");
+    assert_eq!(arn["models"][0]["cacheRead"], "0.00875");
+}
+
+#[test]
+fn an_unknown_model_is_an_error_with_the_closest_id() {
+    let out = synth(&["prices", "--model", "anthropic.claude-3-haiku-20240307-v1"]);
+    assert_eq!(out.status.code(), Some(2), "bad input exits 2");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("does not know `anthropic.claude-3-haiku-20240307-v1`; did you mean `anthropic.claude-3-haiku-20240307-v1:0`?"),
+        "{stderr}"
+    );
+    let out = synth(&["prices", "--model", "acme.unknown-v1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("a spec can set a price for any model"));
+}
