@@ -98,6 +98,27 @@ for latency in 0 50; do
     load "stream-tokenfence-memory/$latency/$round" "http://127.0.0.1:$tf_port/model/nova-micro/converse-stream" converse-stream 1 "x-api-key: bench-key"
     load "stream-litellm/$latency/$round" "http://127.0.0.1:$ll_port/v1/chat/completions" openai-stream 1 "authorization: Bearer sk-bench"
   done
+  if [ "$latency" = 0 ]; then
+    # Added latency at c=1 with every process on CPU 0: pinned apart, each hop at c=1 also pays
+    # the VM's cross-CPU wakeup of an idle core, which no proxy can avoid and which is not the
+    # gateway's own cost.
+    s_tf=$(free_port); s_rh=$(free_port); s_rt=$(free_port)
+    AWS_ENDPOINT_URL_BEDROCK_RUNTIME="$stub_url" taskset -c 0 "$bin/invoke" serve --spec benches/bench.yaml \
+      --listen "127.0.0.1:$s_tf" --ledger memory --api-key bench-key=bench >/dev/null 2>&1 &
+    s_tf_pid=$!; pids+=($s_tf_pid)
+    taskset -c 0 "$bin/bench" relay --listen "127.0.0.1:$s_rh" --upstream "${stub_url#http://}" --mode http &
+    s_rh_pid=$!; pids+=($s_rh_pid)
+    taskset -c 0 "$bin/bench" relay --listen "127.0.0.1:$s_rt" --upstream "${stub_url#http://}" --mode tcp &
+    s_rt_pid=$!; pids+=($s_rt_pid)
+    wait_port "$s_tf"; wait_port "$s_rh"; wait_port "$s_rt"
+    for round in 1 2; do
+      load "onecpu-floor/0/$round" "$stub_url/model/amazon.nova-micro-v1:0/converse" converse 1
+      load "onecpu-relay-tcp/0/$round" "http://127.0.0.1:$s_rt/model/amazon.nova-micro-v1:0/converse" converse 1
+      load "onecpu-relay-http/0/$round" "http://127.0.0.1:$s_rh/model/amazon.nova-micro-v1:0/converse" converse 1
+      load "onecpu-tokenfence-memory/0/$round" "http://127.0.0.1:$s_tf/model/nova-micro/converse" converse 1 "x-api-key: bench-key"
+    done
+    kill "$s_tf_pid" "$s_rh_pid" "$s_rt_pid" 2>/dev/null || true
+  fi
   # Peak RSS of each gateway over the whole run at this latency.
   for p in tf:$tf_pid ll:$ll_pid; do
     echo "{\"name\": \"rss-${p%%:*}/$latency\", \"kib\": $(awk '/VmHWM/ {print $2}' /proc/${p##*:}/status)}" >> "$out/rss.jsonl"
