@@ -162,6 +162,7 @@ mod tests {
                     output: 2,
                     cache_read: 0,
                     cache_write: 1,
+                    cache_write_1h: None,
                 },
             }],
             inference_profiles: vec![],

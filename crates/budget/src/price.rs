@@ -17,8 +17,12 @@ pub struct Price {
     pub output: u64,
     /// Prompt-cache reads.
     pub cache_read: u64,
-    /// Prompt-cache writes.
+    /// Prompt-cache writes with the default five-minute TTL.
     pub cache_write: u64,
+    /// Prompt-cache writes with a one-hour TTL, for models that offer it (Claude: 2 × input);
+    /// `None` where the book has no such price, and a request asking for one cannot be priced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_1h: Option<u64>,
 }
 
 impl Price {
@@ -47,6 +51,18 @@ impl Price {
             output,
             cache_read,
             cache_write,
+            cache_write_1h: rule.write_1h.map(|r| r.of(input).max(cache_write)),
+        })
+    }
+
+    /// The price of a request that writes one-hour cache points: every cache write at the
+    /// one-hour price, because Bedrock's usage does not say which writes had which TTL. `None`
+    /// when the model has no one-hour price.
+    pub fn with_one_hour_writes(self) -> Option<Price> {
+        let one_hour = self.cache_write_1h?;
+        Some(Price {
+            cache_write: one_hour.max(self.cache_write),
+            ..self
         })
     }
 
@@ -94,6 +110,11 @@ impl Price {
     pub fn cache_write_usd(&self) -> String {
         format_decimal_micros(self.cache_write)
     }
+
+    /// The one-hour cache-write price as a USD decimal per million tokens, if the model has one.
+    pub fn cache_write_1h_usd(&self) -> Option<String> {
+        self.cache_write_1h.map(format_decimal_micros)
+    }
 }
 
 /// A price as a fraction of the input price.
@@ -119,12 +140,14 @@ pub struct CacheRule {
     pub read: Ratio,
     /// Cache writes (5-minute TTL).
     pub write: Ratio,
+    /// Cache writes with a one-hour TTL, where the family offers them.
+    pub write_1h: Option<Ratio>,
 }
 
 impl CacheRule {
     /// The family's rule, from the model, profile ID or ARN:
-    /// - Anthropic Claude: writes 1.25 × input, reads 0.1 × input (Anthropic's and Bedrock's
-    ///   pricing pages);
+    /// - Anthropic Claude: writes 1.25 × input (one-hour writes 2 × input), reads 0.1 × input
+    ///   (Anthropic's and Bedrock's pricing pages);
     /// - Amazon Nova: reads 0.25 × input ("75% less than on-demand input"), writes at the input
     ///   price (Bedrock charges Nova no cache-write premium);
     /// - any other family: both at the input price. Bedrock reports no cache tokens for models
@@ -137,16 +160,19 @@ impl CacheRule {
             CacheRule {
                 read: r(1, 10),
                 write: r(5, 4),
+                write_1h: Some(r(2, 1)),
             }
         } else if id.contains("amazon.nova") {
             CacheRule {
                 read: r(1, 4),
                 write: r(1, 1),
+                write_1h: None,
             }
         } else {
             CacheRule {
                 read: r(1, 1),
                 write: r(1, 1),
+                write_1h: None,
             }
         }
     }
@@ -315,14 +341,14 @@ impl PriceBook {
         let mut price = entry.price;
         if regional && entry.regional_premium_percent > 0 {
             let factor = 100 + entry.regional_premium_percent;
-            for p in [
-                &mut price.input,
-                &mut price.output,
-                &mut price.cache_read,
-                &mut price.cache_write,
-            ] {
-                *p = p.saturating_mul(factor).div_ceil(100);
-            }
+            let premium = |p: u64| p.saturating_mul(factor).div_ceil(100);
+            price = Price {
+                input: premium(price.input),
+                output: premium(price.output),
+                cache_read: premium(price.cache_read),
+                cache_write: premium(price.cache_write),
+                cache_write_1h: price.cache_write_1h.map(premium),
+            };
         }
         Some(price)
     }
@@ -411,6 +437,40 @@ mod tests {
     }
 
     #[test]
+    fn one_hour_cache_writes_cost_twice_the_input_on_claude_only() {
+        let sonnet = PriceBook::lookup("anthropic.claude-sonnet-4-20250514-v1:0").unwrap();
+        assert_eq!(sonnet.cache_write_1h, Some(6_000_000));
+        let one_hour = sonnet.with_one_hour_writes().unwrap();
+        assert_eq!(
+            (one_hour.input, one_hour.cache_write, one_hour.cache_read),
+            (3_000_000, 6_000_000, 300_000)
+        );
+        // The worst case prices every input token at the one-hour write.
+        assert_eq!(
+            one_hour.worst_case(1_000_000, 0),
+            MicroUsd(6_000_000),
+            "dearest input kind"
+        );
+        let written = Usage {
+            cache_write_tokens: 1_000_000,
+            ..Usage::default()
+        };
+        assert_eq!(one_hour.cost(&written), MicroUsd(6_000_000));
+        // Regional profiles carry the premium on one-hour writes too.
+        let regional = PriceBook::lookup("us.anthropic.claude-haiku-4-5-20251001-v1:0").unwrap();
+        assert_eq!(regional.cache_write_1h, Some(2_200_000));
+        // Families without a one-hour price cannot be priced for one.
+        let nova = PriceBook::lookup("amazon.nova-pro-v1:0").unwrap();
+        assert_eq!(nova.cache_write_1h, None);
+        assert!(nova.with_one_hour_writes().is_none());
+        // Spec prices of a Claude model derive it from their input price, never below the
+        // five-minute write the spec set.
+        let spec =
+            Price::from_usd_per_million("anthropic.claude-x", "1", "2", None, Some("5")).unwrap();
+        assert_eq!(spec.cache_write_1h, Some(5_000_000));
+    }
+
+    #[test]
     fn costs_round_up_to_the_micro_dollar() {
         let nova_micro = PriceBook::lookup("amazon.nova-micro-v1:0").unwrap();
         // 1 input token at $0.035 per million is 0.035 micro-USD: charged as 1.
@@ -451,7 +511,8 @@ mod tests {
                 input: 3_000_000,
                 output: 15_000_000,
                 cache_read: 300_000,
-                cache_write: 3_750_000
+                cache_write: 3_750_000,
+                cache_write_1h: None,
             }
         );
         assert_eq!(p.input_usd(), "3");

@@ -142,12 +142,27 @@ pub struct Shaped {
     pub max_tokens: u64,
     /// An upper bound of its input tokens, without the tool prompt (added per model).
     pub content_bound: u64,
-    /// Fields that change the price per token (service tier, latency-optimized inference, one-hour
-    /// cache writes): refused under USD limits, which the price book cannot price them for.
+    /// Fields that change the price per token (service tier, latency-optimized inference, cache
+    /// TTLs other than five minutes): under USD limits, one-hour cache points are priced where
+    /// the price book has a one-hour write price ([`is_one_hour_cache`]); the others are refused.
     pub price_fields: Vec<(String, String)>,
 }
 
+/// Whether a price field is a one-hour cache point (`...cachePoint.ttl` / `...cache_control.ttl`
+/// `1h`), which models with a one-hour cache-write price can be held to a USD limit for.
+pub fn is_one_hour_cache(path: &str, value: &str) -> bool {
+    value == "1h" && path.ends_with(".ttl")
+}
+
 impl Shaped {
+    /// The field of the first one-hour cache point the request asks for, if any.
+    pub fn one_hour_cache(&self) -> Option<&str> {
+        self.price_fields
+            .iter()
+            .find(|(path, value)| is_one_hour_cache(path, value))
+            .map(|(path, _)| path.as_str())
+    }
+
     /// The hidden tool-use prompt for `model`.
     pub fn tool_prompt(&self, model: &str) -> u64 {
         match self.family {
@@ -868,6 +883,13 @@ mod tests {
         )
         .unwrap();
         assert!(plain.price_fields.is_empty());
+        assert_eq!(
+            s.one_hour_cache(),
+            Some("messages[0].content[1].cachePoint.ttl")
+        );
+        assert!(plain.one_hour_cache().is_none());
+        assert!(!is_one_hour_cache("serviceTier.type", "1h"));
+        assert!(!is_one_hour_cache("system[0].cachePoint.ttl", "2h"));
     }
 
     #[test]

@@ -16,6 +16,7 @@ fn row(model: &str, entry: &BookEntry) -> Value {
         "output": price.output_usd(),
         "cacheRead": price.cache_read_usd(),
         "cacheWrite": price.cache_write_usd(),
+        "cacheWrite1h": price.cache_write_1h_usd(),
         "regionalPremiumPercent": entry.regional_premium_percent,
         "source": entry.source,
     })
@@ -74,10 +75,11 @@ pub fn table(rows: &[Value]) -> String {
         "OUTPUT",
         "CACHE READ",
         "CACHE WRITE",
+        "1H WRITE",
         "GEO PROFILE",
         "SOURCE",
     ];
-    let cells: Vec<[String; 7]> = rows
+    let cells: Vec<[String; 8]> = rows
         .iter()
         .map(|r| {
             let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
@@ -88,6 +90,7 @@ pub fn table(rows: &[Value]) -> String {
                 s("output"),
                 s("cacheRead"),
                 s("cacheWrite"),
+                r["cacheWrite1h"].as_str().unwrap_or("-").to_string(),
                 if premium == 0 {
                     "same".to_string()
                 } else {

@@ -5,7 +5,7 @@ mod common;
 
 use budget::PriceBook;
 use common::synth;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 fn json(args: &[&str]) -> Value {
     let out = synth(args);
@@ -38,6 +38,7 @@ fn the_json_is_the_book_the_gateway_prices_with() {
         assert_eq!(m["output"], price.output_usd(), "{id}");
         assert_eq!(m["cacheRead"], price.cache_read_usd(), "{id}");
         assert_eq!(m["cacheWrite"], price.cache_write_usd(), "{id}");
+        assert_eq!(m["cacheWrite1h"], json!(price.cache_write_1h_usd()), "{id}");
         let source = m["source"].as_str().unwrap();
         assert!(book["sources"][source].is_string(), "{id}'s source");
     }

@@ -10,7 +10,26 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
         model: &str,
         shaped: &Shaped,
     ) -> Result<Plan, Reply> {
-        let price = config.price_of(model);
+        let mut price = config.price_of(model);
+        // A request that writes one-hour cache points is priced with every cache write at the
+        // one-hour price (the dearest input kind, so its worst case too); a model without one
+        // cannot be held to a USD limit for it.
+        if let (Some(path), Some(p)) = (shaped.one_hour_cache(), price) {
+            match p.with_one_hour_writes() {
+                Some(one_hour) => price = Some(one_hour),
+                None if config.has_usd_limit() => {
+                    return Err(field(
+                        400,
+                        path,
+                        &format!(
+                            "`{path}` `1h` asks for one-hour cache writes, which the price book has no price for on model `{model}`, so application `{}`'s USD limits could not be enforced; use the default five-minute cache",
+                            config.application
+                        ),
+                    ));
+                }
+                None => {}
+            }
+        }
         if price.is_none() && config.has_usd_limit() {
             return Err(Reply::error(
                 403,
@@ -207,10 +226,14 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
         if !config.allows(&model) {
             return Err(not_allowed(application, &model));
         }
-        // The price book prices the standard tier with five-minute cache writes only: a field that
-        // changes the price per token cannot be held to a USD limit.
+        // The price book prices the standard tier and five-minute and one-hour cache writes
+        // (the latter per model, in `plan`): any other field that changes the price per token
+        // cannot be held to a USD limit.
         if config.has_usd_limit()
-            && let Some((path, value)) = shaped.price_fields.first()
+            && let Some((path, value)) = shaped
+                .price_fields
+                .iter()
+                .find(|(path, value)| !ops::is_one_hour_cache(path, value))
         {
             return Err(field(
                 400,

@@ -1,0 +1,123 @@
+//! Fields that change the price per token, under a USD limit: one-hour cache writes are priced
+//! (Claude: 2 × input, every cache write of such a request at that price), on reservation and
+//! settlement; a model without a one-hour price, a service tier or latency-optimized inference
+//! is refused with a 400 naming the field, before Bedrock is called.
+
+mod common;
+
+use std::sync::Arc;
+
+use budget::{MicroUsd, PriceBook, Usage};
+use common::start;
+use ledger::MemoryLedger;
+use serde_json::{Value, json};
+
+const SPEC: &str = r#"
+version: 1
+name: prices
+models:
+  sonnet: anthropic.claude-sonnet-4-20250514-v1:0
+  nova: amazon.nova-lite-v1:0
+defaults: { max_tokens: 100 }
+applications:
+  priced:
+    limits: [{ window: day, usd: 10 }]
+  tokens:
+    limits: [{ window: day, tokens: 100000 }]
+"#;
+
+/// A Converse body whose text is cached with `ttl`; `text` of odd length makes the stub report
+/// the cached part as a cache write.
+fn cached(text: &str, ttl: &str) -> Value {
+    json!({
+        "messages": [{ "role": "user", "content": [{ "text": text }, { "cachePoint": { "type": "default", "ttl": ttl } }] }],
+        "inferenceConfig": { "maxTokens": 50 }
+    })
+}
+
+fn remaining_usd(headers: &reqwest::header::HeaderMap) -> u64 {
+    let text = headers["x-tokenfence-remaining-day-usd"].to_str().unwrap();
+    MicroUsd::parse_usd(text).unwrap().0
+}
+
+#[tokio::test]
+async fn one_hour_cache_writes_are_priced_at_the_one_hour_rate() {
+    let env = start(Arc::new(MemoryLedger::new()), SPEC, |_| {}).await;
+    let text = "a long system prompt worth caching for an hour, x";
+    assert_eq!(
+        text.len() % 2,
+        1,
+        "the stub reports an odd prompt as a cache write"
+    );
+    let (status, headers, body) = env
+        .converse("key-priced", "sonnet", &cached(text, "1h"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let usage = Usage {
+        input_tokens: body["usage"]["inputTokens"].as_u64().unwrap(),
+        output_tokens: body["usage"]["outputTokens"].as_u64().unwrap(),
+        cache_read_tokens: body["usage"]["cacheReadInputTokens"].as_u64().unwrap_or(0),
+        cache_write_tokens: body["usage"]["cacheWriteInputTokens"].as_u64().unwrap(),
+    };
+    assert!(usage.cache_write_tokens > 0, "{body}");
+    let book = PriceBook::lookup("anthropic.claude-sonnet-4-20250514-v1:0").unwrap();
+    let one_hour = book.with_one_hour_writes().unwrap();
+    assert_eq!(one_hour.cache_write, 2 * book.input);
+    let spent = 10_000_000 - remaining_usd(&headers);
+    assert_eq!(
+        MicroUsd(spent),
+        one_hour.cost(&usage),
+        "settled at the one-hour price"
+    );
+    assert!(
+        one_hour.cost(&usage) > book.cost(&usage),
+        "dearer than five-minute writes"
+    );
+
+    // The same request with the default TTL is priced at the five-minute rate.
+    let (status, headers, body) = env
+        .converse("key-priced", "sonnet", &cached(text, "5m"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let spent_5m = 10_000_000 - spent - remaining_usd(&headers);
+    assert_eq!(MicroUsd(spent_5m), book.cost(&usage));
+    assert_eq!(env.gateway.ledger().open_reservations(), 0);
+}
+
+#[tokio::test]
+async fn prices_the_book_does_not_have_are_refused_naming_the_field() {
+    let env = start(Arc::new(MemoryLedger::new()), SPEC, |_| {}).await;
+    let mut tier = cached("x", "5m");
+    tier["serviceTier"] = json!({ "type": "flex" });
+    let mut latency = cached("x", "5m");
+    latency["performanceConfig"] = json!({ "latency": "optimized" });
+    for (model, body, field) in [
+        (
+            "nova",
+            cached("x", "1h"),
+            "messages[0].content[1].cachePoint.ttl",
+        ),
+        (
+            "sonnet",
+            cached("x", "2h"),
+            "messages[0].content[1].cachePoint.ttl",
+        ),
+        ("sonnet", tier, "serviceTier.type"),
+        ("sonnet", latency, "performanceConfig.latency"),
+    ] {
+        let (status, _, answer) = env.converse("key-priced", model, &body).await;
+        assert_eq!(
+            (status, answer["field"].as_str()),
+            (400, Some(field)),
+            "{answer}"
+        );
+    }
+    // Token limits do not depend on the price: the same fields pass.
+    let (status, _, answer) = env.converse("key-tokens", "nova", &cached("x", "1h")).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        env.stub.requests(),
+        1,
+        "only the token-limited request reached Bedrock"
+    );
+}
