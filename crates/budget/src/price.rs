@@ -182,7 +182,7 @@ impl CacheRule {
 /// so updating a price is an edit of data, not of code.
 const BOOK_JSON: &str = include_str!("../data/prices.json");
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BookFile {
     recorded: String,
@@ -194,7 +194,7 @@ struct BookFile {
     models: Vec<EntryFile>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EntryFile {
     model: String,
@@ -223,23 +223,19 @@ pub struct BookEntry {
     pub source: String,
 }
 
-/// The parsed book.
+/// The parsed book: the file's header as read (its `models` taken) and the priced entries.
 #[derive(Debug)]
 struct Book {
-    recorded: String,
-    region: String,
-    tier: String,
-    unit: String,
-    note: String,
-    sources: Vec<(String, String)>,
+    file: BookFile,
     entries: Vec<BookEntry>,
 }
 
 fn parse_book(text: &str) -> Result<Book, String> {
-    let file: BookFile =
+    let mut file: BookFile =
         serde_json::from_str(text).map_err(|e| format!("the price book is not valid: {e}"))?;
-    let mut entries = Vec::with_capacity(file.models.len());
-    for m in file.models {
+    let models = std::mem::take(&mut file.models);
+    let mut entries = Vec::with_capacity(models.len());
+    for m in models {
         if !file.sources.contains_key(&m.source) {
             return Err(format!(
                 "price book: `{}` names the unknown source `{}`",
@@ -264,15 +260,7 @@ fn parse_book(text: &str) -> Result<Book, String> {
             source: m.source,
         });
     }
-    Ok(Book {
-        recorded: file.recorded,
-        region: file.region,
-        tier: file.tier,
-        unit: file.unit,
-        note: file.note,
-        sources: file.sources.into_iter().collect(),
-        entries,
-    })
+    Ok(Book { file, entries })
 }
 
 fn book() -> &'static Book {
@@ -311,24 +299,24 @@ impl PriceBook {
 
     /// When the book's prices were read (`YYYY-MM-DD`).
     pub fn recorded() -> &'static str {
-        &book().recorded
+        &book().file.recorded
     }
 
     /// The region, tier and unit the prices are for, e.g. `us-east-1`, `standard (on-demand)`,
     /// `USD per million tokens`.
     pub fn scope() -> (&'static str, &'static str, &'static str) {
-        let b = book();
-        (&b.region, &b.tier, &b.unit)
+        let f = &book().file;
+        (&f.region, &f.tier, &f.unit)
     }
 
     /// How the book derives what it does not list.
     pub fn note() -> &'static str {
-        &book().note
+        &book().file.note
     }
 
     /// The sources, by key.
-    pub fn sources() -> &'static [(String, String)] {
-        &book().sources
+    pub fn sources() -> &'static std::collections::BTreeMap<String, String> {
+        &book().file.sources
     }
 
     /// The built-in price of a model, inference profile or ARN, if known.
