@@ -75,6 +75,8 @@ pub fn decide_parsed(
     let charge = worst_case(price, input, max_tokens);
     let outcome = now_or_never(ledger.reserve(&ReserveRequest {
         application: "bench",
+        user: None,
+        user_limits: &[],
         reservation_id: id,
         limits,
         charge,

@@ -86,6 +86,29 @@ pub struct BudgetConfig {
     /// The request that last wrote it, so that a retried request changes nothing.
     #[serde(default)]
     pub applied_request: Option<String>,
+    /// The budget every user of the application gets unless named in `users`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_user: Option<UserBudget>,
+    /// Users with budgets of their own, by name.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub users: std::collections::BTreeMap<String, UserBudget>,
+    /// Publish request metrics per user as well (CloudWatch bills each custom metric).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub user_metrics: bool,
+}
+
+/// One user's budget inside an application: held in the same atomic step as the application's,
+/// so neither can be exceeded.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserBudget {
+    /// Limits, one per window.
+    pub limits: Vec<Limit>,
+    /// What happens when one of these limits is hit.
+    #[serde(default)]
+    pub on_exceed: ExceedAction,
+    /// Enforce or shadow these limits.
+    #[serde(default)]
+    pub mode: EnforcementMode,
 }
 
 impl BudgetConfig {
@@ -108,6 +131,22 @@ impl BudgetConfig {
         self.limits.iter().any(|l| l.usd.is_some())
     }
 
+    /// The budget of `user`: its own if named, else the application's default per user; `None`
+    /// when the application limits neither (the user then meets only the application's limits).
+    pub fn user_budget(&self, user: &str) -> Option<&UserBudget> {
+        self.users.get(user).or(self.per_user.as_ref())
+    }
+
+    /// Whether any limit, the application's or a user's, is in USD.
+    pub fn has_any_usd_limit(&self) -> bool {
+        self.has_usd_limit()
+            || self
+                .per_user
+                .iter()
+                .chain(self.users.values())
+                .any(|u| u.limits.iter().any(|l| l.usd.is_some()))
+    }
+
     /// The ARN to call `model` through, if a profile is configured.
     pub fn profile_for(&self, model: &str) -> Option<&str> {
         self.inference_profiles
@@ -115,6 +154,28 @@ impl BudgetConfig {
             .find(|p| p.model == model)
             .map(|p| p.arn.as_str())
     }
+}
+
+/// Checks a user name: 1 to 64 letters, digits and `._@+-` (an email address fits). It becomes
+/// part of ledger keys and of `invoke serve --api-key KEY=APP/USER`, so `/`, `#` and spaces are
+/// refused.
+pub fn check_user(user: &str) -> Result<(), String> {
+    if user.is_empty() || user.len() > 64 {
+        return Err(format!(
+            "a user name needs 1 to 64 characters; `{user}` has {}",
+            user.chars().count()
+        ));
+    }
+    if let Some(c) = user
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "._@+-".contains(*c)))
+    {
+        return Err(format!(
+            "user name `{user}` may hold only letters, digits and `._@+-`, not `{}`",
+            c.escape_default()
+        ));
+    }
+    Ok(())
 }
 
 /// The worst case of a request: its input bound and output cap, priced at the dearest input kind.
@@ -170,6 +231,24 @@ mod tests {
             version: 3,
             owner: Some("stack/Logical".into()),
             applied_request: None,
+            per_user: Some(UserBudget {
+                limits: vec![Limit {
+                    window: Window::Day,
+                    tokens: Some(5),
+                    usd: None,
+                }],
+                ..UserBudget::default()
+            }),
+            users: [(
+                "alice".to_string(),
+                UserBudget {
+                    limits: vec![],
+                    on_exceed: ExceedAction::Reject,
+                    mode: EnforcementMode::Shadow,
+                },
+            )]
+            .into(),
+            user_metrics: true,
         };
         let json = serde_json::to_string(&config).unwrap();
         assert_eq!(serde_json::from_str::<BudgetConfig>(&json).unwrap(), config);
@@ -180,6 +259,18 @@ mod tests {
         );
         assert!(config.allows("amazon.nova-micro-v1:0") && !config.allows("x"));
         assert!(config.has_usd_limit());
+        assert_eq!(
+            config.user_budget("alice").unwrap().mode,
+            EnforcementMode::Shadow
+        );
+        assert_eq!(config.user_budget("bob").unwrap().limits[0].tokens, Some(5));
+        // Written before seats existed: no user budgets.
+        let old: BudgetConfig = serde_json::from_str(
+            r#"{"application":"a","limits":[],"on_exceed":{"action":"reject"},"mode":"enforce"}"#,
+        )
+        .unwrap();
+        assert!(old.user_budget("bob").is_none() && old.users.is_empty());
+        assert!(!serde_json::to_string(&old).unwrap().contains("per_user"));
     }
 
     #[test]

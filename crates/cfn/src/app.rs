@@ -149,6 +149,53 @@ fn properties<T: serde::Serialize>(props: &T) -> Value {
     serde_json::to_value(props).expect("custom resource properties serialize to JSON")
 }
 
+fn limit_properties(limits: &[budget::Limit]) -> Vec<custom::LimitProperties> {
+    limits
+        .iter()
+        .map(|l| custom::LimitProperties {
+            window: l.window.into(),
+            tokens: l.tokens.map(custom::Count),
+            usd: l.usd.map(custom::Usd),
+        })
+        .collect()
+}
+
+fn on_exceed_name(on_exceed: &OnExceed) -> custom::OnExceedName {
+    match on_exceed {
+        OnExceed::Reject => custom::OnExceedName::Reject,
+        OnExceed::Fallback { .. } => custom::OnExceedName::Fallback,
+        OnExceed::Queue => custom::OnExceedName::Queue,
+    }
+}
+
+fn mode_name(mode: spec::Mode) -> custom::ModeName {
+    match mode {
+        spec::Mode::Enforce => custom::ModeName::Enforce,
+        spec::Mode::Shadow => custom::ModeName::Shadow,
+    }
+}
+
+fn fallback_id(spec: &Spec, on_exceed: &OnExceed) -> Option<String> {
+    match on_exceed {
+        OnExceed::Fallback { model } => Some(spec.models[model].id.clone()),
+        _ => None,
+    }
+}
+
+fn user_properties(
+    spec: &Spec,
+    name: Option<&String>,
+    user: &spec::UserLimits,
+) -> custom::UserProperties {
+    custom::UserProperties {
+        user: name.cloned(),
+        limits: limit_properties(&user.limits),
+        on_exceed: Some(on_exceed_name(&user.on_exceed)),
+        fallback_model: fallback_id(spec, &user.on_exceed),
+        mode: Some(mode_name(user.mode)),
+    }
+}
+
 /// Renders one application's resources.
 pub fn render_app(spec: &Spec, app: &str, application: &Application, link: Link) -> AppUnit {
     let names = Names::new(&spec.name);
@@ -196,28 +243,10 @@ pub fn render_app(spec: &Spec, app: &str, application: &Application, link: Link)
             .iter()
             .map(|a| spec.models[a].id.clone())
             .collect(),
-        limits: application
-            .limits
-            .iter()
-            .map(|l| custom::LimitProperties {
-                window: l.window.into(),
-                tokens: l.tokens.map(custom::Count),
-                usd: l.usd.map(custom::Usd),
-            })
-            .collect(),
-        on_exceed: Some(match &application.on_exceed {
-            OnExceed::Reject => custom::OnExceedName::Reject,
-            OnExceed::Fallback { .. } => custom::OnExceedName::Fallback,
-            OnExceed::Queue => custom::OnExceedName::Queue,
-        }),
-        fallback_model: match &application.on_exceed {
-            OnExceed::Fallback { model } => Some(spec.models[model].id.clone()),
-            _ => None,
-        },
-        mode: Some(match application.mode {
-            spec::Mode::Enforce => custom::ModeName::Enforce,
-            spec::Mode::Shadow => custom::ModeName::Shadow,
-        }),
+        limits: limit_properties(&application.limits),
+        on_exceed: Some(on_exceed_name(&application.on_exceed)),
+        fallback_model: fallback_id(spec, &application.on_exceed),
+        mode: Some(mode_name(application.mode)),
         prices: aliases
             .iter()
             .filter_map(|a| {
@@ -252,6 +281,16 @@ pub fn render_app(spec: &Spec, app: &str, application: &Application, link: Link)
         request_queue_arns: Vec::new(),
         results_queue_url: None,
         inference_profiles: profiles,
+        per_user: application
+            .per_user
+            .as_ref()
+            .map(|u| user_properties(spec, None, u)),
+        users: application
+            .users
+            .iter()
+            .map(|(name, u)| user_properties(spec, Some(name), u))
+            .collect(),
+        user_metrics: application.user_metrics.then_some(custom::Flag(true)),
     };
 
     if spec.access.rest {

@@ -35,6 +35,7 @@ where
         let text = match serde_json::Value::deserialize(deserializer)? {
             serde_json::Value::String(s) => s.trim().to_string(),
             serde_json::Value::Number(n) => n.to_string(),
+            serde_json::Value::Bool(b) => b.to_string(),
             _ => return Err(D::Error::custom(T::EXPECTED)),
         };
         text.parse().map_err(D::Error::custom)
@@ -384,6 +385,66 @@ pub struct TokenBudgetProperties<S> {
     /// Inference profiles to call models through.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inference_profiles: Vec<ProfileProperties<S>>,
+    /// Seats: the budget each user of the application gets unless named in `Users`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_user: Option<UserProperties>,
+    /// Seats: users with budgets of their own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<UserProperties>,
+    /// Publish request metrics per user too (default `false`).
+    #[serde_as(as = "Option<Scalar>")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_metrics: Option<Flag>,
+}
+
+/// A user's budget (`PerUser`, or an entry of `Users` with its `User`).
+#[serde_as]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct UserProperties {
+    /// The user's name (entries of `Users` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Its limits, at most one per window.
+    #[serde(default)]
+    pub limits: Vec<LimitProperties>,
+    /// What happens over one of its limits (default `reject`).
+    #[serde_as(as = "Option<Scalar>")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_exceed: Option<OnExceedName>,
+    /// The model `OnExceed: fallback` calls instead.
+    #[serde_as(as = "NoneAsEmptyString")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_model: Option<String>,
+    /// Enforce or shadow (default `enforce`).
+    #[serde_as(as = "Option<Scalar>")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<ModeName>,
+}
+
+/// `true` or `false` (CloudFormation sends `"true"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flag(pub bool);
+
+impl FromStr for Flag {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "true" => Ok(Flag(true)),
+            "false" => Ok(Flag(false)),
+            other => Err(format!("`{other}` is not `true` or `false`")),
+        }
+    }
+}
+
+impl fmt::Display for Flag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl Expected for Flag {
+    const EXPECTED: &'static str = "must be `true` or `false`";
 }
 
 /// The properties of a `Custom::TokenAlarm`: a CloudWatch alarm on an application's budget.

@@ -57,6 +57,21 @@ fn the_readme_names_every_custom_resource_property() {
             model: "m".into(),
             arn: "a".into(),
         }],
+        per_user: Some(UserProperties {
+            user: None,
+            limits: vec![],
+            on_exceed: None,
+            fallback_model: None,
+            mode: None,
+        }),
+        users: vec![UserProperties {
+            user: s(),
+            limits: vec![],
+            on_exceed: Some(OnExceedName::Fallback),
+            fallback_model: s(),
+            mode: Some(ModeName::Enforce),
+        }],
+        user_metrics: Some(Flag(true)),
     };
     let alarm = TokenAlarmProperties::<String> {
         service_token: s(),

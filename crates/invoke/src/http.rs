@@ -4,8 +4,9 @@
 //! and key.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
@@ -16,7 +17,7 @@ use axum::routing::{get, post};
 use ledger::Ledger;
 
 use crate::bedrock::Bedrock;
-use crate::gateway::{Front, Gateway, Outcome, Reply};
+use crate::gateway::{Caller, Front, Gateway, Outcome, Reply};
 use crate::ops::Operation;
 
 /// What `serve` answers for a path it does not know.
@@ -24,16 +25,24 @@ const ROUTES: &str = "routes: POST /model/{modelId}/converse, /converse-stream, 
 
 struct Served<L, B> {
     gateway: Arc<Gateway<L, B>>,
-    keys: HashMap<String, String>,
+    keys: HashMap<String, Caller>,
+    /// Keys issued with `synth keys` and found in the ledger, with when they were looked up: a
+    /// revoked key stops working within [`crate::gateway::Settings::config_ttl`].
+    issued: Mutex<HashMap<String, (Instant, Caller)>>,
 }
 
-/// The HTTP API over `gateway`, authenticating callers by `x-api-key` against `keys` (key ->
-/// application).
+/// The HTTP API over `gateway`, authenticating callers by their key (`x-api-key` or
+/// `Authorization: Bearer`): first against `keys` (key -> application and user), then against
+/// the keys issued in the ledger (stored by digest).
 pub fn router<L: Ledger, B: Bedrock>(
     gateway: Arc<Gateway<L, B>>,
-    keys: HashMap<String, String>,
+    keys: HashMap<String, Caller>,
 ) -> Router {
-    let state = Arc::new(Served { gateway, keys });
+    let state = Arc::new(Served {
+        gateway,
+        keys,
+        issued: Mutex::new(HashMap::new()),
+    });
     Router::new()
         .route("/model/{model_id}/{operation}", post(operation::<L, B>))
         .route("/usage", get(usage::<L, B>))
@@ -72,7 +81,10 @@ pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
         .filter(|k| !k.is_empty())
 }
 
-fn authenticate<L, B>(state: &Served<L, B>, headers: &HeaderMap) -> Result<String, Reply> {
+async fn authenticate<L: Ledger, B: Bedrock>(
+    state: &Served<L, B>,
+    headers: &HeaderMap,
+) -> Result<Caller, Reply> {
     let Some(key) = presented_key(headers) else {
         return Err(Reply::error(
             401,
@@ -80,11 +92,45 @@ fn authenticate<L, B>(state: &Served<L, B>, headers: &HeaderMap) -> Result<Strin
             "send the application's API key in the `x-api-key` header or as `Authorization: Bearer KEY`",
         ));
     };
-    state
-        .keys
-        .get(key)
-        .cloned()
-        .ok_or_else(|| Reply::error(403, "InvalidApiKey", "the API key is not known"))
+    if let Some(caller) = state.keys.get(key) {
+        return Ok(caller.clone());
+    }
+    let ttl = state.gateway.settings().config_ttl;
+    if let Some((at, caller)) = state.issued.lock().expect("key cache").get(key)
+        && at.elapsed() < ttl
+    {
+        return Ok(caller.clone());
+    }
+    let issued = state
+        .gateway
+        .ledger()
+        .key(&ledger::key_digest(key))
+        .await
+        .map_err(|_| {
+            Reply::error(
+                503,
+                "LedgerUnavailable",
+                "the budget ledger is unavailable, so the key could not be checked",
+            )
+        })?;
+    let Some(issued) = issued else {
+        return Err(Reply::error(
+            401,
+            "InvalidApiKey",
+            "the API key is not known, or was revoked",
+        ));
+    };
+    let caller = Caller {
+        application: issued.application,
+        user: issued.user,
+    };
+    let mut cache = state.issued.lock().expect("key cache");
+    // Bounded: a long-running server meets many keys; dropping the cache only costs lookups.
+    if cache.len() >= 10_000 {
+        cache.clear();
+    }
+    cache.insert(key.to_string(), (Instant::now(), caller.clone()));
+    Ok(caller)
 }
 
 async fn operation<L: Ledger, B: Bedrock>(
@@ -96,8 +142,8 @@ async fn operation<L: Ledger, B: Bedrock>(
     let Some(operation) = Operation::from_path(&operation) else {
         return to_response(Reply::error(404, "UnknownOperationException", ROUTES));
     };
-    let application = match authenticate(&state, &headers) {
-        Ok(app) => app,
+    let caller = match authenticate(&state, &headers).await {
+        Ok(caller) => caller,
         Err(reply) => return to_response(reply),
     };
     let limit = state.gateway.settings().max_body_bytes;
@@ -122,7 +168,7 @@ async fn operation<L: Ledger, B: Bedrock>(
     tokio::spawn(async move {
         let outcome = gateway
             .call(
-                &application,
+                &caller,
                 operation,
                 &model,
                 &bytes,
@@ -172,8 +218,8 @@ async fn usage<L: Ledger, B: Bedrock>(
     State(state): State<Arc<Served<L, B>>>,
     headers: HeaderMap,
 ) -> Response {
-    match authenticate(&state, &headers) {
-        Ok(app) => to_response(state.gateway.usage(&app).await),
+    match authenticate(&state, &headers).await {
+        Ok(caller) => to_response(state.gateway.usage(&caller).await),
         Err(reply) => to_response(reply),
     }
 }

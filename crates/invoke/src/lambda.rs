@@ -16,7 +16,9 @@ use ledger::{Identity, Ledger};
 use serde_json::Value;
 
 use crate::bedrock::Bedrock;
-use crate::gateway::{Admission, Front, Gateway, Outcome, Reply, read_answer, result_message};
+use crate::gateway::{
+    Admission, Caller, Front, Gateway, Outcome, Reply, read_answer, result_message,
+};
 use crate::ops::Operation;
 
 /// The longest SQS `DelaySeconds`: a deferred request is re-sent with at most this delay and
@@ -245,7 +247,7 @@ fn api_response(reply: Reply) -> ApiGatewayProxyResponse {
 
 /// A REST proxy request read: who asks, for what, with which bytes.
 struct ApiRequest {
-    application: String,
+    caller: Caller,
     operation: Operation,
     model: String,
     body: Vec<u8>,
@@ -262,7 +264,7 @@ impl ApiRequest {
     ) -> Outcome {
         gateway
             .call(
-                &self.application,
+                &self.caller,
                 self.operation,
                 &self.model,
                 &self.body,
@@ -281,12 +283,13 @@ async fn read_api<L: Ledger, B: Bedrock>(
     gateway: &Gateway<L, B>,
     request: ApiGatewayProxyRequest,
 ) -> Result<ApiRequest, Reply> {
-    let application =
-        application_of_key(gateway, request.request_context.identity.api_key_id.clone()).await?;
+    let caller = Caller::application(
+        application_of_key(gateway, request.request_context.identity.api_key_id.clone()).await?,
+    );
     let method = request.http_method.as_str();
     let path = request.path.clone().unwrap_or_default();
     if method == "GET" && path.ends_with("/usage") {
-        return Err(gateway.usage(&application).await);
+        return Err(gateway.usage(&caller).await);
     }
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (model, operation) = match parts.as_slice() {
@@ -324,12 +327,12 @@ async fn read_api<L: Ledger, B: Bedrock>(
     tracing::info!(
         api_request_id = request.request_context.request_id.as_deref().unwrap_or(""),
         reservation = %reservation_id,
-        application = %application,
+        application = %caller.application,
         operation = operation.path(),
         "request"
     );
     Ok(ApiRequest {
-        application,
+        caller,
         operation,
         model,
         body,
@@ -729,7 +732,7 @@ pub async fn queued_admit<L: Ledger, B: Bedrock, Q: Queues>(
     let request_bytes = serde_json::to_vec(&queued.request).map_err(|e| e.to_string())?;
     match gateway
         .admit(
-            &application,
+            &Caller::application(application.as_str()),
             operation,
             &queued.model_id,
             &request_bytes,

@@ -36,10 +36,11 @@ enum Command {
         /// `memory` (embedded, default) or `dynamodb:TABLE`.
         #[arg(long, default_value = "memory")]
         ledger: String,
-        /// `KEY=APPLICATION`; repeatable.
-        #[arg(long = "api-key", value_name = "KEY=APPLICATION")]
+        /// `KEY=APPLICATION`, or `KEY=APPLICATION/USER` for a seat; repeatable. With
+        /// `--ledger dynamodb:TABLE`, keys issued by `synth keys create` work too.
+        #[arg(long = "api-key", value_name = "KEY=APPLICATION[/USER]")]
         api_keys: Vec<String>,
-        /// A file of `KEY=APPLICATION` lines.
+        /// A file of `KEY=APPLICATION[/USER]` lines.
         #[arg(long)]
         api_keys_file: Option<PathBuf>,
         /// Serve HTTPS with this PEM certificate chain (with `--tls-key`). Clients that send
@@ -155,7 +156,10 @@ async fn run_lambda() -> Result<(), String> {
     .map_err(|e| e.to_string())
 }
 
-fn parse_keys(pairs: &[String], file: Option<&PathBuf>) -> Result<HashMap<String, String>, String> {
+fn parse_keys(
+    pairs: &[String],
+    file: Option<&PathBuf>,
+) -> Result<HashMap<String, invoke::gateway::Caller>, String> {
     let mut lines: Vec<String> = pairs.to_vec();
     if let Some(file) = file {
         let text = std::fs::read_to_string(file)
@@ -169,13 +173,13 @@ fn parse_keys(pairs: &[String], file: Option<&PathBuf>) -> Result<HashMap<String
     }
     let mut keys = HashMap::new();
     for line in lines {
-        let (key, app) = line
-            .split_once('=')
-            .ok_or_else(|| "an API key is given as `KEY=APPLICATION`".to_string())?;
-        if key.is_empty() || app.is_empty() {
-            return Err("an API key is given as `KEY=APPLICATION`".into());
+        let form = "an API key is given as `KEY=APPLICATION` or `KEY=APPLICATION/USER`";
+        let (key, caller) = line.split_once('=').ok_or_else(|| form.to_string())?;
+        if key.is_empty() {
+            return Err(form.into());
         }
-        keys.insert(key.to_string(), app.to_string());
+        let caller = invoke::gateway::Caller::parse(caller).map_err(|e| format!("{form}: {e}"))?;
+        keys.insert(key.to_string(), caller);
     }
     Ok(keys)
 }
@@ -198,10 +202,13 @@ async fn run_cli(cli: Cli) -> Result<(), String> {
         (Some(cert), Some(key)) => Some(invoke::http::tls_config(cert, key)?),
         _ => None,
     };
-    if keys.is_empty() {
-        return Err("give at least one `--api-key KEY=APPLICATION`".into());
+    if keys.is_empty() && ledger == "memory" {
+        return Err(
+            "give at least one `--api-key KEY=APPLICATION[/USER]` (keys issued by `synth keys` need `--ledger dynamodb:TABLE`)"
+                .into(),
+        );
     }
-    for app in keys.values() {
+    for app in keys.values().map(|c| &c.application) {
         if !spec.applications.contains_key(app) {
             return Err(format!(
                 "`--api-key` names application `{app}`, which the spec does not declare"
@@ -252,7 +259,7 @@ async fn serve<L: Ledger>(
     bedrock: SignedBedrock,
     settings: invoke::Settings,
     spec: &spec::Spec,
-    keys: HashMap<String, String>,
+    keys: HashMap<String, invoke::gateway::Caller>,
     listen: SocketAddr,
     tls: Option<Arc<invoke::http::TlsConfig>>,
 ) -> Result<(), String> {

@@ -103,6 +103,12 @@ pub struct RequestMetrics<'a> {
     pub application: &'a str,
     /// Its cost center, if any.
     pub cost_center: Option<&'a str>,
+    /// The caller's user, if its key is a seat's: always a property of the record (searchable in
+    /// CloudWatch Logs Insights, not billed as a metric).
+    pub user: Option<&'a str>,
+    /// Publish the metrics per user too (an `Application, User` dimension set): opt-in, because
+    /// CloudWatch bills every custom metric, and every user makes fifteen more.
+    pub user_dimension: bool,
     /// The model called (or asked for).
     pub model: &'a str,
     /// Approved by every limit (or unreserved by policy).
@@ -155,6 +161,8 @@ pub struct RequestRecord<'a> {
     model: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     cost_center: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<&'a str>,
     total_requests: u8,
     rate_limit_approved: u8,
     rate_limit_denied: u8,
@@ -174,16 +182,28 @@ pub struct RequestRecord<'a> {
 
 /// The EMF record of one request.
 pub fn request_record<'a>(m: &RequestMetrics<'a>, timestamp_ms: u64) -> RequestRecord<'a> {
-    let dimensions: &'static [&'static [&'static str]] = if m.cost_center.is_some() {
-        &[&["Application"], &["Application", "Model"], &["CostCenter"]]
-    } else {
-        &[&["Application"], &["Application", "Model"]]
+    let per_user = m.user_dimension && m.user.is_some();
+    let dimensions: &'static [&'static [&'static str]] = match (m.cost_center.is_some(), per_user) {
+        (true, false) => &[&["Application"], &["Application", "Model"], &["CostCenter"]],
+        (false, false) => &[&["Application"], &["Application", "Model"]],
+        (true, true) => &[
+            &["Application"],
+            &["Application", "Model"],
+            &["CostCenter"],
+            &["Application", "User"],
+        ],
+        (false, true) => &[
+            &["Application"],
+            &["Application", "Model"],
+            &["Application", "User"],
+        ],
     };
     RequestRecord {
         aws: envelope(timestamp_ms, dimensions, REQUEST_METRICS),
         application: m.application,
         model: m.model,
         cost_center: m.cost_center,
+        user: m.user,
         total_requests: 1,
         rate_limit_approved: m.approved.into(),
         rate_limit_denied: m.denied.into(),

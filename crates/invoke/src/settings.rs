@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use budget::config::{BudgetConfig, EnforcementMode, ExceedAction, ModelPrice};
+use budget::config::{BudgetConfig, EnforcementMode, ExceedAction, ModelPrice, UserBudget};
 use spec::{Mode, OnExceed, OnLedgerError, Spec};
 
 use crate::gateway::{LedgerFailurePolicy, Settings};
@@ -64,15 +64,8 @@ pub fn budget_from_spec(spec: &Spec, application: &str) -> Option<BudgetConfig> 
         cost_center: app.cost_center.clone(),
         models: app.models.iter().map(|a| id(a)).collect(),
         limits: app.limits.clone(),
-        on_exceed: match &app.on_exceed {
-            OnExceed::Reject => ExceedAction::Reject,
-            OnExceed::Fallback { model } => ExceedAction::Fallback { model: id(model) },
-            OnExceed::Queue => ExceedAction::Queue,
-        },
-        mode: match app.mode {
-            Mode::Enforce => EnforcementMode::Enforce,
-            Mode::Shadow => EnforcementMode::Shadow,
-        },
+        on_exceed: exceed_action(spec, &app.on_exceed),
+        mode: enforcement(app.mode),
         prices: aliases
             .iter()
             .filter_map(|a| {
@@ -90,7 +83,39 @@ pub fn budget_from_spec(spec: &Spec, application: &str) -> Option<BudgetConfig> 
         version: 1,
         owner: Some(format!("spec:{}", spec.name)),
         applied_request: None,
+        per_user: app.per_user.as_ref().map(|u| user_budget(spec, u)),
+        users: app
+            .users
+            .iter()
+            .map(|(name, u)| (name.clone(), user_budget(spec, u)))
+            .collect(),
+        user_metrics: app.user_metrics,
     })
+}
+
+fn exceed_action(spec: &Spec, on_exceed: &OnExceed) -> ExceedAction {
+    match on_exceed {
+        OnExceed::Reject => ExceedAction::Reject,
+        OnExceed::Fallback { model } => ExceedAction::Fallback {
+            model: spec.models[model].id.clone(),
+        },
+        OnExceed::Queue => ExceedAction::Queue,
+    }
+}
+
+fn enforcement(mode: Mode) -> EnforcementMode {
+    match mode {
+        Mode::Enforce => EnforcementMode::Enforce,
+        Mode::Shadow => EnforcementMode::Shadow,
+    }
+}
+
+fn user_budget(spec: &Spec, user: &spec::UserLimits) -> UserBudget {
+    UserBudget {
+        limits: user.limits.clone(),
+        on_exceed: exceed_action(spec, &user.on_exceed),
+        mode: enforcement(user.mode),
+    }
 }
 
 #[cfg(test)]

@@ -22,7 +22,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::bedrock::{BedrockError, SignedBedrock};
-use crate::gateway::{Admission, Answered, Failure, Front, Gateway, Outcome, Reply, Ticket};
+use crate::gateway::{
+    Admission, Answered, Caller, Failure, Front, Gateway, Outcome, Reply, Ticket,
+};
 use crate::lambda::{
     QueueContext, QueuedAdmission, Queues, application_of_key, queued_admit, queued_finish,
 };
@@ -282,7 +284,7 @@ async fn reserve_sync<L: Ledger>(
     );
     match gateway
         .admit(
-            &application,
+            &Caller::application(application.as_str()),
             Operation::Converse,
             &model,
             &body,

@@ -140,10 +140,23 @@ impl Ledger for FlakySettle {
     async fn usage(
         &self,
         application: &str,
+        user: Option<&str>,
         limits: &[Limit],
         now: i64,
     ) -> Result<Vec<WindowUsage>, LedgerError> {
-        self.inner.usage(application, limits, now).await
+        self.inner.usage(application, user, limits, now).await
+    }
+    async fn put_key(&self, digest: &str, key: &ledger::IssuedKey) -> Result<(), LedgerError> {
+        self.inner.put_key(digest, key).await
+    }
+    async fn key(&self, digest: &str) -> Result<Option<ledger::IssuedKey>, LedgerError> {
+        self.inner.key(digest).await
+    }
+    async fn keys(&self, application: &str) -> Result<Vec<ledger::IssuedKey>, LedgerError> {
+        self.inner.keys(application).await
+    }
+    async fn revoke_key(&self, application: &str, id: &str) -> Result<bool, LedgerError> {
+        self.inner.revoke_key(application, id).await
     }
 }
 

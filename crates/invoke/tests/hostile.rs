@@ -114,7 +114,7 @@ async fn scenario<L: Held>(
     assert_eq!(ledger.held().await, 0, "{app}: every reservation closed");
     let config = ledger.budget(app).await.unwrap().unwrap();
     let windows = ledger
-        .usage(app, &config.limits, invoke::gateway::now_seconds())
+        .usage(app, None, &config.limits, invoke::gateway::now_seconds())
         .await
         .unwrap();
     Ended {
@@ -304,7 +304,12 @@ async fn hostile_callers_stay_within_their_limits<L: Held>(ledger: Arc<L>, round
     assert_eq!(status, 200, "{reply}");
     let config = ledger.budget("blocks").await.unwrap().unwrap();
     let counted = ledger
-        .usage("blocks", &config.limits, invoke::gateway::now_seconds())
+        .usage(
+            "blocks",
+            None,
+            &config.limits,
+            invoke::gateway::now_seconds(),
+        )
         .await
         .unwrap()[0]
         .used
@@ -340,7 +345,7 @@ async fn mistakes_are_4xx<L: Ledger>(ledger: Arc<L>) {
         let outcome = env
             .gateway
             .converse(
-                "caps",
+                &invoke::gateway::Caller::application("caps"),
                 "haiku",
                 text("x").to_string().as_bytes(),
                 invoke::gateway::Front::Queue,

@@ -473,6 +473,8 @@ async fn the_sweep_event_closes_expired_reservations_and_counts_them() {
     let attempt = ledger::new_attempt();
     let request = ledger::ReserveRequest {
         application: "web",
+        user: None,
+        user_limits: &[],
         reservation_id: "died",
         limits: &limits,
         charge: budget::Charge::new(500, budget::MicroUsd(0)),

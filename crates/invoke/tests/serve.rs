@@ -29,7 +29,7 @@ async fn errors_are_json_with_status_and_field() {
     );
     let cases: Vec<Case> = vec![
         (None, "lite", ok.clone().into_bytes(), 401, "MissingApiKey", None),
-        (Some("nope"), "lite", ok.clone().into_bytes(), 403, "InvalidApiKey", None),
+        (Some("nope"), "lite", ok.clone().into_bytes(), 401, "InvalidApiKey", None),
         (Some("key-capped"), "micro", ok.clone().into_bytes(), 403, "ModelNotAllowed", None),
         (Some("key-capped"), "no-such-alias", ok.clone().into_bytes(), 404, "UnknownModel", None),
         (Some("key-capped"), "lite", b"{not json".to_vec(), 400, "ValidationError", None),
@@ -609,6 +609,8 @@ async fn the_sweeper_charges_abandoned_reservations_and_counts_them() {
     for id in ["a", "b"] {
         let request = ledger::ReserveRequest {
             application: "other",
+            user: None,
+            user_limits: &[],
             reservation_id: id,
             limits: &limits,
             charge: budget::Charge::new(700, MicroUsd(0)),
@@ -650,7 +652,7 @@ async fn keys_are_accepted_as_bearer_tokens_too() {
     assert_eq!(ok.status(), 200);
     assert_eq!(ok.headers()["x-tokenfence-application"], "other");
     let wrong = send("Bearer nope").await.unwrap();
-    assert_eq!(wrong.status(), 403);
+    assert_eq!(wrong.status(), 401);
     for missing in ["Basic a2V5LW90aGVy", "Bearer ", "key-other"] {
         let resp = send(missing).await.unwrap();
         assert_eq!(resp.status(), 401, "{missing}");

@@ -1,13 +1,17 @@
 //! The production ledger on DynamoDB.
 //!
 //! Items (partition key `pk`, sort key `sk`):
-//! - counter: `app#{app}` / `{window}#{key}` with `tokens`, `micro_usd`, `expires_at`;
+//! - counter: `app#{app}` / `{window}#{key}` with `tokens`, `micro_usd`, `expires_at`; a
+//!   user's counter: `app#{app}` / `user#{user}#{window}#{key}`;
 //! - reservation: `app#{app}` / `res#{id}` with `state` (`reserved` | `done` | `charged`),
 //!   `tokens`, `micro_usd`, `attempt`, `result`, `reason` (why it was charged its worst case),
 //!   `expires_at`, and while held `hold_until` and `open_shard`: the sparse index [`OPEN_INDEX`]
 //!   holds only held reservations, so the sweeper finds those past their hold without a scan;
 //! - configuration: `app#{app}` / `config` with `config` (JSON) and `version`;
-//! - identity: `identity#apikey#{id}` or `identity#queue#{arn}` / `identity` with `application`.
+//! - identity: `identity#apikey#{id}` or `identity#queue#{arn}` / `identity` with `application`;
+//! - issued key: `key#{digest}` / `key` with `application`, `user`, `id`, `created`, and its
+//!   listing entry `app#{app}` / `key#{id}` with `digest`, `user`, `created` (both written and
+//!   deleted in one transaction).
 //!
 //! A reservation is one `TransactWriteItems`: a conditional `ADD` per window plus the reservation
 //! record, so it holds in every window or in none. DynamoDB conditions cannot add two attributes,
@@ -347,9 +351,13 @@ impl DynamoLedger {
     }
 
     fn counter_key(app: &str, slot: &Slot) -> HashMap<String, AttributeValue> {
+        let sk = match &slot.user {
+            None => slot.instance.key(),
+            Some(user) => format!("user#{user}#{}", slot.instance.key()),
+        };
         HashMap::from([
             ("pk".to_string(), s(app_pk(app))),
-            ("sk".to_string(), s(slot.instance.key())),
+            ("sk".to_string(), s(sk)),
         ])
     }
 
@@ -587,16 +595,11 @@ impl Ledger for DynamoLedger {
     }
 
     async fn reserve(&self, request: &ReserveRequest<'_>) -> Result<ReserveOutcome, LedgerError> {
-        if let Some((exceeded, retry_after)) =
-            precheck(request.limits, request.charge, request.now)?
-        {
-            return Ok(ReserveOutcome::Exceeded {
-                exceeded,
-                retry_after,
-            });
+        if let Some(outcome) = precheck(request)? {
+            return Ok(outcome);
         }
         let app = request.application;
-        let slots = slots(request.limits, request.now)?;
+        let slots = request_slots(request)?;
         let mut items = Vec::with_capacity(slots.len() + 1);
         for slot in &slots {
             let (max_tokens, max_usd) = slot.limit.ceiling_before(request.charge);
@@ -723,6 +726,7 @@ impl Ledger for DynamoLedger {
             return Ok(ReserveOutcome::Exceeded {
                 exceeded,
                 retry_after: slot.instance.seconds_until_reset(request.now),
+                by_user: slot.user.is_some(),
             });
         }
         Err(LedgerError::Unavailable(format!(
@@ -871,10 +875,11 @@ impl Ledger for DynamoLedger {
     async fn usage(
         &self,
         application: &str,
+        user: Option<&str>,
         limits: &[Limit],
         now: i64,
     ) -> Result<Vec<WindowUsage>, LedgerError> {
-        let slots = slots(limits, now)?;
+        let slots = slots(limits, user, now)?;
         if slots.is_empty() {
             return Ok(Vec::new());
         }
@@ -896,7 +901,10 @@ impl Ledger for DynamoLedger {
         slots
             .into_iter()
             .map(|slot| {
-                let key = slot.instance.key();
+                let key = match Self::counter_key(application, &slot).remove("sk") {
+                    Some(AttributeValue::S(sk)) => sk,
+                    _ => slot.instance.key(),
+                };
                 let item = items
                     .iter()
                     .find(|i| matches!(i.get("sk"), Some(AttributeValue::S(sk)) if *sk == key));
@@ -911,5 +919,167 @@ impl Ledger for DynamoLedger {
                 })
             })
             .collect()
+    }
+
+    async fn put_key(&self, digest: &str, key: &IssuedKey) -> Result<(), LedgerError> {
+        let put = |item: HashMap<String, AttributeValue>| {
+            let mut put = Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(item))
+                .condition_expression("attribute_not_exists(pk)")
+                .return_values_on_condition_check_failure(
+                    ReturnValuesOnConditionCheckFailure::AllOld,
+                );
+            if let Some(user) = &key.user {
+                put = put.item("user", s(user));
+            }
+            TransactWriteItem::builder()
+                .put(put.build().expect("table and item are set"))
+                .build()
+        };
+        let by_digest = HashMap::from([
+            ("pk".to_string(), s(format!("key#{digest}"))),
+            ("sk".to_string(), s("key")),
+            ("application".to_string(), s(&key.application)),
+            ("id".to_string(), s(&key.id)),
+            ("created".to_string(), n(key.created)),
+        ]);
+        let listed = HashMap::from([
+            ("pk".to_string(), s(app_pk(&key.application))),
+            ("sk".to_string(), s(format!("key#{}", key.id))),
+            ("digest".to_string(), s(digest)),
+            ("created".to_string(), n(key.created)),
+        ]);
+        match self
+            .transact(vec![put(by_digest), put(listed)], &key.application)
+            .await?
+        {
+            None => Ok(()),
+            Some(reasons) => {
+                let holder = reasons
+                    .iter()
+                    .filter_map(|r| r.item())
+                    .find_map(|item| match item.get("application") {
+                        Some(AttributeValue::S(app)) => Some(app.clone()),
+                        _ => None,
+                    })
+                    .unwrap_or_else(|| key.application.clone());
+                Err(LedgerError::Owned {
+                    what: Held::Key(key.id.clone()),
+                    holder: format!("application `{holder}`"),
+                })
+            }
+        }
+    }
+
+    async fn key(&self, digest: &str) -> Result<Option<IssuedKey>, LedgerError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(format!("key#{digest}")))
+            .key("sk", s("key"))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable("GetItem", &e))?;
+        let Some(item) = out.item else {
+            return Ok(None);
+        };
+        let text = |name: &str| match item.get(name) {
+            Some(AttributeValue::S(v)) => Some(v.clone()),
+            _ => None,
+        };
+        let corrupt = |reason: &str| LedgerError::Corrupt {
+            key: format!("key#{}", key_id(digest)),
+            reason: reason.into(),
+        };
+        Ok(Some(IssuedKey {
+            id: text("id").ok_or_else(|| corrupt("no `id`"))?,
+            application: text("application").ok_or_else(|| corrupt("no `application`"))?,
+            user: text("user"),
+            created: match item.get("created") {
+                Some(AttributeValue::N(v)) => v.parse().map_err(|_| corrupt("bad `created`"))?,
+                _ => 0,
+            },
+        }))
+    }
+
+    async fn keys(&self, application: &str) -> Result<Vec<IssuedKey>, LedgerError> {
+        let mut keys = Vec::new();
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :key)")
+                .expression_attribute_values(":pk", s(app_pk(application)))
+                .expression_attribute_values(":key", s("key#"))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| unavailable("Query", &e))?;
+            for item in out.items.unwrap_or_default() {
+                let Some(AttributeValue::S(sk)) = item.get("sk") else {
+                    continue;
+                };
+                keys.push(IssuedKey {
+                    id: sk.trim_start_matches("key#").to_string(),
+                    application: application.to_string(),
+                    user: match item.get("user") {
+                        Some(AttributeValue::S(u)) => Some(u.clone()),
+                        _ => None,
+                    },
+                    created: match item.get("created") {
+                        Some(AttributeValue::N(v)) => v.parse().unwrap_or(0),
+                        _ => 0,
+                    },
+                });
+            }
+            match out.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => break,
+            }
+        }
+        keys.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+        Ok(keys)
+    }
+
+    async fn revoke_key(&self, application: &str, id: &str) -> Result<bool, LedgerError> {
+        let Some(digest) = self
+            .string_attribute(app_pk(application), &format!("key#{id}"), "digest", true)
+            .await?
+        else {
+            return Ok(false);
+        };
+        let delete = |pk: String, sk: String| {
+            TransactWriteItem::builder()
+                .delete(
+                    aws_sdk_dynamodb::types::Delete::builder()
+                        .table_name(&self.table)
+                        .key("pk", s(pk))
+                        .key("sk", s(sk))
+                        .build()
+                        .expect("table and key are set"),
+                )
+                .build()
+        };
+        match self
+            .transact(
+                vec![
+                    delete(format!("key#{digest}"), "key".into()),
+                    delete(app_pk(application), format!("key#{id}")),
+                ],
+                application,
+            )
+            .await?
+        {
+            None => Ok(true),
+            Some(reasons) => Err(LedgerError::Unavailable(format!(
+                "revoking key `{id}` was cancelled: {reasons:?}"
+            ))),
+        }
     }
 }

@@ -56,6 +56,8 @@ pub enum Held {
     Identity(Identity),
     /// A claimed name.
     Claim(Claim),
+    /// An issued key, by ID.
+    Key(String),
 }
 
 impl Held {
@@ -65,6 +67,7 @@ impl Held {
             Held::Application(app) => format!("application `{app}`"),
             Held::Identity(identity) => identity.describe(),
             Held::Claim(claim) => claim.describe(),
+            Held::Key(id) => format!("key `{id}`"),
         }
     }
 }
@@ -132,11 +135,15 @@ pub enum Released {
     HeldElsewhere,
 }
 
-/// A request to reserve `charge` in every limited window of an application.
+/// A request to reserve `charge` in every limited window of an application, and of its user.
 #[derive(Debug, Clone)]
 pub struct ReserveRequest<'a> {
     /// The application.
     pub application: &'a str,
+    /// The application's user the request is made for, if its key names one.
+    pub user: Option<&'a str>,
+    /// The user's limits: held in the same atomic step as the application's.
+    pub user_limits: &'a [Limit],
     /// Unique per request (an SQS message's request ID for the async path).
     pub reservation_id: &'a str,
     /// The application's limits.
@@ -180,6 +187,9 @@ pub struct Slot {
     pub limit: Limit,
     /// The occurrence of its window.
     pub instance: WindowInstance,
+    /// The user whose window it is; `None` for the application's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// A held reservation, to be settled or refunded exactly once. It serializes, so that a workflow
@@ -203,10 +213,7 @@ impl Reservation {
     /// lost and whether it applied is unknown (a refund of a reservation that does not exist, or
     /// belongs to another attempt, changes nothing).
     pub fn of(request: &ReserveRequest<'_>) -> Result<Reservation, LedgerError> {
-        Ok(Reservation::held(
-            request,
-            slots(request.limits, request.now)?,
-        ))
+        Ok(Reservation::held(request, request_slots(request)?))
     }
 
     /// The reservation `request` holds in `slots` once its write applied.
@@ -243,6 +250,8 @@ pub enum ReserveOutcome {
         exceeded: Exceeded,
         /// Seconds until that window resets.
         retry_after: i64,
+        /// Whether the limit is the user's rather than the application's.
+        by_user: bool,
     },
     /// The reservation ID was seen before.
     Duplicate {
@@ -377,14 +386,73 @@ pub trait Ledger: Send + Sync + 'static {
     /// charged with [`EXPIRED_REASON`], and each one is returned so the caller can count it.
     fn sweep(&self, now: i64) -> impl Future<Output = Result<Vec<Expired>, LedgerError>> + Send;
 
-    /// Current usage of each limited window.
+    /// Current usage of each limited window of the application, or of its `user`.
     fn usage(
         &self,
         application: &str,
+        user: Option<&str>,
         limits: &[Limit],
         now: i64,
     ) -> impl Future<Output = Result<Vec<WindowUsage>, LedgerError>> + Send;
+
+    /// Stores a key issued to `key.application` (and its user) by its digest ([`key_digest`]):
+    /// [`LedgerError::Owned`] if that digest or that key ID is stored already.
+    fn put_key(
+        &self,
+        digest: &str,
+        key: &IssuedKey,
+    ) -> impl Future<Output = Result<(), LedgerError>> + Send;
+
+    /// The key stored under `digest`, if it has not been revoked.
+    fn key(
+        &self,
+        digest: &str,
+    ) -> impl Future<Output = Result<Option<IssuedKey>, LedgerError>> + Send;
+
+    /// The keys issued to `application`, oldest first.
+    fn keys(
+        &self,
+        application: &str,
+    ) -> impl Future<Output = Result<Vec<IssuedKey>, LedgerError>> + Send;
+
+    /// Revokes `application`'s key `id`; answers whether there was one to revoke.
+    fn revoke_key(
+        &self,
+        application: &str,
+        id: &str,
+    ) -> impl Future<Output = Result<bool, LedgerError>> + Send;
 }
+
+/// A key issued to a caller: the application it spends from and, for seats, its user. The key
+/// itself is never stored, only its digest ([`key_digest`]); `id` names it in listings.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IssuedKey {
+    /// Public name of the key: the first 12 hex digits of its digest.
+    pub id: String,
+    /// The application.
+    pub application: String,
+    /// The user, if the key is a seat's.
+    pub user: Option<String>,
+    /// When it was issued, Unix seconds.
+    pub created: i64,
+}
+
+/// The digest a key is stored and looked up by: SHA-256, lower-case hex. A key is 256 random
+/// bits, so an unsalted fast hash is enough: there is no dictionary to try.
+pub fn key_digest(key: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The public ID of the key with `digest`.
+pub fn key_id(digest: &str) -> String {
+    digest.chars().take(12).collect()
+}
+
+pub use budget::config::check_user;
 
 fn owned_config(application: &str, owner: Option<&str>) -> LedgerError {
     LedgerError::Owned {
@@ -403,6 +471,13 @@ fn owned_identity(identity: &Identity, application: &str) -> LedgerError {
     }
 }
 
+fn owned_key(key: &IssuedKey, held: &IssuedKey) -> LedgerError {
+    LedgerError::Owned {
+        what: Held::Key(key.id.clone()),
+        holder: format!("application `{}`", held.application),
+    }
+}
+
 fn owned_claim(claim: &Claim, owner: &str) -> LedgerError {
     LedgerError::Owned {
         what: Held::Claim(claim.clone()),
@@ -410,17 +485,28 @@ fn owned_claim(claim: &Claim, owner: &str) -> LedgerError {
     }
 }
 
-/// The slots of a reservation: each limit's current window occurrence.
-pub fn slots(limits: &[Limit], now: i64) -> Result<Vec<Slot>, LedgerError> {
+/// The slots of an application's limits (or its `user`'s): each limit's current window
+/// occurrence.
+pub fn slots(limits: &[Limit], user: Option<&str>, now: i64) -> Result<Vec<Slot>, LedgerError> {
     limits
         .iter()
         .map(|l| {
             Ok(Slot {
                 limit: *l,
                 instance: l.window.instance_at(now)?,
+                user: user.map(str::to_string),
             })
         })
         .collect()
+}
+
+/// Every slot a request reserves in: the application's, then its user's.
+pub fn request_slots(request: &ReserveRequest<'_>) -> Result<Vec<Slot>, LedgerError> {
+    let mut all = slots(request.limits, None, request.now)?;
+    if let Some(user) = request.user {
+        all.extend(slots(request.user_limits, Some(user), request.now)?);
+    }
+    Ok(all)
 }
 
 /// The longest request ID a caller may choose (the queue front's `requestId`).
@@ -451,17 +537,28 @@ pub fn check_request_id(id: &str) -> Result<(), String> {
 /// Grace after a window ends before its counter may expire, so late settlements still find it.
 pub const COUNTER_GRACE_SECONDS: i64 = 86_400;
 
-/// Checks a request against every limit before touching the store: a request larger than a limit
-/// can never fit, and stores that compare against `limit - request` must not see it.
-pub fn precheck(
-    limits: &[Limit],
-    charge: Charge,
-    now: i64,
-) -> Result<Option<(Exceeded, i64)>, LedgerError> {
-    for limit in limits {
-        if let Err(exceeded) = limit.admits(Charge::ZERO, charge) {
-            let instance = limit.window.instance_at(now)?;
-            return Ok(Some((exceeded, instance.seconds_until_reset(now))));
+/// Checks a request against every limit, the application's and its user's, before touching the
+/// store: a request larger than a limit can never fit, and stores that compare against
+/// `limit - request` must not see it.
+pub fn precheck(request: &ReserveRequest<'_>) -> Result<Option<ReserveOutcome>, LedgerError> {
+    let user_limits = if request.user.is_some() {
+        request.user_limits
+    } else {
+        &[]
+    };
+    let scoped = request
+        .limits
+        .iter()
+        .map(|l| (l, false))
+        .chain(user_limits.iter().map(|l| (l, true)));
+    for (limit, by_user) in scoped {
+        if let Err(exceeded) = limit.admits(Charge::ZERO, request.charge) {
+            let instance = limit.window.instance_at(request.now)?;
+            return Ok(Some(ReserveOutcome::Exceeded {
+                exceeded,
+                retry_after: instance.seconds_until_reset(request.now),
+                by_user,
+            }));
         }
     }
     Ok(None)

@@ -23,12 +23,18 @@ struct State {
     next_sweep: i64,
     /// Reservations closed at their worst case since the last [`Ledger::sweep`].
     expired: Vec<Expired>,
+    /// Issued keys by digest.
+    keys: HashMap<String, IssuedKey>,
 }
+
+type Counters = HashMap<WindowInstance, (Charge, i64)>;
 
 #[derive(Debug, Default)]
 struct AppState {
     /// Window instance -> usage and expiry.
-    counters: HashMap<WindowInstance, (Charge, i64)>,
+    counters: Counters,
+    /// Per user of the application, its windows' usage and expiry.
+    users: HashMap<String, Counters>,
     /// Reservation id -> record.
     records: HashMap<String, Record>,
 }
@@ -46,10 +52,41 @@ impl State {
                 record.close_if_expired(application, id, now, expired);
             }
             app.counters.retain(|_, (_, expires)| *expires > now);
+            app.users.retain(|_, counters| {
+                counters.retain(|_, (_, expires)| *expires > now);
+                !counters.is_empty()
+            });
             app.records.retain(|_, record| record.expires_at > now);
-            !(app.counters.is_empty() && app.records.is_empty())
+            !(app.counters.is_empty() && app.users.is_empty() && app.records.is_empty())
         });
         self.next_sweep = now.saturating_add(SWEEP_INTERVAL_SECONDS);
+    }
+}
+
+impl AppState {
+    fn counters_of(&self, user: Option<&str>) -> Option<&Counters> {
+        match user {
+            None => Some(&self.counters),
+            Some(u) => self.users.get(u),
+        }
+    }
+
+    fn used(&self, slot: &Slot) -> Charge {
+        self.counters_of(slot.user.as_deref())
+            .and_then(|c| c.get(&slot.instance))
+            .map_or(Charge::ZERO, |(c, _)| *c)
+    }
+
+    fn counters_mut(&mut self, user: Option<&str>) -> &mut Counters {
+        match user {
+            None => &mut self.counters,
+            Some(u) => {
+                if !self.users.contains_key(u) {
+                    self.users.insert(u.to_string(), Counters::new());
+                }
+                self.users.get_mut(u).expect("inserted")
+            }
+        }
     }
 }
 
@@ -101,16 +138,23 @@ impl MemoryLedger {
         Self::default()
     }
 
-    /// Settled plus reserved charge of every counter of `application`, for tests and audits.
+    /// Settled plus reserved charge of every counter of `application`, for tests and audits; a
+    /// user's counters are named `user#{user}#{window}`.
     pub fn counters(&self, application: &str) -> Vec<(String, Charge)> {
         let state = self.state.lock().expect("ledger lock");
-        let mut out: Vec<(String, Charge)> = state
-            .apps
-            .get(application)
+        let app = state.apps.get(application);
+        let own = app
             .into_iter()
             .flat_map(|app| app.counters.iter())
-            .map(|(instance, (c, _))| (instance.key(), *c))
-            .collect();
+            .map(|(instance, (c, _))| (instance.key(), *c));
+        let users = app.into_iter().flat_map(|app| {
+            app.users.iter().flat_map(|(user, counters)| {
+                counters
+                    .iter()
+                    .map(move |(i, (c, _))| (format!("user#{user}#{}", i.key()), *c))
+            })
+        });
+        let mut out: Vec<(String, Charge)> = own.chain(users).collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }
@@ -258,15 +302,10 @@ impl Ledger for MemoryLedger {
     }
 
     async fn reserve(&self, request: &ReserveRequest<'_>) -> Result<ReserveOutcome, LedgerError> {
-        if let Some((exceeded, retry_after)) =
-            precheck(request.limits, request.charge, request.now)?
-        {
-            return Ok(ReserveOutcome::Exceeded {
-                exceeded,
-                retry_after,
-            });
+        if let Some(outcome) = precheck(request)? {
+            return Ok(outcome);
         }
-        let slots = slots(request.limits, request.now)?;
+        let slots = request_slots(request)?;
         let mut state = self.state.lock().expect("ledger lock");
         if request.now >= state.next_sweep {
             state.sweep(request.now);
@@ -289,28 +328,17 @@ impl Ledger for MemoryLedger {
                 });
             }
         }
-        if let Some(app) = state.apps.get(request.application) {
-            for slot in &slots {
-                let used = app
-                    .counters
-                    .get(&slot.instance)
-                    .map_or(Charge::ZERO, |(c, _)| *c);
-                if let Err(exceeded) = slot.limit.admits(used, request.charge) {
-                    return Ok(ReserveOutcome::Exceeded {
-                        exceeded,
-                        retry_after: slot.instance.seconds_until_reset(request.now),
-                    });
-                }
-            }
-        } else {
-            // No usage yet: each window starts from zero.
-            for slot in &slots {
-                if let Err(exceeded) = slot.limit.admits(Charge::ZERO, request.charge) {
-                    return Ok(ReserveOutcome::Exceeded {
-                        exceeded,
-                        retry_after: slot.instance.seconds_until_reset(request.now),
-                    });
-                }
+        // Every window, the application's and the user's, is checked under the one lock before
+        // any is charged: all or nothing.
+        let app = state.apps.get(request.application);
+        for slot in &slots {
+            let used = app.map_or(Charge::ZERO, |app| app.used(slot));
+            if let Err(exceeded) = slot.limit.admits(used, request.charge) {
+                return Ok(ReserveOutcome::Exceeded {
+                    exceeded,
+                    retry_after: slot.instance.seconds_until_reset(request.now),
+                    by_user: slot.user.is_some(),
+                });
             }
         }
         let app = match state.apps.get_mut(request.application) {
@@ -323,7 +351,7 @@ impl Ledger for MemoryLedger {
         for slot in &slots {
             let expires = slot.instance.end + COUNTER_GRACE_SECONDS;
             let entry = app
-                .counters
+                .counters_mut(slot.user.as_deref())
                 .entry(slot.instance)
                 .or_insert((Charge::ZERO, expires));
             entry.0 = entry.0.saturating_add(request.charge);
@@ -368,7 +396,10 @@ impl Ledger for MemoryLedger {
             _ => return Ok(()),
         }
         for slot in &reservation.slots {
-            if let Some((used, _)) = app.counters.get_mut(&slot.instance) {
+            if let Some((used, _)) = app
+                .counters_mut(slot.user.as_deref())
+                .get_mut(&slot.instance)
+            {
                 *used = used
                     .saturating_sub(reservation.charge)
                     .saturating_add(settlement.actual);
@@ -386,18 +417,18 @@ impl Ledger for MemoryLedger {
     async fn usage(
         &self,
         application: &str,
+        user: Option<&str>,
         limits: &[Limit],
         now: i64,
     ) -> Result<Vec<WindowUsage>, LedgerError> {
         let state = self.state.lock().expect("ledger lock");
-        slots(limits, now)?
+        slots(limits, user, now)?
             .into_iter()
             .map(|slot| {
                 let used = state
                     .apps
                     .get(application)
-                    .and_then(|app| app.counters.get(&slot.instance))
-                    .map_or(Charge::ZERO, |(c, _)| *c);
+                    .map_or(Charge::ZERO, |app| app.used(&slot));
                 Ok(WindowUsage {
                     limit: slot.limit,
                     instance: slot.instance,
@@ -405,6 +436,51 @@ impl Ledger for MemoryLedger {
                 })
             })
             .collect()
+    }
+
+    async fn put_key(&self, digest: &str, key: &IssuedKey) -> Result<(), LedgerError> {
+        let mut state = self.state.lock().expect("ledger lock");
+        if let Some(held) = state
+            .keys
+            .iter()
+            .find(|(d, k)| *d == digest || (k.application == key.application && k.id == key.id))
+            .map(|(_, k)| k)
+        {
+            return Err(owned_key(key, held));
+        }
+        state.keys.insert(digest.to_string(), key.clone());
+        Ok(())
+    }
+
+    async fn key(&self, digest: &str) -> Result<Option<IssuedKey>, LedgerError> {
+        Ok(self
+            .state
+            .lock()
+            .expect("ledger lock")
+            .keys
+            .get(digest)
+            .cloned())
+    }
+
+    async fn keys(&self, application: &str) -> Result<Vec<IssuedKey>, LedgerError> {
+        let state = self.state.lock().expect("ledger lock");
+        let mut out: Vec<IssuedKey> = state
+            .keys
+            .values()
+            .filter(|k| k.application == application)
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+        Ok(out)
+    }
+
+    async fn revoke_key(&self, application: &str, id: &str) -> Result<bool, LedgerError> {
+        let mut state = self.state.lock().expect("ledger lock");
+        let before = state.keys.len();
+        state
+            .keys
+            .retain(|_, k| !(k.application == application && k.id == id));
+        Ok(state.keys.len() < before)
     }
 }
 
@@ -428,6 +504,8 @@ mod tests {
     fn request<'a>(id: &'a str, limits: &'a [Limit], now: i64) -> ReserveRequest<'a> {
         ReserveRequest {
             application: "app",
+            user: None,
+            user_limits: &[],
             reservation_id: id,
             limits,
             charge: Charge::new(100, MicroUsd::from_micros(10)),
@@ -483,7 +561,10 @@ mod tests {
             (2, 1),
             "the month counter, a new minute counter, the new record"
         );
-        let month = ledger.usage("app", &limits[1..], later).await.unwrap();
+        let month = ledger
+            .usage("app", None, &limits[1..], later)
+            .await
+            .unwrap();
         assert_eq!(
             month[0].used.tokens,
             100 * 50 + 100,

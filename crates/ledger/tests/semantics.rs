@@ -32,6 +32,9 @@ fn config() -> BudgetConfig {
         version: 7,
         owner: None,
         applied_request: None,
+        per_user: None,
+        users: Default::default(),
+        user_metrics: false,
     }
 }
 
@@ -43,6 +46,8 @@ fn request<'a>(
 ) -> ReserveRequest<'a> {
     ReserveRequest {
         application: "bot",
+        user: None,
+        user_limits: &[],
         reservation_id: id,
         limits,
         charge: Charge::new(tokens, MicroUsd(micros)),
@@ -90,7 +95,7 @@ async fn contract<L: Ledger>(ledger: L) {
         panic!("r1 fits")
     };
     assert_eq!(first.slots.len(), 2);
-    let usage = ledger.usage("bot", &limits, NOW).await.unwrap();
+    let usage = ledger.usage("bot", None, &limits, NOW).await.unwrap();
     assert_eq!(
         usage.iter().map(|u| u.used).collect::<Vec<_>>(),
         vec![Charge::new(600, MicroUsd(300)); 2]
@@ -105,6 +110,7 @@ async fn contract<L: Ledger>(ledger: L) {
         ReserveOutcome::Exceeded {
             exceeded,
             retry_after,
+            ..
         } => {
             assert_eq!(
                 (
@@ -139,7 +145,7 @@ async fn contract<L: Ledger>(ledger: L) {
             .unwrap(),
         ReserveOutcome::Exceeded { .. }
     ));
-    let usage = ledger.usage("bot", &limits, NOW).await.unwrap();
+    let usage = ledger.usage("bot", None, &limits, NOW).await.unwrap();
     assert_eq!(
         usage[0].used,
         Charge::new(600, MicroUsd(300)),
@@ -167,7 +173,7 @@ async fn contract<L: Ledger>(ledger: L) {
     };
     ledger.settle(&first, &done).await.unwrap();
     ledger.settle(&first, &done).await.unwrap();
-    let usage = ledger.usage("bot", &limits, NOW).await.unwrap();
+    let usage = ledger.usage("bot", None, &limits, NOW).await.unwrap();
     assert_eq!(usage[0].used, Charge::new(200, MicroUsd(120)));
     assert_eq!(usage[1].used, Charge::new(200, MicroUsd(120)));
     assert_eq!(
@@ -198,7 +204,7 @@ async fn contract<L: Ledger>(ledger: L) {
         .await
         .unwrap();
     assert_eq!(
-        ledger.usage("bot", &limits, NOW).await.unwrap()[0].used,
+        ledger.usage("bot", None, &limits, NOW).await.unwrap()[0].used,
         Charge::new(200, MicroUsd(120))
     );
     assert!(matches!(
@@ -210,7 +216,7 @@ async fn contract<L: Ledger>(ledger: L) {
     ));
 
     // A new minute starts empty; the day keeps counting.
-    let later = ledger.usage("bot", &limits, NOW + 60).await.unwrap();
+    let later = ledger.usage("bot", None, &limits, NOW + 60).await.unwrap();
     assert_eq!(later[0].used, Charge::ZERO);
     assert_eq!(later[1].used, Charge::new(300, MicroUsd(170)));
 
@@ -232,7 +238,7 @@ async fn contract<L: Ledger>(ledger: L) {
         now: NOW,
     };
     ledger.settle(&r6, &charged).await.unwrap();
-    let day = ledger.usage("bot", &limits, NOW).await.unwrap()[1].used;
+    let day = ledger.usage("bot", None, &limits, NOW).await.unwrap()[1].used;
     assert_eq!(day, Charge::new(340, MicroUsd(190)));
     let ReserveOutcome::Reserved(r6_again) = ledger
         .reserve(&request("r6", &limits, 10, 5))
@@ -290,7 +296,7 @@ async fn contract<L: Ledger>(ledger: L) {
         ledger.sweep(NOW + 902).await.unwrap().is_empty(),
         "closed once"
     );
-    let day = ledger.usage("bot", &limits, NOW).await.unwrap()[1].used;
+    let day = ledger.usage("bot", None, &limits, NOW).await.unwrap()[1].used;
     assert_eq!(day, Charge::new(380, MicroUsd(210)), "charged in full");
     // A settlement arriving after the sweep changes nothing.
     ledger
@@ -305,7 +311,7 @@ async fn contract<L: Ledger>(ledger: L) {
         .await
         .unwrap();
     assert_eq!(
-        ledger.usage("bot", &limits, NOW).await.unwrap()[1].used,
+        ledger.usage("bot", None, &limits, NOW).await.unwrap()[1].used,
         Charge::new(380, MicroUsd(210))
     );
 
@@ -521,7 +527,7 @@ async fn a_reservation_whose_answer_was_lost_is_recognised_or_refunded() {
     let audit = DynamoLedger::new(direct, "ledger");
     let limits = config().limits;
     async fn used_in(ledger: &DynamoLedger, limits: &[budget::Limit]) -> Vec<u64> {
-        let windows = ledger.usage("bot", limits, NOW).await.unwrap();
+        let windows = ledger.usage("bot", None, limits, NOW).await.unwrap();
         windows.iter().map(|w| w.used.tokens).collect()
     }
     let used = |l| used_in(l, &limits);
@@ -583,4 +589,144 @@ async fn a_reservation_whose_answer_was_lost_is_recognised_or_refunded() {
         .unwrap();
     assert_eq!(used(&audit).await, vec![40, 40]);
     assert!(proxy.seen("TransactWriteItems") >= 5);
+}
+
+/// Seats: a user's windows and its application's are reserved in one step, or neither is; keys
+/// are stored by digest, listed per application and revoked.
+async fn seats<L: Ledger>(ledger: L) {
+    const APP: &[budget::Limit] = &[budget::Limit {
+        window: Window::Day,
+        tokens: Some(1_000),
+        usd: None,
+    }];
+    const USER: &[budget::Limit] = &[budget::Limit {
+        window: Window::Day,
+        tokens: Some(400),
+        usd: None,
+    }];
+    let (app, user) = (APP, USER);
+    let seat = |id: &'static str, who: &'static str, tokens: u64| ReserveRequest {
+        user: Some(who),
+        user_limits: USER,
+        ..request(id, APP, tokens, 0)
+    };
+    let used = |who: Option<&'static str>, limits: &'static [budget::Limit]| {
+        let ledger = &ledger;
+        async move {
+            ledger.usage("bot", who, limits, NOW).await.unwrap()[0]
+                .used
+                .tokens
+        }
+    };
+
+    let ReserveOutcome::Reserved(first) = ledger.reserve(&seat("s1", "alice", 300)).await.unwrap()
+    else {
+        panic!("fits both");
+    };
+    assert_eq!(first.slots.len(), 2);
+    assert_eq!(first.slots[1].user.as_deref(), Some("alice"));
+    // Over alice's 400: refused by her limit, and nothing held in the application's window.
+    match ledger.reserve(&seat("s2", "alice", 200)).await.unwrap() {
+        ReserveOutcome::Exceeded {
+            by_user, exceeded, ..
+        } => {
+            assert!(by_user);
+            assert_eq!((exceeded.limit, exceeded.used), (400, 300));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(used(None, app).await, 300);
+    assert_eq!(used(Some("alice"), user).await, 300);
+    // Bob's window is his own; the application's fills up: refused by the application's limit,
+    // and nothing held in bob's.
+    let ReserveOutcome::Reserved(_) = ledger.reserve(&seat("b1", "bob", 400)).await.unwrap() else {
+        panic!("bob's window is his own");
+    };
+    let ReserveOutcome::Reserved(_) = ledger.reserve(&seat("c1", "carol", 300)).await.unwrap()
+    else {
+        panic!("carol fits");
+    };
+    match ledger.reserve(&seat("d1", "dave", 100)).await.unwrap() {
+        ReserveOutcome::Exceeded {
+            by_user, exceeded, ..
+        } => {
+            assert!(!by_user, "the application's limit");
+            assert_eq!((exceeded.limit, exceeded.used), (1_000, 1_000));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(used(Some("dave"), user).await, 0);
+    // Settling moves both windows to the actual usage.
+    ledger
+        .settle(
+            &first,
+            &Settlement {
+                actual: Charge::new(120, MicroUsd(0)),
+                completion: Some(Completion::default()),
+                now: NOW,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(used(Some("alice"), user).await, 120);
+    assert_eq!(used(None, app).await, 820);
+
+    // Keys: by digest, listed per application, revoked.
+    let key = |id: &str, app: &str, user: Option<&str>| IssuedKey {
+        id: id.into(),
+        application: app.into(),
+        user: user.map(str::to_string),
+        created: NOW,
+    };
+    let alice = key("aaaaaaaaaaaa", "bot", Some("alice"));
+    ledger.put_key("digest-a", &alice).await.unwrap();
+    ledger
+        .put_key("digest-b", &key("bbbbbbbbbbbb", "bot", None))
+        .await
+        .unwrap();
+    ledger
+        .put_key("digest-c", &key("cccccccccccc", "other", Some("zed")))
+        .await
+        .unwrap();
+    assert!(matches!(
+        ledger
+            .put_key("digest-a", &key("dddddddddddd", "other", None))
+            .await,
+        Err(LedgerError::Owned { .. })
+    ));
+    assert_eq!(ledger.key("digest-a").await.unwrap(), Some(alice.clone()));
+    assert_eq!(ledger.key("digest-z").await.unwrap(), None);
+    let listed: Vec<String> = ledger
+        .keys("bot")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| k.id)
+        .collect();
+    assert_eq!(listed, ["aaaaaaaaaaaa", "bbbbbbbbbbbb"]);
+    assert_eq!(
+        ledger.keys("bot").await.unwrap()[0].user.as_deref(),
+        Some("alice")
+    );
+    assert!(
+        !ledger.revoke_key("other", "aaaaaaaaaaaa").await.unwrap(),
+        "not `other`'s key"
+    );
+    assert!(ledger.revoke_key("bot", "aaaaaaaaaaaa").await.unwrap());
+    assert_eq!(ledger.key("digest-a").await.unwrap(), None);
+    assert!(!ledger.revoke_key("bot", "aaaaaaaaaaaa").await.unwrap());
+    assert_eq!(ledger.keys("bot").await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn memory_ledger_holds_seats() {
+    seats(MemoryLedger::new()).await;
+}
+
+#[tokio::test]
+async fn dynamodb_ledger_holds_seats_on_moto() {
+    let moto = harness::Moto::start();
+    let client = aws_sdk_dynamodb::Client::new(&moto.sdk_config().await);
+    harness::create_ledger_table(&client, "ledger").await;
+    seats(DynamoLedger::new(client, "ledger")).await;
 }

@@ -238,6 +238,9 @@ fn config_of(
         version,
         owner: Some(owner),
         applied_request: applied_request.map(str::to_string),
+        per_user: props.per_user.clone(),
+        users: props.users.clone(),
+        user_metrics: props.user_metrics,
     }
 }
 
@@ -264,6 +267,7 @@ fn owned_reason(e: &LedgerError) -> Option<String> {
         Held::Identity(Identity::QueueArn(_)) => "RequestQueueArns",
         Held::Claim(Claim::CostBudget(_)) => "CostBudget.BudgetName",
         Held::Claim(Claim::Alarm(_)) => "AlarmName",
+        Held::Key(_) => "Application",
     };
     Some(format!("`{property}`: {e}"))
 }

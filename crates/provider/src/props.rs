@@ -4,10 +4,13 @@
 //! limits, one limit per window, percent ranges, names) is checked here. Every error names the
 //! property, e.g. `Limits[1].Usd`.
 
-use budget::config::{EnforcementMode, ExceedAction, InferenceProfile, ModelPrice};
+use budget::config::{EnforcementMode, ExceedAction, InferenceProfile, ModelPrice, UserBudget};
 use budget::{Limit, MicroUsd, Price, Window};
 pub use cfn::custom::{AlarmKind, AlarmMetric};
-use cfn::custom::{ModeName, OnExceedName, TokenAlarmProperties, TokenBudgetProperties};
+use cfn::custom::{
+    LimitProperties, ModeName, OnExceedName, TokenAlarmProperties, TokenBudgetProperties,
+    UserProperties,
+};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -131,6 +134,12 @@ pub struct BudgetProps {
     pub results_queue_url: Option<String>,
     /// Inference profiles to call models through.
     pub inference_profiles: Vec<InferenceProfile>,
+    /// Seats: the budget each user gets unless named in `users`.
+    pub per_user: Option<UserBudget>,
+    /// Seats: users with budgets of their own.
+    pub users: std::collections::BTreeMap<String, UserBudget>,
+    /// Publish request metrics per user too.
+    pub user_metrics: bool,
 }
 
 /// CloudFormation's `ServiceTimeout` of a custom resource: 1 to 3,600 seconds. CloudFormation
@@ -178,45 +187,26 @@ pub fn parse_budget(value: &Value) -> Result<BudgetProps, PropError> {
             "is required and must list at least one limit",
         ));
     }
-    let mut limits: Vec<Limit> = Vec::new();
-    for (i, l) in p.limits.iter().enumerate() {
-        let window = Window::from(l.window);
-        if l.tokens.is_none() && l.usd.is_none() {
-            return Err(err(format!("Limits[{i}]"), "needs `Tokens`, `Usd` or both"));
-        }
-        if limits.iter().any(|x| x.window == window) {
+    let limits = limits(&p.limits, "")?;
+    let on_exceed = on_exceed(p.on_exceed, p.fallback_model, "")?;
+    let mode = mode(p.mode);
+    let per_user = p
+        .per_user
+        .map(|u| user_budget(u, "PerUser", false))
+        .transpose()?
+        .map(|(_, b)| b);
+    let mut users = std::collections::BTreeMap::new();
+    for (i, u) in p.users.into_iter().enumerate() {
+        let path = format!("Users[{i}]");
+        let (name, budget) = user_budget(u, &path, true)?;
+        let name = name.expect("required for `Users`");
+        if users.insert(name.clone(), budget).is_some() {
             return Err(err(
-                format!("Limits[{i}].Window"),
-                format!("a `{window}` limit is already declared"),
+                format!("{path}.User"),
+                format!("user `{name}` is already declared"),
             ));
         }
-        limits.push(Limit {
-            window,
-            tokens: l.tokens.map(|t| t.0),
-            usd: l.usd.map(|u| u.0),
-        });
     }
-    limits.sort_by_key(|l| l.window);
-
-    let on_exceed = match (
-        p.on_exceed.unwrap_or(OnExceedName::Reject),
-        p.fallback_model,
-    ) {
-        (OnExceedName::Fallback, Some(model)) => ExceedAction::Fallback { model },
-        (OnExceedName::Fallback, None) => {
-            return Err(err(
-                "FallbackModel",
-                "is required with `OnExceed: fallback`",
-            ));
-        }
-        (_, Some(_)) => return Err(err("FallbackModel", "only applies to `OnExceed: fallback`")),
-        (OnExceedName::Reject, None) => ExceedAction::Reject,
-        (OnExceedName::Queue, None) => ExceedAction::Queue,
-    };
-    let mode = match p.mode.unwrap_or(ModeName::Enforce) {
-        ModeName::Enforce => EnforcementMode::Enforce,
-        ModeName::Shadow => EnforcementMode::Shadow,
-    };
 
     let mut prices = Vec::new();
     for (i, q) in p.prices.into_iter().enumerate() {
@@ -292,7 +282,100 @@ pub fn parse_budget(value: &Value) -> Result<BudgetProps, PropError> {
                 arn: q.arn,
             })
             .collect(),
+        per_user,
+        users,
+        user_metrics: p.user_metrics.is_some_and(|f| f.0),
     })
+}
+
+/// The limits of `Limits` under `prefix` (`""` or `PerUser.`).
+fn limits(items: &[LimitProperties], prefix: &str) -> Result<Vec<Limit>, PropError> {
+    let mut limits: Vec<Limit> = Vec::new();
+    for (i, l) in items.iter().enumerate() {
+        let window = Window::from(l.window);
+        if l.tokens.is_none() && l.usd.is_none() {
+            return Err(err(
+                format!("{prefix}Limits[{i}]"),
+                "needs `Tokens`, `Usd` or both",
+            ));
+        }
+        if limits.iter().any(|x| x.window == window) {
+            return Err(err(
+                format!("{prefix}Limits[{i}].Window"),
+                format!("a `{window}` limit is already declared"),
+            ));
+        }
+        limits.push(Limit {
+            window,
+            tokens: l.tokens.map(|t| t.0),
+            usd: l.usd.map(|u| u.0),
+        });
+    }
+    limits.sort_by_key(|l| l.window);
+    Ok(limits)
+}
+
+fn on_exceed(
+    name: Option<OnExceedName>,
+    fallback_model: Option<String>,
+    prefix: &str,
+) -> Result<ExceedAction, PropError> {
+    let property = format!("{prefix}FallbackModel");
+    Ok(
+        match (name.unwrap_or(OnExceedName::Reject), fallback_model) {
+            (OnExceedName::Fallback, Some(model)) => ExceedAction::Fallback { model },
+            (OnExceedName::Fallback, None) => {
+                return Err(err(property, "is required with `OnExceed: fallback`"));
+            }
+            (_, Some(_)) => return Err(err(property, "only applies to `OnExceed: fallback`")),
+            (OnExceedName::Reject, None) => ExceedAction::Reject,
+            (OnExceedName::Queue, None) => ExceedAction::Queue,
+        },
+    )
+}
+
+fn mode(name: Option<ModeName>) -> EnforcementMode {
+    match name.unwrap_or(ModeName::Enforce) {
+        ModeName::Enforce => EnforcementMode::Enforce,
+        ModeName::Shadow => EnforcementMode::Shadow,
+    }
+}
+
+/// A user's budget at `path` (`PerUser` or `Users[i]`), with its name when `named`.
+fn user_budget(
+    u: UserProperties,
+    path: &str,
+    named: bool,
+) -> Result<(Option<String>, UserBudget), PropError> {
+    let prefix = format!("{path}.");
+    let name = match (u.user, named) {
+        (Some(name), true) => {
+            budget::config::check_user(&name).map_err(|why| err(format!("{prefix}User"), why))?;
+            Some(name)
+        }
+        (None, true) => return Err(err(format!("{prefix}User"), "is required")),
+        (Some(_), false) => {
+            return Err(err(
+                format!("{prefix}User"),
+                "only applies to entries of `Users`",
+            ));
+        }
+        (None, false) => None,
+    };
+    if u.limits.is_empty() {
+        return Err(err(
+            format!("{prefix}Limits"),
+            "is required and must list at least one limit",
+        ));
+    }
+    Ok((
+        name,
+        UserBudget {
+            limits: limits(&u.limits, &prefix)?,
+            on_exceed: on_exceed(u.on_exceed, u.fallback_model, &prefix)?,
+            mode: mode(u.mode),
+        },
+    ))
 }
 
 /// The properties of a `Custom::TokenAlarm`.

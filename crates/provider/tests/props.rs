@@ -193,6 +193,88 @@ fn every_invalid_budget_property_is_named() {
 }
 
 #[test]
+fn seats_are_read_and_their_invalid_properties_named() {
+    let mut base = fixture("create-budget.json")["ResourceProperties"].clone();
+    base["PerUser"] = json!({ "Limits": [{ "Window": "day", "Usd": "20" }], "OnExceed": "fallback", "FallbackModel": "amazon.nova-micro-v1:0" });
+    base["Users"] = json!([
+        { "User": "lead@example.com", "Limits": [{ "Window": "day", "Usd": "60" }] },
+        { "User": "trial", "Mode": "shadow", "Limits": [{ "Window": "hour", "Tokens": "5000" }] }
+    ]);
+    base["UserMetrics"] = json!("true");
+    let p = parse_budget(&base).unwrap();
+    let per_user = p.per_user.as_ref().unwrap();
+    assert_eq!(per_user.limits[0].usd, Some(MicroUsd::from_usd(20)));
+    assert_eq!(
+        per_user.on_exceed,
+        ExceedAction::Fallback {
+            model: "amazon.nova-micro-v1:0".into()
+        }
+    );
+    assert_eq!(
+        p.users["lead@example.com"].limits[0].usd,
+        Some(MicroUsd::from_usd(60))
+    );
+    assert_eq!(p.users["lead@example.com"].mode, EnforcementMode::Enforce);
+    assert_eq!(p.users["trial"].mode, EnforcementMode::Shadow);
+    assert!(p.user_metrics);
+
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "/PerUser/Limits/0/Usd",
+            json!("-1"),
+            "`PerUser.Limits[0].Usd`: `-1` is not a decimal amount (expected digits with an optional `.` fraction, e.g. `40.5`)",
+        ),
+        (
+            "/PerUser/FallbackModel",
+            json!(null),
+            "`PerUser.FallbackModel`: is required with `OnExceed: fallback`",
+        ),
+        (
+            "/PerUser/Limits",
+            json!([]),
+            "`PerUser.Limits`: is required and must list at least one limit",
+        ),
+        (
+            "/Users/0/User",
+            json!("a/b"),
+            "`Users[0].User`: user name `a/b` may hold only letters, digits and `._@+-`, not `/`",
+        ),
+        (
+            "/Users/1/User",
+            json!("lead@example.com"),
+            "`Users[1].User`: user `lead@example.com` is already declared",
+        ),
+        (
+            "/Users/1/Limits/0",
+            json!({ "Window": "hour" }),
+            "`Users[1].Limits[0]`: needs `Tokens`, `Usd` or both",
+        ),
+        (
+            "/Users/1/Mode",
+            json!("loud"),
+            "`Users[1].Mode`: `loud` is not one of `enforce`, `shadow`",
+        ),
+        (
+            "/UserMetrics",
+            json!("maybe"),
+            "`UserMetrics`: `maybe` is not `true` or `false`",
+        ),
+    ];
+    for (pointer, value, expected) in cases {
+        let mut props = base.clone();
+        *props.pointer_mut(pointer).unwrap() = value;
+        let got = parse_budget(&props).map(|_| ()).unwrap_err().to_string();
+        assert_eq!(got, expected, "{pointer}");
+    }
+    let mut props = base;
+    props["Users"][0].as_object_mut().unwrap().remove("User");
+    assert_eq!(
+        parse_budget(&props).unwrap_err().to_string(),
+        "`Users[0].User`: is required"
+    );
+}
+
+#[test]
 fn alarms_watch_the_gateways_gauges_and_metric_math() {
     let budget = parse_budget(&fixture("create-budget.json")["ResourceProperties"]).unwrap();
     let cfg = budget::config::BudgetConfig {

@@ -118,3 +118,40 @@ fn the_hand_written_template_passes_cfn_lint_and_is_read_by_the_provider() {
         3
     );
 }
+
+#[test]
+fn seats_rendered_from_a_spec_are_read_back_as_declared() {
+    let path = harness::repo().join("examples/seats.yaml");
+    let spec = spec::parse("seats.yaml", &std::fs::read_to_string(&path).unwrap()).unwrap();
+    let declared = &spec.applications["coding-agents"];
+    let rendering = cfn::render(
+        &spec,
+        &cfn::RenderOptions {
+            code_dir: ".".into(),
+        },
+    )
+    .unwrap();
+    let template = serde_json::to_value(&rendering.stacks[0].template).unwrap();
+    let props = template["Resources"]["CodingAgentsBudget"]["Properties"].clone();
+    let read = provider::props::parse_budget(&as_cloudformation_sends(&props)).unwrap();
+    let per_user = read.per_user.expect("PerUser rendered");
+    assert_eq!(per_user.limits, declared.per_user.as_ref().unwrap().limits);
+    assert_eq!(
+        per_user.on_exceed,
+        budget::config::ExceedAction::Fallback {
+            model: spec.models["haiku"].id.clone()
+        }
+    );
+    assert_eq!(
+        read.users.keys().collect::<Vec<_>>(),
+        ["lead@example.com", "trial-user"]
+    );
+    for (name, user) in &declared.users {
+        assert_eq!(read.users[name].limits, user.limits, "{name}");
+    }
+    assert_eq!(
+        read.users["trial-user"].mode,
+        budget::config::EnforcementMode::Shadow
+    );
+    assert!(!read.user_metrics);
+}

@@ -33,7 +33,11 @@ pub(crate) const APP_KEYS: &[&str] = &[
     "mode",
     "alarms",
     "cost_budget",
+    "per_user",
+    "users",
+    "user_metrics",
 ];
+pub(crate) const USER_KEYS: &[&str] = &["limits", "on_exceed", "mode"];
 pub(crate) const LIMIT_KEYS: &[&str] = &["window", "tokens", "usd"];
 pub(crate) const ON_EXCEED_KEYS: &[&str] = &["action", "model"];
 pub(crate) const ALARM_KEYS: &[&str] = &["window", "metric", "percent", "forecast", "anomaly"];
@@ -893,8 +897,63 @@ fn decode_application(
         ),
     };
 
+    let app_fallback = match &on_exceed {
+        Some(OnExceed::Fallback { model }) => Some(model.as_str()),
+        _ => None,
+    };
+    let mut user_usd: Option<(Span, String)> = None;
+    let per_user = f.get("per_user").and_then(|n| {
+        decode_user(
+            d,
+            ctx,
+            n,
+            &join(path, "per_user"),
+            &models,
+            app_fallback,
+            &mut user_usd,
+        )
+    });
+    let mut users = IndexMap::new();
+    if let Some(n) = f.get("users") {
+        let p = join(path, "users");
+        if let Some(uf) = d.mapping(n, &p, &[]) {
+            if uf.entries.is_empty() {
+                d.error(n.span, &p, "name at least one user, or leave `users` out");
+            }
+            for (name, key, value) in uf.entries.iter() {
+                let up = join(&p, name);
+                if let Err(why) = budget::config::check_user(name) {
+                    d.error(key.span, &up, why);
+                    continue;
+                }
+                if let Some(u) =
+                    decode_user(d, ctx, value, &up, &models, app_fallback, &mut user_usd)
+                {
+                    users.insert(name.to_string(), u);
+                }
+            }
+        }
+    }
+    let user_metrics = match f.get("user_metrics") {
+        None => Some(false),
+        Some(n) => d.bool(n, &join(path, "user_metrics")),
+    };
+    if user_metrics == Some(true) && per_user.is_none() && users.is_empty() {
+        let n = f.get("user_metrics").expect("set");
+        d.error_help(
+            n.span,
+            &join(path, "user_metrics"),
+            "`user_metrics` publishes metrics per user, but the application declares no `per_user` or `users`",
+            Some("declare `per_user` limits, or leave `user_metrics` out".into()),
+        );
+    }
+
     // USD limits need a price for every model the application can end up calling.
-    if let Some((usd_span, usd_path)) = limits.iter().find_map(|(_, spans)| spans.usd.clone()) {
+    if let Some((usd_span, usd_path)) = limits
+        .iter()
+        .find_map(|(_, spans)| spans.usd.clone())
+        .or(user_usd)
+    {
         let fallback = match &on_exceed {
             Some(OnExceed::Fallback { model }) => Some(model.clone()),
             _ => None,
@@ -998,6 +1057,64 @@ fn decode_application(
         mode: mode?,
         alarms,
         cost_budget,
+        per_user,
+        users,
+        user_metrics: user_metrics?,
+    })
+}
+
+/// Decodes one user's budget (`per_user` or an entry of `users`). `usd` gets the first USD
+/// limit's place, for the application's price check.
+fn decode_user(
+    d: &mut Decoder,
+    ctx: &Context,
+    node: &Node,
+    path: &str,
+    models: &[(String, Span)],
+    app_fallback: Option<&str>,
+    usd: &mut Option<(Span, String)>,
+) -> Option<UserLimits> {
+    let f = d.mapping(node, path, USER_KEYS)?;
+    let limits = match d.required(&f, "limits", path) {
+        Some(n) => decode_limits(d, ctx, n, &join(path, "limits")),
+        None => Vec::new(),
+    };
+    if usd.is_none() {
+        *usd = limits.iter().find_map(|(_, spans)| spans.usd.clone());
+    }
+    let on_exceed = match f.get("on_exceed") {
+        None => Some(OnExceed::Reject),
+        Some(n) => {
+            let p = join(path, "on_exceed");
+            match decode_on_exceed(d, ctx, n, &p, models) {
+                Some(OnExceed::Fallback { model })
+                    if !models.iter().any(|(a, _)| *a == model)
+                        && app_fallback != Some(model.as_str()) =>
+                {
+                    d.error_help(
+                        n.span,
+                        &join(&p, "model"),
+                        format!("a user's fallback must be a model the application may call, and `{model}` is not in its `models`"),
+                        Some("add it to the application's `models`, or make it the application's own fallback".into()),
+                    );
+                    None
+                }
+                other => other,
+            }
+        }
+    };
+    let mode = match f.get("mode") {
+        None => Some(Mode::Enforce),
+        Some(n) => d.choice(
+            n,
+            &join(path, "mode"),
+            &[("enforce", Mode::Enforce), ("shadow", Mode::Shadow)],
+        ),
+    };
+    Some(UserLimits {
+        limits: limits.into_iter().map(|(l, _)| l).collect(),
+        on_exceed: on_exceed?,
+        mode: mode?,
     })
 }
 

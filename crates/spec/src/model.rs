@@ -107,6 +107,23 @@ pub struct Application {
     pub alarms: Vec<AlarmSpec>,
     /// Lagging-indicator AWS Budget.
     pub cost_budget: Option<CostBudget>,
+    /// The budget every user of the application gets unless named in `users`.
+    pub per_user: Option<UserLimits>,
+    /// Users with budgets of their own, in declaration order.
+    pub users: IndexMap<String, UserLimits>,
+    /// Publish request metrics per user too (each user adds custom metrics CloudWatch bills).
+    pub user_metrics: bool,
+}
+
+/// A user's budget inside an application (`per_user`, or one of `users`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UserLimits {
+    /// Limits, shortest window first.
+    pub limits: Vec<Limit>,
+    /// What happens when one of these limits is hit.
+    pub on_exceed: OnExceed,
+    /// Enforce or only report these limits.
+    pub mode: Mode,
 }
 
 impl Application {

@@ -122,6 +122,24 @@ struct ApplicationSchema {
     alarms: Option<Vec<AlarmSchema>>,
     /// A lagging-indicator AWS Budget.
     cost_budget: Option<CostBudgetSchema>,
+    /// Seats: the budget each user of the application gets (keys issued per user with `synth keys create --user`).
+    per_user: Option<UserSchema>,
+    /// Seats: users with budgets of their own, by user name.
+    users: Option<BTreeMap<String, UserSchema>>,
+    /// Publish request metrics per user too (opt-in: CloudWatch bills each custom metric).
+    user_metrics: Option<bool>,
+}
+
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct UserSchema {
+    /// Limits per window in tokens and/or USD, held together with the application's.
+    #[schemars(length(min = 1))]
+    limits: Vec<LimitSchema>,
+    /// What happens when one of these limits is hit: `reject` (default), `fallback` or `queue`.
+    on_exceed: Option<OnExceedSchema>,
+    /// `enforce` (default) or `shadow`.
+    mode: Option<ModeSchema>,
 }
 
 #[derive(JsonSchema)]

@@ -236,3 +236,51 @@ fn an_unpriced_model_within_a_typo_of_the_book_gets_a_suggestion() {
         ],
     );
 }
+
+#[test]
+fn seats_are_checked_like_applications() {
+    check(
+        "version: 1
+name: acme
+models:
+  haiku: anthropic.claude-3-5-haiku-20241022-v1:0
+  lite: amazon.nova-lite-v1:0
+  mystery: acme.mystery-v1
+applications:
+  team:
+    models: [haiku]
+    limits: [{ window: day, tokens: 100000 }]
+    per_user:
+      limits: [{ window: day, usd: 0 }]
+      on_exceed: { action: fallback, model: lite }
+      colour: blue
+    users:
+      a/b:
+        limits: [{ window: day, tokens: 5000 }]
+      bob:
+        mode: strict
+        limits: [{ window: dya, tokens: 5000 }]
+    user_metrics: yes
+  open:
+    models: [mystery]
+    limits: [{ window: day, tokens: 100000 }]
+    users:
+      carol:
+        limits: [{ window: day, usd: 1 }]
+  quiet:
+    limits: [{ window: day, tokens: 100000 }]
+    user_metrics: true
+",
+        &[
+            "spec.yaml:12:36: applications.team.per_user.limits[0].usd: must be positive, found `0`",
+            "spec.yaml:13:18: applications.team.per_user.on_exceed.model: a user's fallback must be a model the application may call, and `lite` is not in its `models` (add it to the application's `models`, or make it the application's own fallback)",
+            "spec.yaml:14:7: applications.team.per_user.colour: unknown key `colour` (expected one of `limits`, `on_exceed`, `mode`)",
+            "spec.yaml:16:7: applications.team.users.a/b: user name `a/b` may hold only letters, digits and `._@+-`, not `/`",
+            "spec.yaml:19:15: applications.team.users.bob.mode: unknown value `strict` (expected one of `enforce`, `shadow`)",
+            "spec.yaml:20:28: applications.team.users.bob.limits[0].window: unknown value `dya` (expected one of `minute`, `hour`, `day`, `month`)",
+            "spec.yaml:21:19: applications.team.user_metrics: expected `true` or `false`, found `yes`",
+            "spec.yaml:27:38: applications.open.users.carol.limits[0].usd: a USD limit needs a price for model `mystery` (`acme.mystery-v1`), which the built-in price book does not know (add `price: { input: ..., output: ... }` (USD per million tokens) to `models.mystery` (`synth prices` lists the models the book knows))",
+            "spec.yaml:30:19: applications.quiet.user_metrics: `user_metrics` publishes metrics per user, but the application declares no `per_user` or `users` (declare `per_user` limits, or leave `user_metrics` out)",
+        ],
+    );
+}

@@ -73,3 +73,28 @@ fn defaults_apply_when_sections_are_left_out() {
     assert_eq!(spec.applications["a"].models, ["m"]);
     assert_eq!(spec.applications["a"].on_exceed, OnExceed::Reject);
 }
+
+#[test]
+fn seats_decode_to_their_meaning() {
+    let spec = spec::parse("seats.yaml", &example("seats.yaml")).unwrap_or_else(|e| panic!("{e}"));
+    let app = &spec.applications["coding-agents"];
+    let per_user = app.per_user.as_ref().unwrap();
+    assert_eq!(
+        per_user.limits[0].usd,
+        Some(MicroUsd::from_usd(20)),
+        "every developer's daily dollars"
+    );
+    assert_eq!(
+        per_user.on_exceed,
+        OnExceed::Fallback {
+            model: "haiku".into()
+        }
+    );
+    assert_eq!(
+        app.users.keys().collect::<Vec<_>>(),
+        ["lead@example.com", "trial-user"]
+    );
+    assert_eq!(app.users["trial-user"].mode, Mode::Shadow);
+    assert_eq!(app.users["lead@example.com"].on_exceed, OnExceed::Reject);
+    assert!(!app.user_metrics);
+}

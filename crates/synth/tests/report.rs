@@ -144,9 +144,9 @@ async fn report_reads_back_what_the_gateway_emitted() {
         invoke::settings::from_spec(&spec),
         MetricsSink::Capture(Arc::clone(&captured)),
     ));
-    let keys: HashMap<String, String> = ["capped", "steady", "solo"]
+    let keys: HashMap<String, invoke::gateway::Caller> = ["capped", "steady", "solo"]
         .iter()
-        .map(|a| (format!("key-{a}"), a.to_string()))
+        .map(|a| (format!("key-{a}"), invoke::gateway::Caller::application(*a)))
         .collect();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

@@ -82,6 +82,9 @@ pub struct Billed {
 #[derive(Default)]
 struct Shared {
     billed: Mutex<BTreeMap<String, Billed>>,
+    /// By a Converse request's `requestMetadata` (`k=v` pairs in key order), as Bedrock's
+    /// invocation logs let an account attribute its bill.
+    by_metadata: Mutex<BTreeMap<String, Billed>>,
     requests: Mutex<u64>,
     last: Mutex<Option<(String, bytes::Bytes)>>,
 }
@@ -110,6 +113,12 @@ impl Stub {
     /// What was billed, by the model ID in the request path.
     pub fn billed(&self) -> BTreeMap<String, Billed> {
         self.shared.billed.lock().expect("stub lock").clone()
+    }
+
+    /// What was billed, by the Converse requests' `requestMetadata` as `k=v` pairs in key order
+    /// joined by `,` (`""` for requests without one).
+    pub fn billed_by_metadata(&self) -> BTreeMap<String, Billed> {
+        self.shared.by_metadata.lock().expect("stub lock").clone()
     }
 
     /// Converse requests received, successful or not.
@@ -655,6 +664,24 @@ async fn generate(
         b.output_tokens += output;
         b.cache_read_tokens += cache_read;
         b.cache_write_tokens += cache_write;
+        let tag = raw["requestMetadata"]
+            .as_object()
+            .map(|m| {
+                let mut pairs: Vec<String> = m
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                    .collect();
+                pairs.sort();
+                pairs.join(",")
+            })
+            .unwrap_or_default();
+        let mut by = shared.by_metadata.lock().expect("stub lock");
+        let t = by.entry(tag).or_default();
+        t.calls += 1;
+        t.input_tokens += input;
+        t.output_tokens += output;
+        t.cache_read_tokens += cache_read;
+        t.cache_write_tokens += cache_write;
     }
     let mut latency = config.latency;
     if let Some(ms) = marker(&texts, "sleep").and_then(|v| v.parse::<u64>().ok()) {

@@ -405,7 +405,7 @@ pub async fn used_tokens(ledger: &ledger::DynamoLedger, app: &str) -> u64 {
         .unwrap()
         .as_secs() as i64;
     ledger
-        .usage(app, &config.limits, now)
+        .usage(app, None, &config.limits, now)
         .await
         .unwrap()
         .iter()

@@ -371,7 +371,7 @@ async fn quickstart_renders_deploys_enforces_updates_and_deletes() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    let usage = ledger.usage(APP, &config.limits, now).await.unwrap();
+    let usage = ledger.usage(APP, None, &config.limits, now).await.unwrap();
     let month = usage
         .iter()
         .find(|u| u.limit.window == Window::Month)

@@ -17,7 +17,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
         if let (Some(path), Some(p)) = (shaped.one_hour_cache(), price) {
             match p.with_one_hour_writes() {
                 Some(one_hour) => price = Some(one_hour),
-                None if config.has_usd_limit() => {
+                None if config.has_any_usd_limit() => {
                     return Err(field(
                         400,
                         path,
@@ -30,7 +30,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
                 None => {}
             }
         }
-        if price.is_none() && config.has_usd_limit() {
+        if price.is_none() && config.has_any_usd_limit() {
             return Err(Reply::error(
                 403,
                 "ModelNotPriced",
@@ -126,13 +126,17 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
     pub(super) async fn reserve(
         &self,
         config: &BudgetConfig,
+        user: Option<&str>,
         id: &str,
         limits: &[Limit],
+        user_limits: &[Limit],
         charge: Charge,
     ) -> Result<ReserveOutcome, LedgerError> {
         let attempt = ledger::new_attempt();
         let request = ReserveRequest {
             application: &config.application,
+            user,
+            user_limits,
             reservation_id: id,
             limits,
             charge,
@@ -156,7 +160,8 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
         outcome
     }
 
-    /// Admits a Converse request of `application` for `model_param` against its budgets:
+    /// Admits a request of `caller` for `model_param` against its application's budgets and its
+    /// user's:
     /// validates it, plans the model and reserves the worst case (with fallback, shadow and
     /// queue handling). The caller calls Bedrock and then [`Gateway::complete`]. `deadline`
     /// bounds the only Bedrock call admission makes: the unreserved one when the ledger is down
@@ -164,7 +169,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
     #[allow(clippy::too_many_arguments)]
     pub async fn admit(
         &self,
-        application: &str,
+        caller: &Caller,
         operation: Operation,
         model_param: &str,
         body: &[u8],
@@ -175,7 +180,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
     ) -> Admission {
         match self
             .admit_inner(
-                application,
+                caller,
                 operation,
                 model_param,
                 body,
@@ -194,7 +199,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn admit_inner(
         &self,
-        application: &str,
+        caller: &Caller,
         operation: Operation,
         model_param: &str,
         body: &[u8],
@@ -203,6 +208,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
         request_id: &str,
         deadline: Instant,
     ) -> Result<Admission, Reply> {
+        let application = caller.application.as_str();
         ledger::check_request_id(request_id).map_err(|m| field(400, "requestId", &m))?;
         let Some(model) = self.resolve_model(model_param) else {
             return Err(unknown_model(model_param));
@@ -229,7 +235,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
         // The price book prices the standard tier and five-minute and one-hour cache writes
         // (the latter per model, in `plan`): any other field that changes the price per token
         // cannot be held to a USD limit.
-        if config.has_usd_limit()
+        if config.has_any_usd_limit()
             && let Some((path, value)) = shaped
                 .price_fields
                 .iter()
@@ -246,117 +252,116 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
         shaped.content_bound = self.counted_bound(&model, &shaped).await?;
         let mut plan = self.plan(&config, &model, &shaped)?;
 
+        let user = caller.user.as_deref();
+        let user_budget = user.and_then(|u| config.user_budget(u));
+        // The limits reserved against; a shadow scope's are replaced by uncapped ones, so the
+        // request still counts in its windows and the shadow usage stays true.
+        let mut limits = std::borrow::Cow::Borrowed(&config.limits[..]);
+        let mut user_limits =
+            std::borrow::Cow::Borrowed(user_budget.map_or(&[][..], |b| &b.limits[..]));
         let mut fallback_used = false;
         let mut shadow_note: Option<String> = None;
-        let reservation = match self
-            .reserve(&config, request_id, &config.limits, plan.charge)
-            .await
-        {
-            Err(e) => {
-                return self
-                    .ledger_down(&config, &plan, shaped, e, deadline)
-                    .await
-                    .map(Admission::Done);
-            }
-            Ok(ReserveOutcome::Reserved(r)) => r,
-            Ok(ReserveOutcome::Duplicate { .. }) if front == Front::Sync => {
-                return Err(duplicate(request_id));
-            }
-            Ok(ReserveOutcome::Duplicate {
-                in_flight: true, ..
-            }) => return Ok(Admission::Done(Outcome::Requeue { delay_seconds: 30 })),
-            Ok(ReserveOutcome::Duplicate {
-                in_flight: false,
-                result,
-            }) => return Ok(Admission::Done(Outcome::Duplicate { result })),
-            Ok(ReserveOutcome::Exceeded {
-                exceeded,
-                retry_after,
-            }) => {
-                if config.mode == EnforcementMode::Shadow {
-                    // Count the request without enforcing, so the shadow usage stays true.
-                    shadow_note = Some(describe(&exceeded));
-                    let uncapped: Vec<Limit> = config
-                        .limits
-                        .iter()
+        // At most four rounds: each scope is uncapped once, and the fallback is tried once.
+        let reservation = loop {
+            let outcome = self
+                .reserve(
+                    &config,
+                    user,
+                    request_id,
+                    &limits,
+                    &user_limits,
+                    plan.charge,
+                )
+                .await;
+            let (exceeded, retry_after, by_user) = match outcome {
+                // The plan is the fallback's once it is tried: if policy fails open, it is the
+                // cheaper model that is called, never the refused one.
+                Err(e) => {
+                    return self
+                        .ledger_down(&config, &plan, shaped, e, deadline)
+                        .await
+                        .map(Admission::Done);
+                }
+                Ok(ReserveOutcome::Reserved(r)) => break r,
+                Ok(ReserveOutcome::Duplicate { .. }) if front == Front::Sync => {
+                    return Err(duplicate(request_id));
+                }
+                Ok(ReserveOutcome::Duplicate {
+                    in_flight: true, ..
+                }) => return Ok(Admission::Done(Outcome::Requeue { delay_seconds: 30 })),
+                Ok(ReserveOutcome::Duplicate {
+                    in_flight: false,
+                    result,
+                }) => return Ok(Admission::Done(Outcome::Duplicate { result })),
+                Ok(ReserveOutcome::Exceeded {
+                    exceeded,
+                    retry_after,
+                    by_user,
+                }) => (exceeded, retry_after, by_user),
+            };
+            let (mode, on_exceed) = match user_budget {
+                Some(b) if by_user => (b.mode, &b.on_exceed),
+                _ => (config.mode, &config.on_exceed),
+            };
+            if mode == EnforcementMode::Shadow {
+                let note = match user.filter(|_| by_user) {
+                    Some(u) => format!("user `{u}`'s {}", describe(&exceeded)),
+                    None => describe(&exceeded),
+                };
+                shadow_note = Some(match shadow_note {
+                    Some(first) => format!("{first}; {note}"),
+                    None => note,
+                });
+                let uncapped = |ls: &[Limit]| -> Vec<Limit> {
+                    ls.iter()
                         .map(|l| Limit {
                             window: l.window,
                             tokens: None,
                             usd: None,
                         })
-                        .collect();
-                    match self
-                        .reserve(&config, request_id, &uncapped, plan.charge)
-                        .await
-                    {
-                        Ok(ReserveOutcome::Reserved(r)) => r,
-                        Ok(_) => {
-                            return Err(duplicate(request_id));
-                        }
-                        Err(e) => {
-                            return self
-                                .ledger_down(&config, &plan, shaped, e, deadline)
-                                .await
-                                .map(Admission::Done);
-                        }
-                    }
+                        .collect()
+                };
+                if by_user {
+                    user_limits = std::borrow::Cow::Owned(uncapped(&user_limits));
                 } else {
-                    match (&config.on_exceed, front) {
-                        // A model-native body only goes to a model of its own family.
-                        (ExceedAction::Fallback { model: fallback }, _)
-                            if *fallback != plan.model
-                                && Family::of(operation, fallback).ok() == Some(shaped.family) =>
-                        {
-                            plan = self.plan(&config, fallback, &shaped)?;
-                            match self
-                                .reserve(&config, request_id, &config.limits, plan.charge)
-                                .await
-                            {
-                                Ok(ReserveOutcome::Reserved(r)) => {
-                                    fallback_used = true;
-                                    r
-                                }
-                                Ok(ReserveOutcome::Exceeded {
-                                    exceeded,
-                                    retry_after,
-                                }) => {
-                                    return Err(self.denied(
-                                        &config,
-                                        &plan.model,
-                                        &exceeded,
-                                        retry_after,
-                                    ));
-                                }
-                                Ok(_) => {
-                                    return Err(duplicate(request_id));
-                                }
-                                // The plan is the fallback now: if policy fails open, it is the
-                                // cheaper model that is called, never the refused one.
-                                Err(e) => {
-                                    return self
-                                        .ledger_down(&config, &plan, shaped, e, deadline)
-                                        .await
-                                        .map(Admission::Done);
-                                }
-                            }
-                        }
-                        (ExceedAction::Queue, Front::Queue) => {
-                            self.emit_request(
-                                &config,
-                                &plan.model,
-                                false,
-                                true,
-                                false,
-                                None,
-                                &Usage::default(),
-                                0,
-                            );
-                            return Ok(Admission::Done(Outcome::Requeue {
-                                delay_seconds: retry_after,
-                            }));
-                        }
-                        _ => return Err(self.denied(&config, &plan.model, &exceeded, retry_after)),
-                    }
+                    limits = std::borrow::Cow::Owned(uncapped(&limits));
+                }
+                continue;
+            }
+            match (on_exceed, front) {
+                // A model-native body only goes to a model of its own family.
+                (ExceedAction::Fallback { model: fallback }, _)
+                    if !fallback_used
+                        && *fallback != plan.model
+                        && Family::of(operation, fallback).ok() == Some(shaped.family) =>
+                {
+                    plan = self.plan(&config, fallback, &shaped)?;
+                    fallback_used = true;
+                }
+                (ExceedAction::Queue, Front::Queue) => {
+                    self.emit_request(
+                        &config,
+                        user,
+                        &plan.model,
+                        false,
+                        true,
+                        false,
+                        None,
+                        &Usage::default(),
+                        0,
+                    );
+                    return Ok(Admission::Done(Outcome::Requeue {
+                        delay_seconds: retry_after,
+                    }));
+                }
+                _ => {
+                    return Err(self.denied(
+                        &config,
+                        user.filter(|_| by_user),
+                        &plan.model,
+                        &exceeded,
+                        retry_after,
+                    ));
                 }
             }
         };
@@ -368,6 +373,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
                 reservation,
                 fallback_used,
                 shadow_note,
+                user: caller.user.clone(),
             },
             shaped,
         })
@@ -459,15 +465,18 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
         }
     }
 
+    /// The 429 for a request over a limit: the application's, or `user`'s when it is theirs.
     pub(super) fn denied(
         &self,
         config: &BudgetConfig,
+        user: Option<&str>,
         model: &str,
         exceeded: &Exceeded,
         retry_after: i64,
     ) -> Reply {
         self.emit_request(
             config,
+            user,
             model,
             false,
             true,
@@ -480,19 +489,23 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
             LimitMetric::Tokens => "tokens",
             LimitMetric::Usd => "micro_usd",
         };
-        Reply {
+        let mut headers = vec![
+            ("x-amzn-errortype".into(), "BudgetExceeded".into()),
+            ("retry-after".into(), retry_after.to_string()),
+            (
+                "x-tokenfence-application".into(),
+                config.application.clone(),
+            ),
+        ];
+        if let Some(user) = user {
+            headers.push(("x-tokenfence-user".into(), user.to_string()));
+        }
+        let mut reply = Reply {
             status: 429,
-            headers: vec![
-                ("x-amzn-errortype".into(), "BudgetExceeded".into()),
-                ("retry-after".into(), retry_after.to_string()),
-                (
-                    "x-tokenfence-application".into(),
-                    config.application.clone(),
-                ),
-            ],
+            headers,
             body: json!({
                 "error": "BudgetExceeded",
-                "message": format!("application `{}` would exceed its {}", config.application, describe(exceeded)),
+                "message": format!("{} would exceed its {}; it resets in {}", scope(&config.application, user), describe(exceeded), readable_seconds(retry_after)),
                 "window": exceeded.window.as_str(),
                 "metric": exceeded.metric.to_string(),
                 "unit": unit,
@@ -502,6 +515,29 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
                 "retryAfterSeconds": retry_after
             }),
             raw: None,
+        };
+        if let Some(user) = user {
+            reply.body["user"] = json!(user);
         }
+        reply
+    }
+}
+
+/// Whose limit it is, in messages: ``application `web` `` or ``user `alice` of application `web` ``.
+fn scope(application: &str, user: Option<&str>) -> String {
+    match user {
+        Some(user) => format!("user `{user}` of application `{application}`"),
+        None => format!("application `{application}`"),
+    }
+}
+
+/// `3h 20m`, `12m 5s`, `40s`: when a window resets, for people reading a 429.
+fn readable_seconds(seconds: i64) -> String {
+    let s = seconds.max(0);
+    match (s / 86_400, s % 86_400 / 3600, s % 3600 / 60, s % 60) {
+        (0, 0, 0, sec) => format!("{sec}s"),
+        (0, 0, m, sec) => format!("{m}m {sec}s"),
+        (0, h, m, _) => format!("{h}h {m}m"),
+        (d, h, _, _) => format!("{d}d {h}h"),
     }
 }

@@ -92,6 +92,48 @@ impl Default for Settings {
     }
 }
 
+/// Who is calling, as the caller's key says: the application it spends from and, for a seat, the
+/// application's user. Never taken from the request body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Caller {
+    /// The application.
+    pub application: String,
+    /// The user, if the key is a seat's.
+    pub user: Option<String>,
+}
+
+impl Caller {
+    /// A caller of `application` with no user.
+    pub fn application(application: impl Into<String>) -> Self {
+        Caller {
+            application: application.into(),
+            user: None,
+        }
+    }
+
+    /// A seat: `user` of `application`.
+    pub fn user(application: impl Into<String>, user: impl Into<String>) -> Self {
+        Caller {
+            application: application.into(),
+            user: Some(user.into()),
+        }
+    }
+
+    /// Parses `APP` or `APP/USER`, as `invoke serve --api-key KEY=APP/USER` takes it.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text.split_once('/') {
+            None if !text.is_empty() => Ok(Caller::application(text)),
+            Some((app, user)) if !app.is_empty() => {
+                ledger::check_user(user)?;
+                Ok(Caller::user(app, user))
+            }
+            _ => Err(format!(
+                "`{text}` is not `APPLICATION` or `APPLICATION/USER`"
+            )),
+        }
+    }
+}
+
 /// The front a request came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Front {
@@ -201,6 +243,9 @@ pub struct Ticket {
     pub fallback_used: bool,
     /// Shadow mode: the limit it would have been refused by.
     pub shadow_note: Option<String>,
+    /// The caller's user, if its key is a seat's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// What [`Gateway::admit`] decided.
@@ -246,14 +291,14 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
     /// for its commonest use.
     pub async fn converse(
         &self,
-        application: &str,
+        caller: &Caller,
         model_param: &str,
         body: &[u8],
         front: Front,
         request_id: &str,
     ) -> Outcome {
         self.call(
-            application,
+            caller,
             Operation::Converse,
             model_param,
             body,
@@ -274,7 +319,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
     #[allow(clippy::too_many_arguments)]
     pub async fn call(
         &self,
-        application: &str,
+        caller: &Caller,
         operation: Operation,
         model_param: &str,
         body: &[u8],
@@ -291,13 +336,19 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
         let call_deadline = || deadline.unwrap_or_else(|| Instant::now() + timeout);
         if operation == Operation::CountTokens {
             return Outcome::Reply(
-                self.count_tokens(application, model_param, body, headers, call_deadline())
-                    .await,
+                self.count_tokens(
+                    &caller.application,
+                    model_param,
+                    body,
+                    headers,
+                    call_deadline(),
+                )
+                .await,
             );
         }
         let (ticket, shaped) = match self
             .admit(
-                application,
+                caller,
                 operation,
                 model_param,
                 body,
@@ -340,6 +391,9 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
         }
         .with_header("x-tokenfence-application", &ticket.config.application)
         .with_header("x-tokenfence-model", &ticket.plan.model);
+        if let Some(user) = &ticket.user {
+            reply = reply.with_header("x-tokenfence-user", user);
+        }
         if ticket.fallback_used {
             reply = reply.with_header("x-tokenfence-fallback", &ticket.plan.model);
         }

@@ -7,6 +7,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
     pub(super) fn emit_request(
         &self,
         config: &BudgetConfig,
+        user: Option<&str>,
         model: &str,
         approved: bool,
         denied: bool,
@@ -19,6 +20,8 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
             &RequestMetrics {
                 application: &config.application,
                 cost_center: config.cost_center.as_deref(),
+                user,
+                user_dimension: config.user_metrics,
                 model,
                 approved,
                 denied,
@@ -35,6 +38,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
     pub(super) fn emit_failed(
         &self,
         config: &BudgetConfig,
+        user: Option<&str>,
         model: &str,
         worst_case: bool,
         charged: Charge,
@@ -43,6 +47,8 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
             &RequestMetrics {
                 application: &config.application,
                 cost_center: config.cost_center.as_deref(),
+                user,
+                user_dimension: config.user_metrics,
                 model,
                 approved: true,
                 failed: true,
@@ -55,31 +61,31 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
         ));
     }
 
-    pub(super) async fn with_remaining(&self, config: &BudgetConfig, mut reply: Reply) -> Reply {
+    pub(super) async fn with_remaining(
+        &self,
+        config: &BudgetConfig,
+        user: Option<&str>,
+        mut reply: Reply,
+    ) -> Reply {
         let now = now_seconds();
         let Ok(usage) = self
             .ledger
-            .usage(&config.application, &config.limits, now)
+            .usage(&config.application, None, &config.limits, now)
             .await
         else {
             return reply;
         };
-        for w in &usage {
-            let window = w.limit.window.as_str();
-            if let Some(limit) = w.limit.tokens {
-                reply = reply.with_header(
-                    &format!("x-tokenfence-remaining-{window}-tokens"),
-                    limit.saturating_sub(w.used.tokens).to_string(),
-                );
-            }
-            if let Some(limit) = w.limit.usd {
-                reply = reply.with_header(
-                    &format!("x-tokenfence-remaining-{window}-usd"),
-                    limit.saturating_sub(w.used.cost).to_string(),
-                );
-            }
-        }
+        reply = remaining_headers(reply, "", &usage);
         self.emit_windows(&config.application, &usage, now);
+        // A seat sees what remains of its own budget too.
+        if let Some((user, budget)) = user.and_then(|u| Some((u, config.user_budget(u)?)))
+            && let Ok(usage) = self
+                .ledger
+                .usage(&config.application, Some(user), &budget.limits, now)
+                .await
+        {
+            reply = remaining_headers(reply, "user-", &usage);
+        }
         reply
     }
 
@@ -107,42 +113,25 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
         self.metrics.emit_all(&records);
     }
 
-    /// The caller's usage and what remains in each window (`GET /usage`).
-    pub async fn usage(&self, application: &str) -> Reply {
+    /// The caller's usage and what remains in each window (`GET /usage`): its application's,
+    /// and for a seat its user's too.
+    pub async fn usage(&self, caller: &Caller) -> Reply {
+        let application = caller.application.as_str();
+        let unavailable =
+            || Reply::error(503, "LedgerUnavailable", "the budget ledger is unavailable");
         let config = match self.config(application).await {
             Ok(Some(c)) => c,
             Ok(None) => return no_budget(application),
-            Err(_) => {
-                return Reply::error(503, "LedgerUnavailable", "the budget ledger is unavailable");
-            }
+            Err(_) => return unavailable(),
         };
         let now = now_seconds();
-        let usage = match self.ledger.usage(application, &config.limits, now).await {
-            Ok(u) => u,
-            Err(_) => {
-                return Reply::error(503, "LedgerUnavailable", "the budget ledger is unavailable");
-            }
+        let Ok(usage) = self
+            .ledger
+            .usage(application, None, &config.limits, now)
+            .await
+        else {
+            return unavailable();
         };
-        let windows: Vec<Value> = usage
-            .iter()
-            .map(|w| {
-                let projected_tokens = projected_usage(w.used.tokens, &w.instance, now);
-                let projected_cost = projected_usage(w.used.cost.0, &w.instance, now);
-                json!({
-                    "window": w.limit.window.as_str(),
-                    "key": w.instance.key(),
-                    "resetsInSeconds": w.instance.seconds_until_reset(now),
-                    "usedTokens": w.used.tokens,
-                    "limitTokens": w.limit.tokens,
-                    "remainingTokens": w.limit.tokens.map(|l| l.saturating_sub(w.used.tokens)),
-                    "projectedTokens": projected_tokens,
-                    "usedMicroUsd": w.used.cost.0,
-                    "limitMicroUsd": w.limit.usd.map(|u| u.0),
-                    "remainingMicroUsd": w.limit.usd.map(|u| u.0.saturating_sub(w.used.cost.0)),
-                    "projectedMicroUsd": projected_cost
-                })
-            })
-            .collect();
         // A token-only application may call models without a price: its spend in USD is then
         // unknown, and it is told so rather than shown $0.
         let callable: Vec<&String> = if config.models.is_empty() {
@@ -157,17 +146,88 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
             .collect();
         unpriced.sort_unstable();
         unpriced.dedup();
+        let mut body = json!({
+            "application": application,
+            "mode": mode_name(config.mode),
+            "costKnown": unpriced.is_empty(),
+            "unpricedModels": unpriced,
+            "windows": windows_json(&usage, now)
+        });
+        let mut headers = vec![("x-tokenfence-application".into(), application.to_string())];
+        if let Some(user) = &caller.user {
+            let budget = config.user_budget(user);
+            let limits = budget.map_or(&[][..], |b| &b.limits[..]);
+            let Ok(usage) = self
+                .ledger
+                .usage(application, Some(user), limits, now)
+                .await
+            else {
+                return unavailable();
+            };
+            body["user"] = json!({
+                "name": user,
+                // A user the application sets no budget for meets only the application's limits.
+                "limited": budget.is_some(),
+                "mode": mode_name(budget.map_or(config.mode, |b| b.mode)),
+                "windows": windows_json(&usage, now)
+            });
+            headers.push(("x-tokenfence-user".into(), user.clone()));
+        }
         Reply {
             status: 200,
-            headers: vec![("x-tokenfence-application".into(), application.to_string())],
-            body: json!({
-                "application": application,
-                "mode": match config.mode { EnforcementMode::Enforce => "enforce", EnforcementMode::Shadow => "shadow" },
-                "costKnown": unpriced.is_empty(),
-                "unpricedModels": unpriced,
-                "windows": windows
-            }),
+            headers,
+            body,
             raw: None,
         }
     }
+}
+
+fn mode_name(mode: EnforcementMode) -> &'static str {
+    match mode {
+        EnforcementMode::Enforce => "enforce",
+        EnforcementMode::Shadow => "shadow",
+    }
+}
+
+/// `x-tokenfence-remaining-{prefix}{window}-tokens` / `-usd` for each limited window.
+fn remaining_headers(mut reply: Reply, prefix: &str, usage: &[WindowUsage]) -> Reply {
+    for w in usage {
+        let window = w.limit.window.as_str();
+        if let Some(limit) = w.limit.tokens {
+            reply = reply.with_header(
+                &format!("x-tokenfence-remaining-{prefix}{window}-tokens"),
+                limit.saturating_sub(w.used.tokens).to_string(),
+            );
+        }
+        if let Some(limit) = w.limit.usd {
+            reply = reply.with_header(
+                &format!("x-tokenfence-remaining-{prefix}{window}-usd"),
+                limit.saturating_sub(w.used.cost).to_string(),
+            );
+        }
+    }
+    reply
+}
+
+fn windows_json(usage: &[WindowUsage], now: i64) -> Vec<Value> {
+    usage
+        .iter()
+        .map(|w| {
+            let projected_tokens = projected_usage(w.used.tokens, &w.instance, now);
+            let projected_cost = projected_usage(w.used.cost.0, &w.instance, now);
+            json!({
+                "window": w.limit.window.as_str(),
+                "key": w.instance.key(),
+                "resetsInSeconds": w.instance.seconds_until_reset(now),
+                "usedTokens": w.used.tokens,
+                "limitTokens": w.limit.tokens,
+                "remainingTokens": w.limit.tokens.map(|l| l.saturating_sub(w.used.tokens)),
+                "projectedTokens": projected_tokens,
+                "usedMicroUsd": w.used.cost.0,
+                "limitMicroUsd": w.limit.usd.map(|u| u.0),
+                "remainingMicroUsd": w.limit.usd.map(|u| u.0.saturating_sub(w.used.cost.0)),
+                "projectedMicroUsd": projected_cost
+            })
+        })
+        .collect()
 }

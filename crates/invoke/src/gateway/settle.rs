@@ -88,6 +88,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
             reservation,
             fallback_used,
             shadow_note,
+            user,
         } = ticket;
         let remember = match front {
             Front::Queue => self.settings.remember_seconds,
@@ -118,6 +119,9 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
                 reply = reply
                     .with_header("x-tokenfence-application", &config.application)
                     .with_header("x-tokenfence-model", &plan.model);
+                if let Some(user) = &user {
+                    reply = reply.with_header("x-tokenfence-user", user);
+                }
                 if fallback_used {
                     reply = reply.with_header("x-tokenfence-fallback", &plan.model);
                 }
@@ -135,6 +139,8 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
                     &RequestMetrics {
                         application: &config.application,
                         cost_center: config.cost_center.as_deref(),
+                        user: user.as_deref(),
+                        user_dimension: config.user_metrics,
                         model: &plan.model,
                         approved: true,
                         shadow_denied: shadow_note.is_some(),
@@ -147,12 +153,12 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
                     },
                     now_millis(),
                 ));
-                reply = self.with_remaining(&config, reply).await;
+                reply = self.with_remaining(&config, user.as_deref(), reply).await;
                 Outcome::Reply(reply)
             }
             Err(failure) if failure.refundable => {
                 self.settle_or_retry(&reservation, refund()).await;
-                self.emit_failed(&config, &plan.model, false, Charge::ZERO);
+                self.emit_failed(&config, user.as_deref(), &plan.model, false, Charge::ZERO);
                 Outcome::Reply(
                     failure
                         .reply
@@ -164,7 +170,13 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
                 tracing::warn!(reservation = %reservation.id, application = %config.application, reason = %reason, "charged at the worst case: Bedrock may have billed the generation");
                 let charge = worst_case_settlement(&reservation, &reason, remember);
                 self.settle_or_retry(&reservation, charge).await;
-                self.emit_failed(&config, &plan.model, true, reservation.charge);
+                self.emit_failed(
+                    &config,
+                    user.as_deref(),
+                    &plan.model,
+                    true,
+                    reservation.charge,
+                );
                 Outcome::Reply(
                     failure
                         .reply

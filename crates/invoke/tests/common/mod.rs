@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use bedrock_stub::{Stub, StubConfig};
 use budget::{PriceBook, Usage};
 use invoke::bedrock::SignedBedrock;
-use invoke::gateway::{Gateway, Settings};
+use invoke::gateway::{Caller, Gateway, Settings};
 use invoke::metrics::MetricsSink;
 use ledger::Ledger;
 use serde_json::{Value, json};
@@ -74,6 +74,16 @@ pub async fn start<L: Ledger>(
     spec_yaml: &str,
     tune: impl FnOnce(&mut Settings),
 ) -> Env<L> {
+    start_with_keys(ledger, spec_yaml, tune, &[]).await
+}
+
+/// [`start`], with `seats` keys too: `(key, application, user)`.
+pub async fn start_with_keys<L: Ledger>(
+    ledger: Arc<L>,
+    spec_yaml: &str,
+    tune: impl FnOnce(&mut Settings),
+    seats: &[(&str, &str, &str)],
+) -> Env<L> {
     let spec = spec::parse("test.yaml", spec_yaml).unwrap_or_else(|e| panic!("{e}"));
     for app in spec.applications.keys() {
         ledger
@@ -97,11 +107,14 @@ pub async fn start<L: Ledger>(
         MetricsSink::Capture(Arc::clone(&metrics)),
     ));
     // `key-<app>` for every application of the spec (KEYS names SPEC's).
-    let keys: HashMap<String, String> = spec
+    let mut keys: HashMap<String, Caller> = spec
         .applications
         .keys()
-        .map(|a| (format!("key-{a}"), a.clone()))
+        .map(|a| (format!("key-{a}"), Caller::application(a.as_str())))
         .collect();
+    for (key, app, user) in seats {
+        keys.insert(key.to_string(), Caller::user(*app, *user));
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let router = invoke::http::router(Arc::clone(&gateway), keys);
@@ -270,7 +283,7 @@ applications:
     let windows = env
         .gateway
         .ledger()
-        .usage("capped", &limits, now)
+        .usage("capped", None, &limits, now)
         .await
         .unwrap();
     for w in &windows {
