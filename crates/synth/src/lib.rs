@@ -3,5 +3,6 @@
 
 pub mod diff;
 pub mod estimate;
+pub mod keys;
 pub mod prices;
 pub mod report;

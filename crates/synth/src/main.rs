@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use synth::{estimate, prices, report};
+use synth::{estimate, keys, prices, report};
 
 // A large rendering allocates and frees hundreds of MB of JSON values and YAML text; glibc's
 // malloc spent over a third of a 10,000-application render in page faults and consolidation.
@@ -112,6 +112,72 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Issue, list, revoke and rotate callers' keys in a deployed stack's ledger: a key spends
+    /// from one application and, with `--user`, is one user's seat. Keys are stored only as
+    /// their SHA-256 digest; `create` and `rotate` print the key once, on stdout.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Issue a key to an application, or to one of its users.
+    Create {
+        #[command(flatten)]
+        at: LedgerArgs,
+        /// The application the key spends from.
+        #[arg(long)]
+        app: String,
+        /// The user whose seat it is (their own budget: `per_user` or `users` in the spec).
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// List an application's keys: ID, user, when issued (never the keys themselves).
+    List {
+        #[command(flatten)]
+        at: LedgerArgs,
+        /// The application.
+        #[arg(long)]
+        app: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key: calls with it are refused with 401 within seconds.
+    Revoke {
+        #[command(flatten)]
+        at: LedgerArgs,
+        /// The application.
+        #[arg(long)]
+        app: String,
+        /// The key's ID, as `list` shows it.
+        #[arg(long)]
+        id: String,
+    },
+    /// Issue a new key for the same application and user, then revoke the old one.
+    Rotate {
+        #[command(flatten)]
+        at: LedgerArgs,
+        /// The application.
+        #[arg(long)]
+        app: String,
+        /// The old key's ID.
+        #[arg(long)]
+        id: String,
+    },
+}
+
+/// Which ledger: a stack's (its `LedgerTableName` output) or a table by name.
+#[derive(clap::Args)]
+struct LedgerArgs {
+    /// The tokenfence stack (the platform stack of a split rendering).
+    #[arg(long, required_unless_present = "table")]
+    stack: Option<String>,
+    /// The ledger table, instead of a stack's.
+    #[arg(long)]
+    table: Option<String>,
 }
 
 /// A spec problem, shown with its source snippet.
@@ -245,6 +311,7 @@ fn run(cli: Cli) -> miette::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Keys { action } => run_keys(action),
         Command::Diff {
             old,
             new,
@@ -301,6 +368,85 @@ fn run(cli: Cli) -> miette::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn run_keys(action: KeysAction) -> miette::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| miette::miette!("cannot start the async runtime: {e}"))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| miette::miette!("the clock is before 1970: {e}"))?
+        .as_secs() as i64;
+    runtime.block_on(async {
+        let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        let at = match &action {
+            KeysAction::Create { at, .. }
+            | KeysAction::List { at, .. }
+            | KeysAction::Revoke { at, .. }
+            | KeysAction::Rotate { at, .. } => at,
+        };
+        let table = match (&at.table, &at.stack) {
+            (Some(table), _) => table.clone(),
+            (None, Some(stack)) => report::ledger_table(
+                &aws_sdk_cloudformation::Client::new(&config),
+                stack,
+            )
+            .await
+            .map_err(|e| miette::miette!("{e}"))?,
+            (None, None) => unreachable!("clap requires `--stack` or `--table`"),
+        };
+        let ledger = ledger::DynamoLedger::new(aws_sdk_dynamodb::Client::new(&config), &table);
+        let failed = |e: keys::KeysError| miette::miette!("{e}");
+        let announce = |issued: &keys::Issued, verb: &str| {
+            let whose = match &issued.record.user {
+                Some(user) => format!("user `{user}` of application `{}`", issued.record.application),
+                None => format!("application `{}`", issued.record.application),
+            };
+            eprintln!(
+                "{verb} key `{}` for {whose}. It is printed once, below; the ledger keeps only its SHA-256 digest.",
+                issued.record.id
+            );
+            if issued.unlimited_user {
+                eprintln!(
+                    "warning: application `{}` sets no budget for this user (no `per_user`, and not in `users`): the key meets only the application's limits",
+                    issued.record.application
+                );
+            }
+            println!("{}", issued.key);
+        };
+        match action {
+            KeysAction::Create { app, user, .. } => {
+                let issued = keys::create(&ledger, &app, user.as_deref(), now)
+                    .await
+                    .map_err(failed)?;
+                announce(&issued, "issued");
+            }
+            KeysAction::Rotate { app, id, .. } => {
+                let issued = keys::rotate(&ledger, &app, &id, now).await.map_err(failed)?;
+                announce(&issued, &format!("revoked `{id}` and issued"));
+            }
+            KeysAction::Revoke { app, id, .. } => {
+                keys::revoke(&ledger, &app, &id).await.map_err(failed)?;
+                eprintln!("revoked key `{id}` of application `{app}`");
+            }
+            KeysAction::List { app, json, .. } => {
+                let listed = ledger::Ledger::keys(&ledger, &app)
+                    .await
+                    .map_err(|e| miette::miette!("{e}"))?;
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&listed).expect("keys serialize")
+                    );
+                } else {
+                    print!("{}", keys::table(&listed));
+                }
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 /// Reads and validates a spec; prints its problems and returns `None` when it is invalid.
