@@ -328,6 +328,16 @@ def _denied(service, principal, action, resource, reason):
     return status, headers, json.dumps(body).encode()
 
 
+def _apigateway(method, path, region):
+    """API Gateway's management API: `apigateway:<HTTP method>` on the resource's path ARN. Only
+    reading an API key is mapped (the REST API's authorizer does it for seats); anything else is
+    denied."""
+    key = re.fullmatch(r"/apikeys/([^/]+)", path)
+    if method == "GET" and key:
+        return [("apigateway:GET", f"arn:aws:apigateway:{region}::/apikeys/{key.group(1)}")]
+    raise Unmapped(f"apigateway {method} {path}")
+
+
 class IamCheck:
     """WSGI middleware: authorizes calls signed with a function's credentials (see the docstring)."""
 
@@ -368,6 +378,8 @@ class IamCheck:
                 wanted = _budgets(op, body, account)
             elif service == "sqs":
                 wanted = _sqs(op, body, region, account)
+            elif service == "apigateway":
+                wanted = _apigateway(environ.get("REQUEST_METHOD", ""), path, region)
             elif service == "sts" and b"GetCallerIdentity" in body + target.encode():
                 wanted = []  # needs no permission
             elif service == "bedrock":

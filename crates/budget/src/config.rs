@@ -92,6 +92,10 @@ pub struct BudgetConfig {
     /// Users with budgets of their own, by name.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub users: std::collections::BTreeMap<String, UserBudget>,
+    /// The API Gateway API keys of the application: the REST API's authorizer hands a seat's
+    /// call to the first one's usage plan.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub api_key_ids: Vec<String>,
     /// Publish request metrics per user as well (CloudWatch bills each custom metric).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub user_metrics: bool,
@@ -249,6 +253,7 @@ mod tests {
             )]
             .into(),
             user_metrics: true,
+            api_key_ids: vec!["k1".into()],
         };
         let json = serde_json::to_string(&config).unwrap();
         assert_eq!(serde_json::from_str::<BudgetConfig>(&json).unwrap(), config);

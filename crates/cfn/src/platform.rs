@@ -284,6 +284,22 @@ pub fn add_platform(t: &mut Template, spec: &Spec, opts: &RenderOptions) {
             ],
         ),
     ];
+    if spec.access.rest
+        && spec
+            .applications
+            .values()
+            .any(|a| a.per_user.is_some() || !a.users.is_empty())
+    {
+        // Seats: the authorizer hands a seat's call to its application's usage plan with the
+        // application's API key, whose value it reads. API key ARNs hold their random IDs, and an
+        // application's key may live in another stack of a split rendering, so the grant is on
+        // the region's keys; it is rendered only for specs with seats (README, Seats).
+        invoke_statements.push(json!({
+            "Effect": "Allow",
+            "Action": ["apigateway:GET"],
+            "Resource": sub("arn:${AWS::Partition}:apigateway:${AWS::Region}::/apikeys/*")
+        }));
+    }
     if spec.access.queue {
         // The Lambda engine consumes the request queues; on the Step Functions engine the pipes do.
         let actions: &[&str] = if spec.engine == Engine::Lambda {

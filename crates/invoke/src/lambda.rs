@@ -47,6 +47,59 @@ pub fn call_deadline(deadline_ms: u64) -> Instant {
     Instant::now() + left.saturating_sub(SETTLE_MARGIN)
 }
 
+/// Reads an API Gateway API key's value: the REST API's authorizer hands a seat's call to its
+/// application's usage plan with it.
+pub trait ApiKeyValues: Send + Sync + 'static {
+    /// The value of the API key with ID `key_id`.
+    fn value(&self, key_id: &str) -> impl Future<Output = Result<String, String>> + Send;
+}
+
+/// [`ApiKeyValues`] through aws-sdk-apigateway (`GetApiKey` with `includeValue`), each value
+/// read once per sandbox: an application's key that is replaced gets a new ID.
+pub struct SdkApiKeys {
+    client: aws_sdk_apigateway::Client,
+    values: Mutex<HashMap<String, String>>,
+}
+
+impl SdkApiKeys {
+    /// Wraps a client.
+    pub fn new(client: aws_sdk_apigateway::Client) -> Self {
+        SdkApiKeys {
+            client,
+            values: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl ApiKeyValues for SdkApiKeys {
+    async fn value(&self, key_id: &str) -> Result<String, String> {
+        if let Some(v) = self.values.lock().expect("key cache").get(key_id) {
+            return Ok(v.clone());
+        }
+        let out = self
+            .client
+            .get_api_key()
+            .api_key(key_id)
+            .include_value(true)
+            .send()
+            .await
+            .map_err(|e| {
+                format!(
+                    "GetApiKey `{key_id}`: {}",
+                    aws_sdk_apigateway::error::DisplayErrorContext(&e)
+                )
+            })?;
+        let value = out
+            .value
+            .ok_or_else(|| format!("GetApiKey `{key_id}` returned no value"))?;
+        self.values
+            .lock()
+            .expect("key cache")
+            .insert(key_id.to_string(), value.clone());
+        Ok(value)
+    }
+}
+
 /// The SQS operations the queue front needs.
 pub trait Queues: Send + Sync + 'static {
     /// Sends `body` to `queue_url` after `delay_seconds`.
@@ -156,11 +209,29 @@ pub async fn application_of_key<L: Ledger, B: Bedrock>(
     }
 }
 
+/// The caller of a request API Gateway authenticated: its application's key's application, and
+/// the user the authorizer found for a seat's key. The authorizer's context is API Gateway's,
+/// never the caller's; that it names the same application is checked all the same.
+fn seat_of(request: &ApiGatewayProxyRequest, application: String) -> Result<Caller, Reply> {
+    let fields = &request.request_context.authorizer.fields;
+    let text = |name: &str| fields.get(name).and_then(Value::as_str);
+    match (text("tokenfenceApplication"), text("tokenfenceUser")) {
+        (Some(seat_app), _) if seat_app != application => Err(Reply::error(
+            403,
+            "InvalidApiKey",
+            "the key's application is not the one its API key belongs to",
+        )),
+        (_, Some(user)) => Ok(Caller::user(application, user)),
+        _ => Ok(Caller::application(application)),
+    }
+}
+
 /// Handles one Lambda event: an API Gateway proxy request, an SQS batch, or the sweeper's
 /// schedule (`{"tokenfence": "sweep"}`). Bedrock calls end by `deadline` ([`call_deadline`]).
-pub async fn handle<L: Ledger, B: Bedrock, Q: Queues>(
+pub async fn handle<L: Ledger, B: Bedrock, Q: Queues, K: ApiKeyValues>(
     gateway: &Gateway<L, B>,
     queues: &Q,
+    api_keys: &K,
     event: Value,
     deadline: Instant,
 ) -> Result<Value, String> {
@@ -172,7 +243,7 @@ pub async fn handle<L: Ledger, B: Bedrock, Q: Queues>(
         let request: ApiGatewayCustomAuthorizerRequestTypeRequest =
             serde_json::from_value(event)
                 .map_err(|e| format!("not an API Gateway REQUEST authorizer event: {e}"))?;
-        return authorize(&request);
+        return authorize(gateway, api_keys, &request).await;
     }
     if event.get("Records").is_some() {
         let event: SqsEvent =
@@ -201,24 +272,67 @@ fn is_authorizer_request(event: &Value) -> bool {
     event.get("type").and_then(Value::as_str) == Some("REQUEST") && event.get("methodArn").is_some()
 }
 
-/// The REST API's REQUEST authorizer (`ApiKeySourceType: AUTHORIZER`): hands API Gateway the key
-/// the caller presented, as `x-api-key` or as `Authorization: Bearer KEY` (the Bedrock API key
-/// convention coding agents and SDKs send), for API Gateway to check against its usage plans as
-/// it checks `x-api-key` itself. It decides nothing: an unknown key is still refused by API
-/// Gateway (403), and the application still comes from the key API Gateway validated. No key:
-/// `Unauthorized` (401). The key is never logged.
-pub fn authorize(request: &ApiGatewayCustomAuthorizerRequestTypeRequest) -> Result<Value, String> {
+/// The REST API's REQUEST authorizer (`ApiKeySourceType: AUTHORIZER`). The caller's key comes
+/// as `x-api-key` or as `Authorization: Bearer KEY` (the Bedrock API key convention coding agents
+/// and SDKs send). No key: `Unauthorized` (401).
+///
+/// - An API Gateway key is handed to API Gateway as the usage identifier, for API Gateway to
+///   check against its usage plans as it checks `x-api-key` itself: an unknown key is refused by
+///   API Gateway (403), and the application comes from the key API Gateway validated.
+/// - A key issued by `synth keys` (a seat, [`ledger::ISSUED_KEY_PREFIX`]) is looked up in the
+///   ledger by its digest: unknown or revoked, `Unauthorized` (401). Its call goes to its
+///   application's usage plan, with the application's own API key as the usage identifier, and
+///   its application and user go to the integration in the authorizer's context.
+///
+/// Keys are never logged. A ledger or API Gateway failure is an error (API Gateway answers 500).
+pub async fn authorize<L: Ledger, B: Bedrock, K: ApiKeyValues>(
+    gateway: &Gateway<L, B>,
+    api_keys: &K,
+    request: &ApiGatewayCustomAuthorizerRequestTypeRequest,
+) -> Result<Value, String> {
     let Some(key) = crate::http::presented_key(&request.headers) else {
         return Err("Unauthorized".into());
     };
     let resource = request.method_arn.clone().unwrap_or_default();
-    Ok(serde_json::json!({
-        "principalId": "api-key",
-        "policyDocument": {
+    let policy = |effect: &str| {
+        serde_json::json!({
             "Version": "2012-10-17",
-            "Statement": [{ "Action": "execute-api:Invoke", "Effect": "Allow", "Resource": resource }]
-        },
-        "usageIdentifierKey": key
+            "Statement": [{ "Action": "execute-api:Invoke", "Effect": effect, "Resource": resource }]
+        })
+    };
+    if !key.starts_with(ledger::ISSUED_KEY_PREFIX) {
+        return Ok(serde_json::json!({
+            "principalId": "api-key",
+            "policyDocument": policy("Allow"),
+            "usageIdentifierKey": key
+        }));
+    }
+    let issued = match gateway.ledger().key(&ledger::key_digest(key)).await {
+        Ok(Some(issued)) => issued,
+        Ok(None) => return Err("Unauthorized".into()),
+        Err(e) => return Err(format!("the ledger could not check the key: {e}")),
+    };
+    let config = gateway
+        .config(&issued.application)
+        .await
+        .map_err(|e| format!("the ledger could not read the application: {e}"))?;
+    let Some(key_id) = config.as_ref().and_then(|c| c.api_key_ids.first()) else {
+        tracing::warn!(application = %issued.application, key = %issued.id, "a seat's application has no API key on this API; denied");
+        return Ok(serde_json::json!({
+            "principalId": format!("seat:{}", issued.id),
+            "policyDocument": policy("Deny")
+        }));
+    };
+    let usage_key = api_keys.value(key_id).await?;
+    let mut context = serde_json::json!({ "tokenfenceApplication": issued.application });
+    if let Some(user) = &issued.user {
+        context["tokenfenceUser"] = Value::from(user.as_str());
+    }
+    Ok(serde_json::json!({
+        "principalId": format!("seat:{}", issued.id),
+        "policyDocument": policy("Allow"),
+        "usageIdentifierKey": usage_key,
+        "context": context
     }))
 }
 
@@ -283,9 +397,9 @@ async fn read_api<L: Ledger, B: Bedrock>(
     gateway: &Gateway<L, B>,
     request: ApiGatewayProxyRequest,
 ) -> Result<ApiRequest, Reply> {
-    let caller = Caller::application(
-        application_of_key(gateway, request.request_context.identity.api_key_id.clone()).await?,
-    );
+    let application =
+        application_of_key(gateway, request.request_context.identity.api_key_id.clone()).await?;
+    let caller = seat_of(&request, application)?;
     let method = request.http_method.as_str();
     let path = request.path.clone().unwrap_or_default();
     if method == "GET" && path.ends_with("/usage") {

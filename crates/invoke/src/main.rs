@@ -9,7 +9,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use invoke::bedrock::SignedBedrock;
 use invoke::gateway::Gateway;
-use invoke::lambda::SdkQueues;
+use invoke::lambda::{SdkApiKeys, SdkQueues};
 use invoke::metrics::MetricsSink;
 use ledger::{DynamoLedger, Ledger, MemoryLedger};
 
@@ -106,6 +106,7 @@ async fn run_lambda() -> Result<(), String> {
     ));
     let bedrock = SignedBedrock::from_config(&aws);
     let queues = Arc::new(SdkQueues::new(aws_sdk_sqs::Client::new(&aws)));
+    let api_keys = Arc::new(SdkApiKeys::new(aws_sdk_apigateway::Client::new(&aws)));
     if std::env::var("TOKENFENCE_ENGINE").as_deref() == Ok("step-functions-express") {
         // The steps of the Express workflow; API Gateway still proxies `GET /usage` here.
         settings.max_body_bytes = invoke::step::MAX_BODY_BYTES;
@@ -114,6 +115,7 @@ async fn run_lambda() -> Result<(), String> {
             move |event: lambda_runtime::LambdaEvent<serde_json::Value>| {
                 let gateway = Arc::clone(&gateway);
                 let queues = Arc::clone(&queues);
+                let api_keys = Arc::clone(&api_keys);
                 async move {
                     let deadline = invoke::lambda::call_deadline(event.context.deadline);
                     if event.payload.get("action").is_some() {
@@ -122,8 +124,14 @@ async fn run_lambda() -> Result<(), String> {
                                 .map_err(|e| format!("not a step event: {e}"))?;
                         invoke::step::handle(&gateway, queues.as_ref(), step, deadline).await
                     } else {
-                        invoke::lambda::handle(&gateway, queues.as_ref(), event.payload, deadline)
-                            .await
+                        invoke::lambda::handle(
+                            &gateway,
+                            queues.as_ref(),
+                            api_keys.as_ref(),
+                            event.payload,
+                            deadline,
+                        )
+                        .await
                     }
                 }
             },
@@ -136,6 +144,7 @@ async fn run_lambda() -> Result<(), String> {
         move |event: lambda_runtime::LambdaEvent<serde_json::Value>| {
             let gateway = Arc::clone(&gateway);
             let queues = Arc::clone(&queues);
+            let api_keys = Arc::clone(&api_keys);
             async move {
                 let deadline = invoke::lambda::call_deadline(event.context.deadline);
                 // The REST API's STREAM integrations: answered in Lambda's streaming mode.
@@ -146,9 +155,15 @@ async fn run_lambda() -> Result<(), String> {
                         lambda_runtime::FunctionResponse::StreamingResponse(streamed),
                     );
                 }
-                invoke::lambda::handle(&gateway, queues.as_ref(), event.payload, deadline)
-                    .await
-                    .map(lambda_runtime::FunctionResponse::BufferedResponse)
+                invoke::lambda::handle(
+                    &gateway,
+                    queues.as_ref(),
+                    api_keys.as_ref(),
+                    event.payload,
+                    deadline,
+                )
+                .await
+                .map(lambda_runtime::FunctionResponse::BufferedResponse)
             }
         },
     ))

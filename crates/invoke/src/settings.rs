@@ -90,6 +90,7 @@ pub fn budget_from_spec(spec: &Spec, application: &str) -> Option<BudgetConfig> 
             .map(|(name, u)| (name.clone(), user_budget(spec, u)))
             .collect(),
         user_metrics: app.user_metrics,
+        api_key_ids: Vec::new(),
     })
 }
 

@@ -51,6 +51,16 @@ impl Queues for CapturedQueues {
     }
 }
 
+/// No API key values: none of these events carries a seat's key, so the authorizer never asks
+/// (the seat path runs against API Gateway on moto in the e2e `seats` test).
+struct NoSeats;
+
+impl invoke::lambda::ApiKeyValues for NoSeats {
+    async fn value(&self, key_id: &str) -> Result<String, String> {
+        panic!("no event here carries a seat's key, yet the value of `{key_id}` was asked for")
+    }
+}
+
 /// The message IDs an SQS batch response reports as failed.
 fn failed_ids(out: &Value) -> Vec<&str> {
     out["batchItemFailures"]
@@ -111,7 +121,7 @@ async fn env() -> Env {
 }
 
 async fn api(env: &Env, event: Value) -> (u16, Value, Value) {
-    let out = handle(&*env.gateway, &env.queues, event, soon())
+    let out = handle(&*env.gateway, &env.queues, &NoSeats, event, soon())
         .await
         .expect("handled");
     let body: Value = serde_json::from_str(out["body"].as_str().unwrap()).unwrap();
@@ -191,6 +201,7 @@ async fn sqs_results_reach_the_results_queue_and_redeliveries_are_charged_once()
     let out = handle(
         &*env.gateway,
         &env.queues,
+        &NoSeats,
         fixture("sqs-converse.json"),
         soon(),
     )
@@ -217,6 +228,7 @@ async fn sqs_results_reach_the_results_queue_and_redeliveries_are_charged_once()
     let out = handle(
         &*env.gateway,
         &env.queues,
+        &NoSeats,
         fixture("sqs-converse.json"),
         soon(),
     )
@@ -247,7 +259,7 @@ async fn sqs_requests_over_budget_are_deferred_until_the_window_resets() {
         records.push(r);
     }
     event["Records"] = json!(records);
-    let out = handle(&*env.gateway, &env.queues, event, soon())
+    let out = handle(&*env.gateway, &env.queues, &NoSeats, event, soon())
         .await
         .unwrap();
     assert_eq!(
@@ -300,12 +312,12 @@ async fn sqs_failures_are_reported_per_message() {
     // worst cases at once would overflow `batch`'s 300-token minute (deferring the throttled one).
     let mut first = event.clone();
     first["Records"] = json!([good]);
-    let out = handle(&*env.gateway, &env.queues, first, soon())
+    let out = handle(&*env.gateway, &env.queues, &NoSeats, first, soon())
         .await
         .unwrap();
     assert_eq!(out["batchItemFailures"], json!([]));
     event["Records"] = json!([throttled, stranger, malformed]);
-    let out = handle(&*env.gateway, &env.queues, event, soon())
+    let out = handle(&*env.gateway, &env.queues, &NoSeats, event, soon())
         .await
         .unwrap();
     let failed = failed_ids(&out);
@@ -367,7 +379,7 @@ async fn hostile_queue_messages_are_answered_or_retried_never_failed_open() {
         ),
     ];
     event["Records"] = json!(records);
-    let out = handle(&*env.gateway, &env.queues, event, soon())
+    let out = handle(&*env.gateway, &env.queues, &NoSeats, event, soon())
         .await
         .unwrap();
     let failed = failed_ids(&out);
@@ -415,7 +427,7 @@ async fn hostile_queue_messages_are_answered_or_retried_never_failed_open() {
         "server-error",
         json!({ "requestId": "e1", "modelId": "micro", "request": hello })
     )]);
-    let out = handle(&*env.gateway, &env.queues, again, soon())
+    let out = handle(&*env.gateway, &env.queues, &NoSeats, again, soon())
         .await
         .unwrap();
     assert_eq!(out["batchItemFailures"], json!([]));
@@ -440,6 +452,7 @@ async fn a_message_with_no_time_left_is_retried_without_calling_bedrock() {
     let out = handle(
         &*env.gateway,
         &env.queues,
+        &NoSeats,
         fixture("sqs-converse.json"),
         std::time::Instant::now(),
     )
@@ -485,7 +498,7 @@ async fn the_sweep_event_closes_expired_reservations_and_counts_them() {
     env.gateway.ledger().reserve(&request).await.unwrap();
     assert_eq!(env.gateway.ledger().open_reservations(), 1);
     let sweep = json!({ "tokenfence": "sweep" });
-    let out = handle(&*env.gateway, &env.queues, sweep.clone(), soon())
+    let out = handle(&*env.gateway, &env.queues, &NoSeats, sweep.clone(), soon())
         .await
         .unwrap();
     assert_eq!(out, json!({ "expired": 1 }));
@@ -495,7 +508,7 @@ async fn the_sweep_event_closes_expired_reservations_and_counts_them() {
         500,
         "charged at its worst case"
     );
-    let out = handle(&*env.gateway, &env.queues, sweep, soon())
+    let out = handle(&*env.gateway, &env.queues, &NoSeats, sweep, soon())
         .await
         .unwrap();
     assert_eq!(out, json!({ "expired": 0 }), "counted once");
@@ -507,6 +520,7 @@ async fn unknown_events_are_errors() {
     let err = handle(
         &*env.gateway,
         &env.queues,
+        &NoSeats,
         json!({ "hello": "world" }),
         soon(),
     )
@@ -521,7 +535,7 @@ async fn unknown_events_are_errors() {
 async fn the_authorizer_passes_bearer_and_header_keys_to_usage_plans() {
     let env = env().await;
     let bearer = fixture("apigw-authorizer-request.json");
-    let out = handle(&*env.gateway, &env.queues, bearer.clone(), soon())
+    let out = handle(&*env.gateway, &env.queues, &NoSeats, bearer.clone(), soon())
         .await
         .expect("authorized");
     assert_eq!(out["usageIdentifierKey"], "tf-key-0123456789");
@@ -541,14 +555,14 @@ async fn the_authorizer_passes_bearer_and_header_keys_to_usage_plans() {
     let mut header = bearer.clone();
     header["headers"] = json!({ "x-api-key": "tf-key-header" });
     header["multiValueHeaders"] = json!({ "x-api-key": ["tf-key-header"] });
-    let out = handle(&*env.gateway, &env.queues, header, soon())
+    let out = handle(&*env.gateway, &env.queues, &NoSeats, header, soon())
         .await
         .unwrap();
     assert_eq!(out["usageIdentifierKey"], "tf-key-header");
     let mut none = bearer;
     none["headers"] = json!({ "Authorization": "Basic dXNlcjpwYXNz" });
     none["multiValueHeaders"] = json!({});
-    let err = handle(&*env.gateway, &env.queues, none, soon())
+    let err = handle(&*env.gateway, &env.queues, &NoSeats, none, soon())
         .await
         .unwrap_err();
     assert_eq!(err, "Unauthorized");

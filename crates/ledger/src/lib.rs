@@ -437,6 +437,10 @@ pub struct IssuedKey {
     pub created: i64,
 }
 
+/// The prefix of every key `synth keys` issues, so a leaked one is recognisable (secret scanners
+/// match it) and the REST API's authorizer knows to look it up in the ledger.
+pub const ISSUED_KEY_PREFIX: &str = "tfk_";
+
 /// The digest a key is stored and looked up by: SHA-256, lower-case hex. A key is 256 random
 /// bits, so an unsalted fast hash is enough: there is no dictionary to try.
 pub fn key_digest(key: &str) -> String {

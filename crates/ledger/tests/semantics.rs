@@ -35,6 +35,7 @@ fn config() -> BudgetConfig {
         per_user: None,
         users: Default::default(),
         user_metrics: false,
+        api_key_ids: Vec::new(),
     }
 }
 

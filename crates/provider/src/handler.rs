@@ -241,6 +241,7 @@ fn config_of(
         per_user: props.per_user.clone(),
         users: props.users.clone(),
         user_metrics: props.user_metrics,
+        api_key_ids: props.api_key_ids.clone(),
     }
 }
 

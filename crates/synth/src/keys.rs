@@ -31,8 +31,8 @@ pub enum KeysError {
     Random(String),
 }
 
-/// The prefix of every issued key, so a leaked one is recognisable (secret scanners match it).
-pub const KEY_PREFIX: &str = "tfk_";
+/// The prefix of every issued key.
+pub const KEY_PREFIX: &str = ledger::ISSUED_KEY_PREFIX;
 
 /// A fresh key: [`KEY_PREFIX`] and 256 random bits from the operating system, in hex.
 pub fn generate() -> Result<String, KeysError> {

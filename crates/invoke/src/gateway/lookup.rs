@@ -5,8 +5,8 @@ use super::*;
 
 impl<L: Ledger, B: Bedrock> Gateway<L, B> {
     /// The application's configuration, shared: cloning it on every request cost a dozen
-    /// allocations.
-    pub(super) async fn config(
+    /// allocations. Cached for [`Settings::config_ttl`].
+    pub async fn config(
         &self,
         application: &str,
     ) -> Result<Option<Arc<BudgetConfig>>, LedgerError> {
