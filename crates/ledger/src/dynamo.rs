@@ -242,6 +242,49 @@ impl DynamoLedger {
         Ok(items)
     }
 
+    /// The users of `application` holding a window that has not ended at `now` (a paginated
+    /// query of its partition: for reports, not for the request path).
+    pub async fn users(&self, application: &str, now: i64) -> Result<Vec<String>, LedgerError> {
+        let mut users = Vec::new();
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :user)")
+                .expression_attribute_values(":pk", s(app_pk(application)))
+                .expression_attribute_values(":user", s("user#"))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| unavailable("Query", &e))?;
+            for item in out.items.unwrap_or_default() {
+                let (Some(AttributeValue::S(sk)), Some(AttributeValue::N(expires))) =
+                    (item.get("sk"), item.get("expires_at"))
+                else {
+                    continue;
+                };
+                // Counters expire a grace period after their window ends.
+                let live = expires
+                    .parse::<i64>()
+                    .is_ok_and(|e| e - COUNTER_GRACE_SECONDS > now);
+                if let Some(user) = sk.strip_prefix("user#").and_then(|r| r.split('#').next())
+                    && live
+                {
+                    users.push(user.to_string());
+                }
+            }
+            match out.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => break,
+            }
+        }
+        users.sort_unstable();
+        users.dedup();
+        Ok(users)
+    }
+
     /// Every application's budget configuration in the table, ordered by application (a paginated
     /// scan: for reports, not for the request path).
     pub async fn budgets(&self) -> Result<Vec<BudgetConfig>, LedgerError> {

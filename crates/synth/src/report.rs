@@ -232,6 +232,77 @@ pub struct AppReport {
     pub limits: Vec<LimitUse>,
     /// The monthly USD limit, micro-USD, if any.
     pub month_usd_limit_micros: Option<u64>,
+    /// Its seats' limits, in their current windows, from the ledger.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<UserReport>,
+}
+
+/// One user's (seat's) limits in their current windows, as the ledger holds them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UserReport {
+    /// The user.
+    pub user: String,
+    /// `enforce` or `shadow`.
+    pub mode: &'static str,
+    /// Its limits' use.
+    pub limits: Vec<LimitUse>,
+}
+
+/// The use of `limits` by what the ledger holds for them (tokens and USD, each limited one).
+pub fn limit_uses(usage: &[ledger::WindowUsage]) -> Vec<LimitUse> {
+    let mut out = Vec::new();
+    for w in usage {
+        let pairs = [
+            w.limit
+                .tokens
+                .map(|l| (budget::LimitMetric::Tokens, w.used.tokens, l)),
+            w.limit
+                .usd
+                .map(|l| (budget::LimitMetric::Usd, w.used.cost.micros(), l.micros())),
+        ];
+        for (metric, used, limit) in pairs.into_iter().flatten() {
+            out.push(LimitUse {
+                window: w.limit.window,
+                metric,
+                used,
+                limit,
+                utilization_percent: (forecast::utilization_percent(used, limit) * 10.0).round()
+                    / 10.0,
+            });
+        }
+    }
+    out
+}
+
+/// Every seat of `config` the ledger holds a window for, or names: each with its limits' use.
+pub async fn seats<L: ledger::Ledger>(
+    ledger: &L,
+    users: &[String],
+    config: &BudgetConfig,
+    now: i64,
+) -> Result<Vec<UserReport>, ledger::LedgerError> {
+    let mut names: Vec<&str> = users.iter().map(String::as_str).collect();
+    names.extend(config.users.keys().map(String::as_str));
+    names.sort_unstable();
+    names.dedup();
+    let mut out = Vec::new();
+    for user in names {
+        let Some(budget) = config.user_budget(user) else {
+            continue;
+        };
+        let usage = ledger
+            .usage(&config.application, Some(user), &budget.limits, now)
+            .await?;
+        out.push(UserReport {
+            user: user.to_string(),
+            mode: match budget.mode {
+                EnforcementMode::Enforce => "enforce",
+                EnforcementMode::Shadow => "shadow",
+            },
+            limits: limit_uses(&usage),
+        });
+    }
+    Ok(out)
 }
 
 /// One cost center's totals.
@@ -351,6 +422,7 @@ pub fn assemble(
                 .find(|l| l.window == Window::Month)
                 .and_then(|l| l.usd)
                 .map(|u| u.micros()),
+            users: Vec::new(),
         });
     }
     let mut centers: BTreeMap<String, CostCenterReport> = BTreeMap::new();
@@ -443,6 +515,27 @@ pub fn table(r: &Report, since_text: &str) -> String {
                 l.utilization_percent,
                 if a.mode == "shadow" { "  (shadow)" } else { "" }
             );
+        }
+    }
+    if r.applications.iter().any(|a| !a.users.is_empty()) {
+        let _ = writeln!(out, "\nseats (current window)");
+        for a in &r.applications {
+            for u in &a.users {
+                for l in &u.limits {
+                    let _ = writeln!(
+                        out,
+                        "{:<24} {:<20} {:<7} {:<7} {:>14} of {:<14} {:>6.1}%{}",
+                        a.application,
+                        u.user,
+                        l.window.to_string(),
+                        l.metric.to_string(),
+                        amount(l.metric, l.used),
+                        amount(l.metric, l.limit),
+                        l.utilization_percent,
+                        if u.mode == "shadow" { "  (shadow)" } else { "" }
+                    );
+                }
+            }
         }
     }
     let _ = writeln!(out, "\nper cost center");
@@ -577,18 +670,26 @@ pub async fn gather(
         Some(t) => t,
         None => ledger_table(cf, stack).await?,
     };
-    let configs = ledger::DynamoLedger::new(ddb, &table)
-        .budgets()
-        .await
-        .map_err(|source| ReportError::Ledger {
-            table: table.clone(),
-            source,
-        })?;
+    let ledger = ledger::DynamoLedger::new(ddb, &table);
+    let failed = |source| ReportError::Ledger {
+        table: table.clone(),
+        source,
+    };
+    let configs = ledger.budgets().await.map_err(failed)?;
     let queries = plan(&configs, now, since);
     let sums = fetch(cw, &queries).await?;
-    Ok(assemble(
-        stack, &table, &configs, &queries, &sums, now, since,
-    ))
+    let mut report = assemble(stack, &table, &configs, &queries, &sums, now, since);
+    for (app, config) in report.applications.iter_mut().zip(&configs) {
+        if config.per_user.is_none() && config.users.is_empty() {
+            continue;
+        }
+        let users = ledger
+            .users(&config.application, now)
+            .await
+            .map_err(failed)?;
+        app.users = seats(&ledger, &users, config, now).await.map_err(failed)?;
+    }
+    Ok(report)
 }
 
 #[cfg(test)]

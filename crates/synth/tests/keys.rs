@@ -328,4 +328,41 @@ async fn keys_are_issued_used_rotated_and_revoked() {
         "a header and alice's new key:\n{table}"
     );
     assert!(table.contains("alice") && !table.contains("bob"), "{table}");
+
+    // `synth report` lists each seat's current windows, as the ledger holds them.
+    let report: Value = serde_json::from_str(&ok(&run_synth(
+        &moto,
+        &["report", "--stack", "keys", "--since", "1h", "--json"],
+    )))
+    .unwrap();
+    let seats = report["applications"][0]["users"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let now = invoke::gateway::now_seconds();
+    let config = ledger.budget("coding-agents").await.unwrap().unwrap();
+    let limits = config.user_budget("alice").unwrap().limits.clone();
+    for (seat, name) in seats.iter().zip(["alice", "bob"]) {
+        assert_eq!(seat["user"], name, "{seats:?}");
+        let used = ledger
+            .usage("coding-agents", Some(name), &limits, now)
+            .await
+            .unwrap()[0]
+            .used
+            .tokens;
+        assert_eq!(seat["limits"][0]["used"], used, "{name}");
+        assert_eq!(seat["limits"][0]["limit"], 700);
+        assert!(used > 0);
+    }
+    assert_eq!(seats.len(), 2);
+    let text = ok(&run_synth(
+        &moto,
+        &["report", "--stack", "keys", "--since", "1h"],
+    ));
+    assert!(text.contains("seats (current window)"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("coding-agents") && l.contains("alice") && l.contains("of 700")),
+        "{text}"
+    );
 }
