@@ -307,6 +307,13 @@ pub async fn authorize<L: Ledger, B: Bedrock, K: ApiKeyValues>(
             "usageIdentifierKey": key
         }));
     }
+    if !gateway.settings().seats {
+        tracing::warn!("a seat's key on an engine that does not hold seats' limits; denied");
+        return Ok(serde_json::json!({
+            "principalId": "seat",
+            "policyDocument": policy("Deny")
+        }));
+    }
     let issued = match gateway.ledger().key(&ledger::key_digest(key)).await {
         Ok(Some(issued)) => issued,
         Ok(None) => return Err("Unauthorized".into()),

@@ -110,6 +110,7 @@ async fn run_lambda() -> Result<(), String> {
     if std::env::var("TOKENFENCE_ENGINE").as_deref() == Ok("step-functions-express") {
         // The steps of the Express workflow; API Gateway still proxies `GET /usage` here.
         settings.max_body_bytes = invoke::step::MAX_BODY_BYTES;
+        settings.seats = false;
         let gateway = Arc::new(Gateway::new(ledger, bedrock, settings, MetricsSink::Stdout));
         return lambda_runtime::run(lambda_runtime::service_fn(
             move |event: lambda_runtime::LambdaEvent<serde_json::Value>| {

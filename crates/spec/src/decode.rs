@@ -441,6 +441,7 @@ fn decode_spec(d: &mut Decoder, root: &Node) -> Option<Spec> {
             &models,
             defaults,
             access,
+            engine,
             name.as_ref().map(|(n, _)| n.as_str()),
         ),
         (Some(node), ..) => {
@@ -456,6 +457,7 @@ fn decode_spec(d: &mut Decoder, root: &Node) -> Option<Spec> {
                 &models,
                 defaults.unwrap_or_default(),
                 access.unwrap_or(permissive),
+                engine,
                 None,
             );
             None
@@ -763,6 +765,7 @@ struct Context<'a> {
     models: &'a IndexMap<String, ModelDef>,
     defaults: Defaults,
     access: Access,
+    engine: Option<Engine>,
     name: Option<&'a str>,
 }
 
@@ -772,6 +775,7 @@ fn decode_applications(
     models: &IndexMap<String, ModelDef>,
     defaults: Defaults,
     access: Access,
+    engine: Option<Engine>,
     name: Option<&str>,
 ) -> Option<IndexMap<String, Application>> {
     let f = d.mapping(node, "applications", &[])?;
@@ -787,6 +791,7 @@ fn decode_applications(
         models,
         defaults,
         access,
+        engine,
         name,
     };
     let mut apps = IndexMap::new();
@@ -913,6 +918,18 @@ fn decode_application(
             &mut user_usd,
         )
     });
+    if ctx.engine == Some(Engine::StepFunctionsExpress) {
+        for key in ["per_user", "users"] {
+            if let Some(n) = f.get(key) {
+                d.error_help(
+                    n.span,
+                    &join(path, key),
+                    "seats are enforced by the Lambda engine only; the Step Functions Express engine would hold only the application's limits",
+                    Some("use `engine: lambda`, or leave seats out".into()),
+                );
+            }
+        }
+    }
     let mut users = IndexMap::new();
     if let Some(n) = f.get("users") {
         let p = join(path, "users");

@@ -284,3 +284,22 @@ applications:
         ],
     );
 }
+
+#[test]
+fn seats_need_the_lambda_engine() {
+    check(
+        "version: 1
+name: acme
+models: { lite: amazon.nova-lite-v1:0 }
+engine: step-functions-express
+applications:
+  team:
+    limits: [{ window: day, tokens: 100000 }]
+    per_user:
+      limits: [{ window: day, tokens: 5000 }]
+",
+        &[
+            "spec.yaml:9:7: applications.team.per_user: seats are enforced by the Lambda engine only; the Step Functions Express engine would hold only the application's limits (use `engine: lambda`, or leave seats out)",
+        ],
+    );
+}

@@ -74,6 +74,9 @@ pub struct Settings {
     /// The longest a stream may run on `invoke serve` (long thinking generations stream for many
     /// minutes); a stream still running then is cut off and charged at its worst case.
     pub stream_timeout: Duration,
+    /// Whether this engine holds seats' limits: the Step Functions Express engine does not, so
+    /// its authorizer refuses seats' keys rather than let them spend past their users' limits.
+    pub seats: bool,
 }
 
 impl Default for Settings {
@@ -88,6 +91,7 @@ impl Default for Settings {
             remember_seconds: 86_400,
             call_timeout: Duration::from_secs(300),
             stream_timeout: Duration::from_secs(3600),
+            seats: true,
         }
     }
 }
