@@ -242,42 +242,54 @@ impl DynamoLedger {
         Ok(items)
     }
 
-    /// The users of `application` holding a window that has not ended at `now` (a paginated
-    /// query of its partition: for reports, not for the request path).
-    pub async fn users(&self, application: &str, now: i64) -> Result<Vec<String>, LedgerError> {
-        let mut users = Vec::new();
+    /// Every item of partition `pk` whose sort key starts with `prefix`, read consistently (a
+    /// paginated query).
+    async fn partition(
+        &self,
+        pk: String,
+        prefix: &str,
+    ) -> Result<Vec<HashMap<String, AttributeValue>>, LedgerError> {
+        let mut items = Vec::new();
         let mut start: Option<HashMap<String, AttributeValue>> = None;
         loop {
             let out = self
                 .client
                 .query()
                 .table_name(&self.table)
-                .key_condition_expression("pk = :pk AND begins_with(sk, :user)")
-                .expression_attribute_values(":pk", s(app_pk(application)))
-                .expression_attribute_values(":user", s("user#"))
+                .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+                .expression_attribute_values(":pk", s(&pk))
+                .expression_attribute_values(":prefix", s(prefix))
+                .consistent_read(true)
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await
                 .map_err(|e| unavailable("Query", &e))?;
-            for item in out.items.unwrap_or_default() {
-                let (Some(AttributeValue::S(sk)), Some(AttributeValue::N(expires))) =
-                    (item.get("sk"), item.get("expires_at"))
-                else {
-                    continue;
-                };
-                // Counters expire a grace period after their window ends.
-                let live = expires
-                    .parse::<i64>()
-                    .is_ok_and(|e| e - COUNTER_GRACE_SECONDS > now);
-                if let Some(user) = sk.strip_prefix("user#").and_then(|r| r.split('#').next())
-                    && live
-                {
-                    users.push(user.to_string());
-                }
-            }
+            items.extend(out.items.unwrap_or_default());
             match out.last_evaluated_key {
                 Some(key) if !key.is_empty() => start = Some(key),
-                _ => break,
+                _ => return Ok(items),
+            }
+        }
+    }
+
+    /// The users of `application` holding a window that has not ended at `now` (a paginated
+    /// query of its partition: for reports, not for the request path).
+    pub async fn users(&self, application: &str, now: i64) -> Result<Vec<String>, LedgerError> {
+        let mut users = Vec::new();
+        for item in self.partition(app_pk(application), "user#").await? {
+            let (Some(AttributeValue::S(sk)), Some(AttributeValue::N(expires))) =
+                (item.get("sk"), item.get("expires_at"))
+            else {
+                continue;
+            };
+            // Counters expire a grace period after their window ends.
+            let live = expires
+                .parse::<i64>()
+                .is_ok_and(|e| e - COUNTER_GRACE_SECONDS > now);
+            if let Some(user) = sk.strip_prefix("user#").and_then(|r| r.split('#').next())
+                && live
+            {
+                users.push(user.to_string());
             }
         }
         users.sort_unstable();
@@ -1050,41 +1062,22 @@ impl Ledger for DynamoLedger {
 
     async fn keys(&self, application: &str) -> Result<Vec<IssuedKey>, LedgerError> {
         let mut keys = Vec::new();
-        let mut start: Option<HashMap<String, AttributeValue>> = None;
-        loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk AND begins_with(sk, :key)")
-                .expression_attribute_values(":pk", s(app_pk(application)))
-                .expression_attribute_values(":key", s("key#"))
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| unavailable("Query", &e))?;
-            for item in out.items.unwrap_or_default() {
-                let Some(AttributeValue::S(sk)) = item.get("sk") else {
-                    continue;
-                };
-                keys.push(IssuedKey {
-                    id: sk.trim_start_matches("key#").to_string(),
-                    application: application.to_string(),
-                    user: match item.get("user") {
-                        Some(AttributeValue::S(u)) => Some(u.clone()),
-                        _ => None,
-                    },
-                    created: match item.get("created") {
-                        Some(AttributeValue::N(v)) => v.parse().unwrap_or(0),
-                        _ => 0,
-                    },
-                });
-            }
-            match out.last_evaluated_key {
-                Some(key) if !key.is_empty() => start = Some(key),
-                _ => break,
-            }
+        for item in self.partition(app_pk(application), "key#").await? {
+            let Some(AttributeValue::S(sk)) = item.get("sk") else {
+                continue;
+            };
+            keys.push(IssuedKey {
+                id: sk.trim_start_matches("key#").to_string(),
+                application: application.to_string(),
+                user: match item.get("user") {
+                    Some(AttributeValue::S(u)) => Some(u.clone()),
+                    _ => None,
+                },
+                created: match item.get("created") {
+                    Some(AttributeValue::N(v)) => v.parse().unwrap_or(0),
+                    _ => 0,
+                },
+            });
         }
         keys.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
         Ok(keys)

@@ -277,14 +277,7 @@ fn run(cli: Cli) -> miette::Result<ExitCode> {
             json,
         } => {
             let secs = report::parse_since(&since).map_err(|e| miette::miette!("{e}"))?;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_err(|e| miette::miette!("the clock is before 1970: {e}"))?
-                .as_secs() as i64;
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| miette::miette!("cannot start the async runtime: {e}"))?;
+            let (runtime, now) = aws_runtime()?;
             let r = runtime
                 .block_on(async {
                     let config =
@@ -370,7 +363,8 @@ fn run(cli: Cli) -> miette::Result<ExitCode> {
     }
 }
 
-fn run_keys(action: KeysAction) -> miette::Result<ExitCode> {
+/// The runtime of the commands that call AWS, and now in Unix seconds.
+fn aws_runtime() -> miette::Result<(tokio::runtime::Runtime, i64)> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -379,6 +373,11 @@ fn run_keys(action: KeysAction) -> miette::Result<ExitCode> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_err(|e| miette::miette!("the clock is before 1970: {e}"))?
         .as_secs() as i64;
+    Ok((runtime, now))
+}
+
+fn run_keys(action: KeysAction) -> miette::Result<ExitCode> {
+    let (runtime, now) = aws_runtime()?;
     runtime.block_on(async {
         let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
         let at = match &action {

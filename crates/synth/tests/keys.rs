@@ -25,33 +25,6 @@ applications:
       limits: [{ window: day, tokens: 700 }]
 "#;
 
-const TEMPLATE: &str = r#"{
-  "Resources": {
-    "LedgerTable": {
-      "Type": "AWS::DynamoDB::Table",
-      "Properties": {
-        "TableName": "keys-ledger",
-        "BillingMode": "PAY_PER_REQUEST",
-        "AttributeDefinitions": [{"AttributeName": "pk", "AttributeType": "S"}, {"AttributeName": "sk", "AttributeType": "S"}],
-        "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}]
-      }
-    }
-  },
-  "Outputs": { "LedgerTableName": { "Value": { "Ref": "LedgerTable" } } }
-}"#;
-
-fn run_synth(moto: &harness::Moto, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_synth"))
-        .args(args)
-        .env("AWS_ENDPOINT_URL", moto.url())
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1")
-        .env_remove("AWS_PROFILE")
-        .output()
-        .expect("synth runs")
-}
-
 fn ok(out: &std::process::Output) -> String {
     assert!(
         out.status.success(),
@@ -64,17 +37,7 @@ fn ok(out: &std::process::Output) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_are_issued_used_rotated_and_revoked() {
     let moto = harness::Moto::start();
-    let dir = common::scratch("keys");
-    let template = dir.join("stack.json");
-    std::fs::write(&template, TEMPLATE).unwrap();
-    moto.aws().run(&[
-        "cloudformation",
-        "create-stack",
-        "--stack-name",
-        "keys",
-        "--template-body",
-        &format!("file://{}", template.display()),
-    ]);
+    common::ledger_stack(&moto, "keys", "keys-ledger");
     let config = moto.sdk_config().await;
     let ledger = Arc::new(DynamoLedger::new(
         aws_sdk_dynamodb::Client::new(&config),
@@ -82,7 +45,7 @@ async fn keys_are_issued_used_rotated_and_revoked() {
     ));
 
     // Before the application is deployed, no key can be issued for it.
-    let early = run_synth(
+    let early = common::synth_on(
         &moto,
         &[
             "keys",
@@ -112,7 +75,7 @@ async fn keys_are_issued_used_rotated_and_revoked() {
         .await
         .unwrap();
 
-    let created = run_synth(
+    let created = common::synth_on(
         &moto,
         &[
             "keys",
@@ -132,7 +95,7 @@ async fn keys_are_issued_used_rotated_and_revoked() {
         told.contains("for user `alice` of application `coding-agents`"),
         "{told}"
     );
-    let bob = ok(&run_synth(
+    let bob = ok(&common::synth_on(
         &moto,
         &[
             "keys",
@@ -159,7 +122,7 @@ async fn keys_are_issued_used_rotated_and_revoked() {
     assert!(!stored.contains(&alice) && !stored.contains(&alice[4..]));
     assert!(stored.contains(&ledger::key_digest(&alice)));
 
-    let listed: Value = serde_json::from_str(&ok(&run_synth(
+    let listed: Value = serde_json::from_str(&ok(&common::synth_on(
         &moto,
         &[
             "keys",
@@ -254,7 +217,7 @@ async fn keys_are_issued_used_rotated_and_revoked() {
     );
 
     // Rotation: the new key works, the old one is refused.
-    let rotated = run_synth(
+    let rotated = common::synth_on(
         &moto,
         &[
             "keys",
@@ -284,7 +247,7 @@ async fn keys_are_issued_used_rotated_and_revoked() {
 
     // Revocation: 401 from then on; revoking twice says there is no such key.
     let bob_id = ledger::key_id(&ledger::key_digest(&bob));
-    ok(&run_synth(
+    ok(&common::synth_on(
         &moto,
         &[
             "keys",
@@ -303,7 +266,7 @@ async fn keys_are_issued_used_rotated_and_revoked() {
         (401, Some("InvalidApiKey")),
         "{body}"
     );
-    let again = run_synth(
+    let again = common::synth_on(
         &moto,
         &[
             "keys",
@@ -318,7 +281,7 @@ async fn keys_are_issued_used_rotated_and_revoked() {
     );
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains(&format!("has no key `{bob_id}`")));
-    let table = ok(&run_synth(
+    let table = ok(&common::synth_on(
         &moto,
         &["keys", "list", "--stack", "keys", "--app", "coding-agents"],
     ));
@@ -330,7 +293,7 @@ async fn keys_are_issued_used_rotated_and_revoked() {
     assert!(table.contains("alice") && !table.contains("bob"), "{table}");
 
     // `synth report` lists each seat's current windows, as the ledger holds them.
-    let report: Value = serde_json::from_str(&ok(&run_synth(
+    let report: Value = serde_json::from_str(&ok(&common::synth_on(
         &moto,
         &["report", "--stack", "keys", "--since", "1h", "--json"],
     )))
@@ -355,7 +318,7 @@ async fn keys_are_issued_used_rotated_and_revoked() {
         assert!(used > 0);
     }
     assert_eq!(seats.len(), 2);
-    let text = ok(&run_synth(
+    let text = ok(&common::synth_on(
         &moto,
         &["report", "--stack", "keys", "--since", "1h"],
     ));

@@ -38,34 +38,6 @@ applications:
     limits: [{ window: month, usd: 5 }]
 "#;
 
-const TEMPLATE: &str = r#"{
-  "Resources": {
-    "LedgerTable": {
-      "Type": "AWS::DynamoDB::Table",
-      "Properties": {
-        "TableName": "rep-ledger",
-        "BillingMode": "PAY_PER_REQUEST",
-        "AttributeDefinitions": [{"AttributeName": "pk", "AttributeType": "S"}, {"AttributeName": "sk", "AttributeType": "S"}],
-        "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}]
-      }
-    }
-  },
-  "Outputs": { "LedgerTableName": { "Value": { "Ref": "LedgerTable" } } }
-}"#;
-
-/// `synth ARGS` with the standard AWS configuration pointed at moto, as a user would run it.
-fn run_synth(moto: &harness::Moto, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_synth"))
-        .args(args)
-        .env("AWS_ENDPOINT_URL", moto.url())
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1")
-        .env_remove("AWS_PROFILE")
-        .output()
-        .expect("synth runs")
-}
-
 /// What CloudWatch does with an EMF line: one datum per metric and dimension set.
 fn extract(record: &Value) -> Vec<MetricDatum> {
     let aws = &record["_aws"];
@@ -107,18 +79,7 @@ fn extract(record: &Value) -> Vec<MetricDatum> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn report_reads_back_what_the_gateway_emitted() {
     let moto = harness::Moto::start();
-    let aws = moto.aws();
-    let dir = common::scratch("report");
-    let template = dir.join("stack.json");
-    std::fs::write(&template, TEMPLATE).unwrap();
-    aws.run(&[
-        "cloudformation",
-        "create-stack",
-        "--stack-name",
-        "rep",
-        "--template-body",
-        &format!("file://{}", template.display()),
-    ]);
+    common::ledger_stack(&moto, "rep", "rep-ledger");
 
     // Budgets as the provider writes them, in the stack's table.
     let config = moto.sdk_config().await;
@@ -200,7 +161,7 @@ async fn report_reads_back_what_the_gateway_emitted() {
         }
     }
 
-    let out = run_synth(
+    let out = common::synth_on(
         &moto,
         &["report", "--stack", "rep", "--since", "1h", "--json"],
     );
@@ -256,7 +217,7 @@ async fn report_reads_back_what_the_gateway_emitted() {
     assert_eq!(cc["requests"], 9);
 
     // The table form names the same figures.
-    let out = run_synth(&moto, &["report", "--stack", "rep", "--since", "1h"]);
+    let out = common::synth_on(&moto, &["report", "--stack", "rep", "--since", "1h"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("per cost center") && text.contains("cc-a"),
@@ -268,7 +229,7 @@ async fn report_reads_back_what_the_gateway_emitted() {
     );
 
     // A stack without a ledger output is named, not guessed.
-    let out = run_synth(&moto, &["report", "--stack", "missing"]);
+    let out = common::synth_on(&moto, &["report", "--stack", "missing"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("stack `missing`"));
 }

@@ -574,6 +574,23 @@ mod tests {
     }
 
     #[test]
+    fn callers_are_an_application_or_one_of_its_users() {
+        assert_eq!(Caller::parse("web").unwrap(), Caller::application("web"));
+        assert_eq!(
+            Caller::parse("team/alice@example.com").unwrap(),
+            Caller::user("team", "alice@example.com")
+        );
+        for bad in ["", "/alice", "team/", "team/a b", "team/a/b"] {
+            assert!(Caller::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(
+            Caller::parse("team/a b")
+                .unwrap_err()
+                .contains("may hold only letters")
+        );
+    }
+
+    #[test]
     fn count_tokens_is_asked_of_the_foundation_model() {
         assert_eq!(
             foundation_model("us.anthropic.claude-sonnet-4-20250514-v1:0"),

@@ -17,6 +17,50 @@ pub fn synth(args: &[&str]) -> Output {
         .expect("synth runs")
 }
 
+/// `synth ARGS` with the standard AWS configuration pointed at moto, as a user would run it.
+pub fn synth_on(moto: &harness::Moto, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_synth"))
+        .args(args)
+        .env("AWS_ENDPOINT_URL", moto.url())
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env_remove("AWS_PROFILE")
+        .output()
+        .expect("synth runs")
+}
+
+/// Creates stack `name` in moto holding a ledger table `TABLE` and the `LedgerTableName` output,
+/// as a deployed tokenfence stack has them.
+pub fn ledger_stack(moto: &harness::Moto, name: &str, table: &str) {
+    let template = format!(
+        r#"{{
+  "Resources": {{
+    "LedgerTable": {{
+      "Type": "AWS::DynamoDB::Table",
+      "Properties": {{
+        "TableName": "{table}",
+        "BillingMode": "PAY_PER_REQUEST",
+        "AttributeDefinitions": [{{"AttributeName": "pk", "AttributeType": "S"}}, {{"AttributeName": "sk", "AttributeType": "S"}}],
+        "KeySchema": [{{"AttributeName": "pk", "KeyType": "HASH"}}, {{"AttributeName": "sk", "KeyType": "RANGE"}}]
+      }}
+    }}
+  }},
+  "Outputs": {{ "LedgerTableName": {{ "Value": {{ "Ref": "LedgerTable" }} }} }}
+}}"#
+    );
+    let path = scratch(name).join("stack.json");
+    std::fs::write(&path, template).unwrap();
+    moto.aws().run(&[
+        "cloudformation",
+        "create-stack",
+        "--stack-name",
+        name,
+        "--template-body",
+        &format!("file://{}", path.display()),
+    ]);
+}
+
 /// A fresh scratch directory under the target directory (not /tmp: paths in the rendered
 /// templates are relative and must not depend on where the system puts temporary files).
 pub fn scratch(name: &str) -> PathBuf {
