@@ -77,6 +77,18 @@ impl LocalAws {
         outputs_of(&stack_json)
     }
 
+    /// The README's path for a spec: `synth render` into this test's `out/` with the Lambdas
+    /// built by cargo-lambda, cfn-lint of `<stack>.yaml`, then [`LocalAws::deploy`] as `stack`.
+    /// Returns the stack's outputs.
+    pub fn render_lint_deploy(&self, spec: &Path, stack: &str) -> BTreeMap<String, String> {
+        let artifacts = harness::lambda_artifacts();
+        let out = self.dir.join("out");
+        harness::synth_render(spec, &out, &artifacts);
+        let template = out.join(format!("{stack}.yaml"));
+        harness::cfn_lint(std::slice::from_ref(&template));
+        self.deploy(&template, stack)
+    }
+
     /// Submits a create or update that is expected to fail, waits for the stack to settle and
     /// returns its final status (`ROLLBACK_COMPLETE`, `UPDATE_ROLLBACK_COMPLETE`, ...).
     pub fn deploy_failing(&self, template: &Path, stack: &str) -> String {

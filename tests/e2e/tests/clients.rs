@@ -26,17 +26,11 @@ async fn charged(ledger: &DynamoLedger) -> Vec<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn real_clients_call_the_deployed_api_unchanged() {
-    let artifacts = harness::lambda_artifacts();
     let local = LocalAws::start("clients").await;
-    let out = local.dir.join("out");
-    harness::synth_render(
+    let outputs = local.render_lint_deploy(
         &harness::repo().join("tests/clients/clients.yaml"),
-        &out,
-        &artifacts,
+        "clients",
     );
-    let template = out.join("clients.yaml");
-    harness::cfn_lint(std::slice::from_ref(&template));
-    let outputs = local.deploy(&template, "clients");
     let (endpoint, ca) = local.moto.rest_api(&outputs["ApiUrl"]).await;
     let values: Vec<String> = APPS
         .iter()

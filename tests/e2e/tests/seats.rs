@@ -54,15 +54,10 @@ fn issue(local: &LocalAws, user: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn seats_are_held_through_the_deployed_api() {
-    let artifacts = harness::lambda_artifacts();
     let local = LocalAws::start("seats").await;
     let spec = local.dir.join("seats.yaml");
     std::fs::write(&spec, SPEC).unwrap();
-    let out = local.dir.join("out");
-    harness::synth_render(&spec, &out, &artifacts);
-    let template = out.join("seats.yaml");
-    harness::cfn_lint(std::slice::from_ref(&template));
-    let outputs = local.deploy(&template, "seats");
+    let outputs = local.render_lint_deploy(&spec, "seats");
     let (endpoint, ca) = local.moto.rest_api(&outputs["ApiUrl"]).await;
     let ledger = DynamoLedger::new(
         aws_sdk_dynamodb::Client::new(&local.sdk),
