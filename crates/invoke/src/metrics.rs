@@ -355,6 +355,35 @@ mod tests {
                 .len(),
             2
         );
+        // A seat's user: a property always, a dimension only when the application opts in.
+        let seat = RequestMetrics {
+            user: Some("alice"),
+            ..m.clone()
+        };
+        let property = serde_json::to_value(request_record(&seat, 0)).unwrap();
+        assert_eq!(property["User"], "alice");
+        assert!(
+            !property["_aws"]["CloudWatchMetrics"][0]["Dimensions"]
+                .to_string()
+                .contains("User")
+        );
+        let dimension = serde_json::to_value(request_record(
+            &RequestMetrics {
+                user_dimension: true,
+                ..seat
+            },
+            0,
+        ))
+        .unwrap();
+        assert_eq!(
+            dimension["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+            serde_json::json!([
+                ["Application"],
+                ["Application", "Model"],
+                ["CostCenter"],
+                ["Application", "User"]
+            ])
+        );
     }
 
     #[test]

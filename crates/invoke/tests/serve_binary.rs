@@ -27,6 +27,8 @@ async fn serve_enforces_emits_metrics_and_drains_on_shutdown() {
             &format!("127.0.0.1:{port}"),
             "--api-key",
             "secret=support-bot",
+            "--api-key",
+            "seat=support-bot/alice",
         ])
         .env("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", stub.url())
         .env("AWS_ACCESS_KEY_ID", "test")
@@ -66,6 +68,16 @@ async fn serve_enforces_emits_metrics_and_drains_on_shutdown() {
         403,
         "support-bot may not call sonnet"
     );
+    // A seat declared as `KEY=APP/USER`: the application's call, as alice's.
+    let resp = http
+        .post(format!("{base}/model/haiku/converse"))
+        .bearer_auth("seat")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.headers()["x-tokenfence-user"], "alice");
 
     // A slow request in flight when the server is told to stop still completes.
     let slow = json!({ "messages": [{ "role": "user", "content": [{ "text": "[[stub:sleep=700]] slow" }] }] });
@@ -104,8 +116,18 @@ async fn serve_enforces_emits_metrics_and_drains_on_shutdown() {
     let requests: Vec<&Value> = lines.iter().filter(|l| l["TotalRequests"] == 1).collect();
     assert_eq!(
         requests.len(),
-        2,
-        "the two approved requests (the 403 never reached budgeting)"
+        3,
+        "the three approved requests (the 403 never reached budgeting)"
+    );
+    // The user is a property of its request's record, not a metric dimension (opt-in).
+    let seat = requests
+        .iter()
+        .find(|r| r["User"] == "alice")
+        .expect("alice's record");
+    assert!(
+        !seat["_aws"]["CloudWatchMetrics"][0]["Dimensions"]
+            .to_string()
+            .contains("User")
     );
     assert!(
         requests.iter().all(
@@ -113,5 +135,5 @@ async fn serve_enforces_emits_metrics_and_drains_on_shutdown() {
                 && r["Application"] == "support-bot"
         )
     );
-    assert_eq!(stub.requests(), 2);
+    assert_eq!(stub.requests(), 3);
 }
