@@ -324,22 +324,50 @@ impl PriceBook {
     /// `us.anthropic.claude-haiku-4-5-...` resolves to the base model with its regional premium;
     /// `arn:aws:bedrock:...:foundation-model/ID` and `.../inference-profile/ID` resolve to `ID`.
     pub fn lookup(model: &str) -> Option<Price> {
-        let (base, regional) = base_model(model);
-        let entry = book().entries.iter().find(|e| e.model == base)?;
-        let mut price = entry.price;
-        if regional && entry.regional_premium_percent > 0 {
-            let factor = 100 + entry.regional_premium_percent;
-            let premium = |p: u64| p.saturating_mul(factor).div_ceil(100);
-            price = Price {
-                input: premium(price.input),
-                output: premium(price.output),
-                cache_read: premium(price.cache_read),
-                cache_write: premium(price.cache_write),
-                cache_write_1h: price.cache_write_1h.map(premium),
-            };
-        }
-        Some(price)
+        lookup_in(book(), model)
     }
+}
+
+/// A price book of one's own, in the built-in book's format (`crates/budget/data/prices.json`:
+/// dated, with sources, a source per model), for a spec's `price_book`: negotiated rates, another
+/// region's prices, models the built-in book does not know.
+#[derive(Debug)]
+pub struct CustomBook(Book);
+
+impl CustomBook {
+    /// Reads a book; the error says what is wrong with it.
+    pub fn parse(text: &str) -> Result<CustomBook, String> {
+        parse_book(text).map(CustomBook)
+    }
+
+    /// When the book's prices were read, as it says.
+    pub fn recorded(&self) -> &str {
+        &self.0.file.recorded
+    }
+
+    /// Its price of a model, inference profile or ARN, as [`PriceBook::lookup`] reads the
+    /// built-in book.
+    pub fn lookup(&self, model: &str) -> Option<Price> {
+        lookup_in(&self.0, model)
+    }
+}
+
+fn lookup_in(book: &Book, model: &str) -> Option<Price> {
+    let (base, regional) = base_model(model);
+    let entry = book.entries.iter().find(|e| e.model == base)?;
+    let mut price = entry.price;
+    if regional && entry.regional_premium_percent > 0 {
+        let factor = 100 + entry.regional_premium_percent;
+        let premium = |p: u64| p.saturating_mul(factor).div_ceil(100);
+        price = Price {
+            input: premium(price.input),
+            output: premium(price.output),
+            cache_read: premium(price.cache_read),
+            cache_write: premium(price.cache_write),
+            cache_write_1h: price.cache_write_1h.map(premium),
+        };
+    }
+    Some(price)
 }
 
 #[cfg(test)]

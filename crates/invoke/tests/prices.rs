@@ -121,3 +121,37 @@ async fn prices_the_book_does_not_have_are_refused_naming_the_field() {
         "only the token-limited request reached Bedrock"
     );
 }
+
+#[tokio::test]
+async fn a_spec_price_book_prices_what_the_gateway_charges() {
+    let dir = std::env::temp_dir().join(format!("tokenfence-serve-book-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let book = dir.join("negotiated.json");
+    std::fs::write(
+        &book,
+        r#"{ "recorded": "2026-12-01", "region": "us-east-1", "tier": "standard (on-demand)",
+  "unit": "USD per million tokens", "note": "negotiated", "sources": { "contract": "schedule B" },
+  "models": [{ "model": "mistral.mistral-large-2407-v1:0", "input": "2.00", "output": "6.00", "source": "contract" }] }"#,
+    )
+    .unwrap();
+    let spec = format!(
+        "version: 1\nname: book\nprice_book: {}\nmodels: {{ large: mistral.mistral-large-2407-v1:0 }}\ndefaults: {{ max_tokens: 100 }}\napplications:\n  priced:\n    limits: [{{ window: day, usd: 10 }}]\n",
+        book.display()
+    );
+    let env = start(Arc::new(MemoryLedger::new()), &spec, |_| {}).await;
+    let (status, headers, answer) = env
+        .converse(
+            "key-priced",
+            "large",
+            &common::prompt("priced by our own book"),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let billed = env.stub.billed()["mistral.mistral-large-2407-v1:0"];
+    // 2.00 and 6.00 USD per million: 2 and 6 micro-dollars a token, as the book says.
+    let cost = billed.input_tokens * 2 + billed.output_tokens * 6;
+    assert!(cost > 0);
+    assert_eq!(remaining_usd(&headers), 10_000_000 - cost);
+    assert!(PriceBook::lookup("mistral.mistral-large-2407-v1:0").is_none());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -20,6 +20,7 @@ pub(crate) const TOP_KEYS: &[&str] = &[
     "engine",
     "alerts",
     "applications",
+    "price_book",
 ];
 pub(crate) const MODEL_KEYS: &[&str] = &["id", "price"];
 pub(crate) const PRICE_KEYS: &[&str] = &["input", "output", "cache_read", "cache_write"];
@@ -68,6 +69,8 @@ impl<'n> Fields<'n> {
 
 struct Decoder {
     errors: Vec<SpecError>,
+    /// The spec's directory: a `price_book` path is relative to it.
+    base_dir: std::path::PathBuf,
 }
 
 fn join(path: &str, key: &str) -> String {
@@ -346,8 +349,11 @@ impl Decoder {
 }
 
 /// Decodes and validates a spec tree.
-pub(crate) fn decode(root: &Node) -> Result<Spec, Vec<SpecError>> {
-    let mut d = Decoder { errors: Vec::new() };
+pub(crate) fn decode(root: &Node, base_dir: &std::path::Path) -> Result<Spec, Vec<SpecError>> {
+    let mut d = Decoder {
+        errors: Vec::new(),
+        base_dir: base_dir.to_path_buf(),
+    };
     let spec = decode_spec(&mut d, root);
     let mut errors = d.errors;
     errors.sort_by_key(|e| (e.span.offset, e.path.clone()));
@@ -429,8 +435,30 @@ fn decode_spec(d: &mut Decoder, root: &Node) -> Option<Spec> {
         None => Some(Alerts::default()),
         Some(n) => decode_alerts(d, n),
     };
+    let price_book = top.get("price_book").and_then(|n| {
+        let file = d.string(n, "price_book")?;
+        let path = d.base_dir.join(&file);
+        let read = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read price book `{}`: {e}", path.display()))
+            .and_then(|text| {
+                budget::price::CustomBook::parse(&text)
+                    .map_err(|e| format!("price book `{}`: {e}", path.display()))
+            });
+        match read {
+            Ok(book) => Some((file, book)),
+            Err(message) => {
+                d.error_help(
+                    n.span,
+                    "price_book",
+                    message,
+                    Some("a file in the built-in book's format (`crates/budget/data/prices.json`), its path relative to the spec".into()),
+                );
+                None
+            }
+        }
+    });
     let (models, models_ok) = match d.required(&top, "models", "") {
-        Some(n) => decode_models(d, n),
+        Some(n) => decode_models(d, n, price_book.as_ref().map(|(_, b)| b)),
         None => (IndexMap::new(), false),
     };
 
@@ -475,6 +503,10 @@ fn decode_spec(d: &mut Decoder, root: &Node) -> Option<Spec> {
         engine: engine?,
         alerts: alerts?,
         applications: applications?,
+        price_book: price_book.map(|(file, book)| PriceBookRef {
+            file,
+            recorded: book.recorded().to_string(),
+        }),
     })
 }
 
@@ -627,7 +659,11 @@ fn valid_model_id(id: &str) -> bool {
 
 /// Decodes the model aliases; the map holds every alias that decoded, even when others failed,
 /// so that applications are not blamed for a model section's own errors.
-fn decode_models(d: &mut Decoder, node: &Node) -> (IndexMap<String, ModelDef>, bool) {
+fn decode_models(
+    d: &mut Decoder,
+    node: &Node,
+    book: Option<&budget::price::CustomBook>,
+) -> (IndexMap<String, ModelDef>, bool) {
     let Some(f) = d.mapping(node, "models", &[]) else {
         return (IndexMap::new(), false);
     };
@@ -704,6 +740,9 @@ fn decode_models(d: &mut Decoder, node: &Node) -> (IndexMap<String, ModelDef>, b
                 }
             },
         };
+        // The spec's own price, else its price book's (both rendered as overrides), else the
+        // built-in book's.
+        let price = price.or_else(|| book.and_then(|b| b.lookup(&id)));
         let price_from_spec = price.is_some();
         let price = price.or_else(|| PriceBook::lookup(&id));
         models.insert(

@@ -29,7 +29,8 @@ pub fn suggest_model(model: &str) -> Option<&'static str> {
         .map(|(_, m)| m)
 }
 
-/// Parses and validates the spec in `source`; `file` names it in error messages.
+/// Parses and validates the spec in `source`; `file` names it in error messages, and a
+/// `price_book` it names is read relative to `file`'s directory.
 pub fn parse(file: &str, source: &str) -> Result<Spec, SpecErrors> {
     let fail = |mut errors: Vec<SpecError>| {
         for e in &mut errors {
@@ -48,7 +49,10 @@ pub fn parse(file: &str, source: &str) -> Result<Spec, SpecErrors> {
             span: e.span,
         }])
     })?;
-    decode::decode(&root).map_err(fail)
+    let base_dir = std::path::Path::new(file)
+        .parent()
+        .unwrap_or(std::path::Path::new(""));
+    decode::decode(&root, base_dir).map_err(fail)
 }
 
 /// `span`, or the end of the file when the YAML scanner places it past the end (it reports the end

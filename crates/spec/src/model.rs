@@ -24,6 +24,18 @@ pub struct Spec {
     pub alerts: Alerts,
     /// Applications, in declaration order.
     pub applications: IndexMap<String, Application>,
+    /// The spec's own price book, if it names one: its prices are the spec's, as if written under
+    /// `models`.
+    pub price_book: Option<PriceBookRef>,
+}
+
+/// The price book a spec names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PriceBookRef {
+    /// Its path, as the spec writes it (relative to the spec).
+    pub file: String,
+    /// When its prices were read, as it says.
+    pub recorded: String,
 }
 
 /// A model alias's target and price.
@@ -33,7 +45,7 @@ pub struct ModelDef {
     pub id: String,
     /// The price used for USD limits: the spec's override, else the built-in book's.
     pub price: Option<Price>,
-    /// Whether `price` came from the spec rather than the built-in book.
+    /// Whether `price` came from the spec (or its `price_book`) rather than the built-in book.
     pub price_from_spec: bool,
 }
 

@@ -31,6 +31,8 @@ pub(crate) struct SpecSchema {
     alerts: Option<AlertsSchema>,
     /// Applications and their budgets.
     applications: BTreeMap<String, ApplicationSchema>,
+    /// A price book of your own (negotiated rates, another region, models the built-in book lacks), in the built-in book's JSON format, its path relative to the spec; its prices count as the spec's.
+    price_book: Option<String>,
 }
 
 #[derive(JsonSchema)]

@@ -303,3 +303,50 @@ applications:
         ],
     );
 }
+
+#[test]
+fn a_price_book_that_cannot_be_read_is_named() {
+    let got = errors(
+        "version: 1
+name: acme
+price_book: no/such/book.json
+models: { large: mistral.mistral-large-2407-v1:0 }
+applications:
+  team:
+    limits: [{ window: day, usd: 10 }]
+",
+    );
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(
+        got[0]
+            .starts_with("spec.yaml:3:13: price_book: cannot read price book `no/such/book.json`"),
+        "{got:?}"
+    );
+    assert!(got[0].ends_with("(a file in the built-in book's format (`crates/budget/data/prices.json`), its path relative to the spec)"), "{got:?}");
+    // Without the book, the model is unpriced, and its USD limit says so.
+    assert!(
+        got[1].contains("a USD limit needs a price for model `large`"),
+        "{got:?}"
+    );
+
+    let dir = std::env::temp_dir().join(format!("tokenfence-badbook-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("book.json"),
+        r#"{ "recorded": "2026-12-01", "region": "r", "tier": "t", "unit": "u", "note": "n", "sources": {}, "models": [{ "model": "m.x-v1:0", "input": "1", "output": "2", "source": "nowhere" }] }"#,
+    )
+    .unwrap();
+    let spec = dir.join("spec.yaml");
+    let failed = spec::parse(
+        spec.to_str().unwrap(),
+        "version: 1\nname: acme\nprice_book: book.json\nmodels: { lite: amazon.nova-lite-v1:0 }\napplications:\n  team:\n    limits: [{ window: day, tokens: 100000 }]\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        failed.contains("price_book: price book `")
+            && failed.contains("`m.x-v1:0` names the unknown source `nowhere`"),
+        "{failed}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

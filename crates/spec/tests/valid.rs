@@ -98,3 +98,58 @@ fn seats_decode_to_their_meaning() {
     assert_eq!(app.users["lead@example.com"].on_exceed, OnExceed::Reject);
     assert!(!app.user_metrics);
 }
+
+#[test]
+fn a_price_book_of_ones_own_prices_models_as_the_spec_would() {
+    let dir = std::env::temp_dir().join(format!("tokenfence-book-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("prices")).unwrap();
+    std::fs::write(
+        dir.join("prices/negotiated.json"),
+        r#"{
+  "recorded": "2026-12-01",
+  "region": "eu-west-1",
+  "tier": "standard (on-demand)",
+  "unit": "USD per million tokens",
+  "note": "our negotiated rates",
+  "sources": { "contract": "enterprise agreement, schedule B" },
+  "models": [
+    { "model": "mistral.mistral-large-2407-v1:0", "input": "2.00", "output": "6.00", "source": "contract" },
+    { "model": "amazon.nova-lite-v1:0", "input": "0.05", "output": "0.20", "source": "contract" }
+  ]
+}"#,
+    )
+    .unwrap();
+    let spec_path = dir.join("spec.yaml");
+    let source = "version: 1
+name: acme
+price_book: prices/negotiated.json
+models:
+  large: mistral.mistral-large-2407-v1:0
+  lite: amazon.nova-lite-v1:0
+  micro:
+    id: amazon.nova-micro-v1:0
+    price: { input: 0.01, output: 0.02 }
+  haiku: anthropic.claude-3-haiku-20240307-v1:0
+applications:
+  team:
+    limits: [{ window: day, usd: 10 }]
+";
+    let spec = spec::parse(spec_path.to_str().unwrap(), source).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        spec.price_book
+            .as_ref()
+            .map(|b| (b.file.as_str(), b.recorded.as_str())),
+        Some(("prices/negotiated.json", "2026-12-01"))
+    );
+    // A model the built-in book does not know, priced by the spec's book: USD limits may use it.
+    let large = &spec.models["large"];
+    assert_eq!(large.price.unwrap().input, 2_000_000);
+    assert!(large.price_from_spec, "rendered as an override");
+    // The spec's book wins over the built-in one; a price in the spec wins over both.
+    assert_eq!(spec.models["lite"].price.unwrap().output, 200_000);
+    assert_eq!(spec.models["micro"].price.unwrap().input, 10_000);
+    // What neither prices comes from the built-in book, as before.
+    let haiku = &spec.models["haiku"];
+    assert!(!haiku.price_from_spec && haiku.price.is_some());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
