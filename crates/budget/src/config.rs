@@ -32,6 +32,16 @@ pub enum EnforcementMode {
     Shadow,
 }
 
+impl EnforcementMode {
+    /// Its name in properties, `/usage` and reports: `enforce` or `shadow`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EnforcementMode::Enforce => "enforce",
+            EnforcementMode::Shadow => "shadow",
+        }
+    }
+}
+
 /// A price override for one model.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelPrice {

@@ -272,29 +272,29 @@ impl DynamoLedger {
         }
     }
 
-    /// The users of `application` holding a window that has not ended at `now` (a paginated
-    /// query of its partition: for reports, not for the request path).
-    pub async fn users(&self, application: &str, now: i64) -> Result<Vec<String>, LedgerError> {
-        let mut users = Vec::new();
+    /// Every user counter of `application`: the user, its window occurrence's key
+    /// (`day#2026-11-27`) and what it holds (a paginated query of the application's partition:
+    /// for reports, not for the request path).
+    pub async fn user_counters(
+        &self,
+        application: &str,
+    ) -> Result<Vec<(String, String, Charge)>, LedgerError> {
+        let mut counters = Vec::new();
         for item in self.partition(app_pk(application), "user#").await? {
-            let (Some(AttributeValue::S(sk)), Some(AttributeValue::N(expires))) =
-                (item.get("sk"), item.get("expires_at"))
+            let Some(AttributeValue::S(sk)) = item.get("sk") else {
+                continue;
+            };
+            let Some((user, window)) = sk.strip_prefix("user#").and_then(|r| r.split_once('#'))
             else {
                 continue;
             };
-            // Counters expire a grace period after their window ends.
-            let live = expires
-                .parse::<i64>()
-                .is_ok_and(|e| e - COUNTER_GRACE_SECONDS > now);
-            if let Some(user) = sk.strip_prefix("user#").and_then(|r| r.split('#').next())
-                && live
-            {
-                users.push(user.to_string());
-            }
+            counters.push((
+                user.to_string(),
+                window.to_string(),
+                decode_charge(&item, sk)?,
+            ));
         }
-        users.sort_unstable();
-        users.dedup();
-        Ok(users)
+        Ok(counters)
     }
 
     /// Every application's budget configuration in the table, ordered by application (a paginated

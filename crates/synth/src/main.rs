@@ -210,10 +210,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> miette::Result<ExitCode> {
     match cli.command {
         Command::Schema => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&spec::json_schema()).expect("a schema serializes")
-            );
+            print_json(&spec::json_schema());
             Ok(ExitCode::SUCCESS)
         }
         Command::Prices { model, json } => {
@@ -225,10 +222,7 @@ fn run(cli: Cli) -> miette::Result<ExitCode> {
                 }
             };
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&prices::json(rows)).expect("JSON serializes")
-                );
+                print_json(&prices::json(rows));
             } else {
                 print!("{}", prices::table(&rows));
             }
@@ -261,10 +255,7 @@ fn run(cli: Cli) -> miette::Result<ExitCode> {
             )
             .map_err(|e| miette::miette!("{e}"))?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&e).expect("an estimate serializes")
-                );
+                print_json(&e);
             } else {
                 print!("{}", estimate::table(&e));
             }
@@ -295,10 +286,7 @@ fn run(cli: Cli) -> miette::Result<ExitCode> {
                 })
                 .map_err(|e| miette::miette!("{e}"))?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&r).expect("a report serializes")
-                );
+                print_json(&r);
             } else {
                 print!("{}", report::table(&r, &since));
             }
@@ -361,6 +349,14 @@ fn run(cli: Cli) -> miette::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Prints `value` as pretty JSON on stdout (`--json`).
+fn print_json<T: serde::Serialize>(value: &T) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("plain data serializes to JSON")
+    );
 }
 
 /// The runtime of the commands that call AWS, and now in Unix seconds.
@@ -435,10 +431,7 @@ fn run_keys(action: KeysAction) -> miette::Result<ExitCode> {
                     .await
                     .map_err(|e| miette::miette!("{e}"))?;
                 if json {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&listed).expect("keys serialize")
-                    );
+                    print_json(&listed);
                 } else {
                     print!("{}", keys::table(&listed));
                 }

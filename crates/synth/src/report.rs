@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat};
-use budget::config::{BudgetConfig, EnforcementMode};
+use budget::config::BudgetConfig;
 use budget::{Window, forecast};
 use serde::Serialize;
 use thiserror::Error;
@@ -248,7 +248,8 @@ pub struct UserReport {
     pub limits: Vec<LimitUse>,
 }
 
-/// The use of `limits` by what the ledger holds for them (tokens and USD, each limited one).
+/// The use of each limited window by what the ledger holds for it (tokens and USD, each limited
+/// one).
 pub fn limit_uses(usage: &[ledger::WindowUsage]) -> Vec<LimitUse> {
     let mut out = Vec::new();
     for w in usage {
@@ -274,14 +275,15 @@ pub fn limit_uses(usage: &[ledger::WindowUsage]) -> Vec<LimitUse> {
     out
 }
 
-/// Every seat of `config` the ledger holds a window for, or names: each with its limits' use.
-pub async fn seats<L: ledger::Ledger>(
-    ledger: &L,
-    users: &[String],
+/// The seats of `config` at `now`: every user with a budget that holds a counter
+/// (`(user, window key, charge)`, as [`ledger::DynamoLedger::user_counters`] reads them) or is
+/// named in `users`, with its limits' use in their current windows.
+pub fn seats(
+    counters: &[(String, String, budget::Charge)],
     config: &BudgetConfig,
     now: i64,
-) -> Result<Vec<UserReport>, ledger::LedgerError> {
-    let mut names: Vec<&str> = users.iter().map(String::as_str).collect();
+) -> Vec<UserReport> {
+    let mut names: Vec<&str> = counters.iter().map(|(u, _, _)| u.as_str()).collect();
     names.extend(config.users.keys().map(String::as_str));
     names.sort_unstable();
     names.dedup();
@@ -290,19 +292,30 @@ pub async fn seats<L: ledger::Ledger>(
         let Some(budget) = config.user_budget(user) else {
             continue;
         };
-        let usage = ledger
-            .usage(&config.application, Some(user), &budget.limits, now)
-            .await?;
+        let usage: Vec<ledger::WindowUsage> = budget
+            .limits
+            .iter()
+            .filter_map(|limit| {
+                let instance = limit.window.instance_at(now).ok()?;
+                let key = instance.key();
+                let used = counters
+                    .iter()
+                    .find(|(u, k, _)| u == user && *k == key)
+                    .map_or(budget::Charge::ZERO, |(_, _, c)| *c);
+                Some(ledger::WindowUsage {
+                    limit: *limit,
+                    instance,
+                    used,
+                })
+            })
+            .collect();
         out.push(UserReport {
             user: user.to_string(),
-            mode: match budget.mode {
-                EnforcementMode::Enforce => "enforce",
-                EnforcementMode::Shadow => "shadow",
-            },
+            mode: budget.mode.as_str(),
             limits: limit_uses(&usage),
         });
     }
-    Ok(out)
+    out
 }
 
 /// One cost center's totals.
@@ -410,10 +423,7 @@ pub fn assemble(
         applications.push(AppReport {
             application: c.application.clone(),
             cost_center: c.cost_center.clone(),
-            mode: match c.mode {
-                EnforcementMode::Enforce => "enforce",
-                EnforcementMode::Shadow => "shadow",
-            },
+            mode: c.mode.as_str(),
             totals,
             limits,
             month_usd_limit_micros: c
@@ -683,11 +693,11 @@ pub async fn gather(
         if config.per_user.is_none() && config.users.is_empty() {
             continue;
         }
-        let users = ledger
-            .users(&config.application, now)
+        let counters = ledger
+            .user_counters(&config.application)
             .await
             .map_err(failed)?;
-        app.users = seats(&ledger, &users, config, now).await.map_err(failed)?;
+        app.users = seats(&counters, config, now);
     }
     Ok(report)
 }
@@ -706,6 +716,61 @@ mod tests {
             "mode": "enforce"
         }))
         .expect("a config")
+    }
+
+    #[test]
+    fn seats_are_read_from_their_current_windows() {
+        let now = 1_795_801_683; // 2026-11-27T17:48:03Z
+        let day = |tokens| Limit {
+            window: Window::Day,
+            tokens: Some(tokens),
+            usd: None,
+        };
+        let mut c = config("team", None, vec![day(100_000)]);
+        c.per_user = Some(budget::config::UserBudget {
+            limits: vec![day(700)],
+            ..Default::default()
+        });
+        c.users.insert(
+            "lead".into(),
+            budget::config::UserBudget {
+                limits: vec![day(5_000)],
+                mode: budget::config::EnforcementMode::Shadow,
+                ..Default::default()
+            },
+        );
+        let charge = |t| budget::Charge::new(t, MicroUsd(0));
+        let counters = vec![
+            (
+                "alice".to_string(),
+                "day#2026-11-27".to_string(),
+                charge(420),
+            ),
+            // Yesterday's window no longer counts.
+            (
+                "alice".to_string(),
+                "day#2026-11-26".to_string(),
+                charge(690),
+            ),
+            ("bob".to_string(), "day#2026-11-26".to_string(), charge(9)),
+        ];
+        let seats = seats(&counters, &c, now);
+        let got: Vec<(&str, &str, u64, u64)> = seats
+            .iter()
+            .map(|u| (u.user.as_str(), u.mode, u.limits[0].used, u.limits[0].limit))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("alice", "enforce", 420, 700),
+                ("bob", "enforce", 0, 700),
+                // Named, with no spend yet.
+                ("lead", "shadow", 0, 5_000),
+            ]
+        );
+        assert_eq!(seats[0].limits[0].utilization_percent, 60.0);
+        // An application without seats' budgets lists no one.
+        assert!(super::seats(&counters, &config("solo", None, vec![day(1)]), now).is_empty());
     }
 
     #[test]

@@ -158,14 +158,7 @@ async fn keys_are_issued_used_rotated_and_revoked() {
     let stub = bedrock_stub::start("127.0.0.1:0".parse().unwrap(), StubConfig::default())
         .await
         .unwrap();
-    let bedrock_config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(stub.url())
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_bedrockruntime::config::Credentials::new(
-            "test", "test", None, None, "tests",
-        ))
-        .load()
-        .await;
+    let bedrock_config = harness::sdk_config_at(&stub.url()).await;
     let mut settings = invoke::settings::from_spec(&spec);
     // Revocation takes effect within the key cache's lifetime; none here.
     settings.config_ttl = std::time::Duration::ZERO;

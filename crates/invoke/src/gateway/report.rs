@@ -148,7 +148,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
         unpriced.dedup();
         let mut body = json!({
             "application": application,
-            "mode": mode_name(config.mode),
+            "mode": config.mode.as_str(),
             "costKnown": unpriced.is_empty(),
             "unpricedModels": unpriced,
             "windows": windows_json(&usage, now)
@@ -168,7 +168,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
                 "name": user,
                 // A user the application sets no budget for meets only the application's limits.
                 "limited": budget.is_some(),
-                "mode": mode_name(budget.map_or(config.mode, |b| b.mode)),
+                "mode": budget.map_or(config.mode, |b| b.mode).as_str(),
                 "windows": windows_json(&usage, now)
             });
             headers.push(("x-tokenfence-user".into(), user.clone()));
@@ -179,13 +179,6 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
             body,
             raw: None,
         }
-    }
-}
-
-fn mode_name(mode: EnforcementMode) -> &'static str {
-    match mode {
-        EnforcementMode::Enforce => "enforce",
-        EnforcementMode::Shadow => "shadow",
     }
 }
 
