@@ -7,7 +7,6 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-use budget::Limit;
 use budget::config::BudgetConfig;
 use common::{SPEC, prompt, start};
 use ledger::*;
@@ -137,14 +136,12 @@ impl Ledger for FlakySettle {
     async fn sweep(&self, now: i64) -> Result<Vec<Expired>, LedgerError> {
         self.inner.sweep(now).await
     }
-    async fn usage(
+    async fn usage_of(
         &self,
         application: &str,
-        user: Option<&str>,
-        limits: &[Limit],
-        now: i64,
+        slots: Vec<ledger::Slot>,
     ) -> Result<Vec<WindowUsage>, LedgerError> {
-        self.inner.usage(application, user, limits, now).await
+        self.inner.usage_of(application, slots).await
     }
     async fn put_key(&self, digest: &str, key: &ledger::IssuedKey) -> Result<(), LedgerError> {
         self.inner.put_key(digest, key).await

@@ -29,7 +29,7 @@ use aws_sdk_dynamodb::types::{
     ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
 };
 use budget::config::BudgetConfig;
-use budget::{Charge, Exceeded, Limit, LimitMetric, MicroUsd};
+use budget::{Charge, Exceeded, LimitMetric, MicroUsd};
 
 use crate::*;
 
@@ -927,14 +927,11 @@ impl Ledger for DynamoLedger {
         Ok(expired)
     }
 
-    async fn usage(
+    async fn usage_of(
         &self,
         application: &str,
-        user: Option<&str>,
-        limits: &[Limit],
-        now: i64,
+        slots: Vec<Slot>,
     ) -> Result<Vec<WindowUsage>, LedgerError> {
-        let slots = slots(limits, user, now)?;
         if slots.is_empty() {
             return Ok(Vec::new());
         }

@@ -393,6 +393,17 @@ pub trait Ledger: Send + Sync + 'static {
         user: Option<&str>,
         limits: &[Limit],
         now: i64,
+    ) -> impl Future<Output = Result<Vec<WindowUsage>, LedgerError>> + Send {
+        let slots = slots(limits, user, now);
+        async move { self.usage_of(application, slots?).await }
+    }
+
+    /// Current usage of `slots` of the application (its own windows and its users' together, in
+    /// one read), in their order.
+    fn usage_of(
+        &self,
+        application: &str,
+        slots: Vec<Slot>,
     ) -> impl Future<Output = Result<Vec<WindowUsage>, LedgerError>> + Send;
 
     /// Stores a key issued to `key.application` (and its user) by its digest ([`key_digest`]):

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use budget::config::BudgetConfig;
-use budget::{Charge, Limit, WindowInstance};
+use budget::{Charge, WindowInstance};
 
 use crate::*;
 
@@ -414,28 +414,21 @@ impl Ledger for MemoryLedger {
         Ok(std::mem::take(&mut state.expired))
     }
 
-    async fn usage(
+    async fn usage_of(
         &self,
         application: &str,
-        user: Option<&str>,
-        limits: &[Limit],
-        now: i64,
+        slots: Vec<Slot>,
     ) -> Result<Vec<WindowUsage>, LedgerError> {
         let state = self.state.lock().expect("ledger lock");
-        slots(limits, user, now)?
+        let app = state.apps.get(application);
+        Ok(slots
             .into_iter()
-            .map(|slot| {
-                let used = state
-                    .apps
-                    .get(application)
-                    .map_or(Charge::ZERO, |app| app.used(&slot));
-                Ok(WindowUsage {
-                    limit: slot.limit,
-                    instance: slot.instance,
-                    used,
-                })
+            .map(|slot| WindowUsage {
+                used: app.map_or(Charge::ZERO, |app| app.used(&slot)),
+                limit: slot.limit,
+                instance: slot.instance,
             })
-            .collect()
+            .collect())
     }
 
     async fn put_key(&self, digest: &str, key: &IssuedKey) -> Result<(), LedgerError> {

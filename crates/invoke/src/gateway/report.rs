@@ -68,24 +68,27 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
         mut reply: Reply,
     ) -> Reply {
         let now = now_seconds();
-        let Ok(usage) = self
-            .ledger
-            .usage(&config.application, None, &config.limits, now)
-            .await
-        else {
+        // A seat sees what remains of its own budget too, read with the application's at once.
+        let seat = user.and_then(|u| Some((u, config.user_budget(u)?)));
+        let (Ok(mut slots), Ok(user_slots)) = (
+            ledger::slots(&config.limits, None, now),
+            ledger::slots(
+                seat.map_or(&[][..], |(_, b)| &b.limits[..]),
+                seat.map(|(u, _)| u),
+                now,
+            ),
+        ) else {
             return reply;
         };
+        let own = slots.len();
+        slots.extend(user_slots);
+        let Ok(mut usage) = self.ledger.usage_of(&config.application, slots).await else {
+            return reply;
+        };
+        let users = usage.split_off(own);
         reply = remaining_headers(reply, "", &usage);
+        reply = remaining_headers(reply, "user-", &users);
         self.emit_windows(&config.application, &usage, now);
-        // A seat sees what remains of its own budget too.
-        if let Some((user, budget)) = user.and_then(|u| Some((u, config.user_budget(u)?)))
-            && let Ok(usage) = self
-                .ledger
-                .usage(&config.application, Some(user), &budget.limits, now)
-                .await
-        {
-            reply = remaining_headers(reply, "user-", &usage);
-        }
         reply
     }
 
