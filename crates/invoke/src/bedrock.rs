@@ -149,6 +149,8 @@ pub trait Bedrock: Send + Sync + 'static {
 pub struct SignedBedrock {
     http: reqwest::Client,
     endpoint: String,
+    /// The endpoint parsed once: each request only sets its path on a copy.
+    base: Result<reqwest::Url, String>,
     region: String,
     credentials: Option<SharedCredentialsProvider>,
     cached: Arc<tokio::sync::Mutex<Option<Credentials>>>,
@@ -190,6 +192,7 @@ impl SignedBedrock {
                 .connect_timeout(Duration::from_secs(10))
                 .build()
                 .expect("an HTTP client"),
+            base: reqwest::Url::parse(&endpoint).map_err(|e| e.to_string()),
             endpoint: endpoint.trim_end_matches('/').to_string(),
             region,
             credentials: config.credentials_provider(),
@@ -240,12 +243,24 @@ pub fn encode_segment(s: &str) -> String {
 
 impl Bedrock for SignedBedrock {
     async fn send(&self, model_id: &str, call: Call) -> Result<Answer, BedrockError> {
-        let url = format!(
-            "{}/model/{}/{}",
-            self.endpoint,
-            encode_segment(model_id),
-            call.operation.path()
-        );
+        let url = match &self.base {
+            Ok(base) => {
+                let mut url = base.clone();
+                url.set_path(&format!(
+                    "{}/model/{}/{}",
+                    base.path().trim_end_matches('/'),
+                    encode_segment(model_id),
+                    call.operation.path()
+                ));
+                url
+            }
+            Err(e) => {
+                return Err(BedrockError::NotSent(format!(
+                    "the Bedrock endpoint `{}` is not a URL: {e}",
+                    self.endpoint
+                )));
+            }
+        };
         let credentials = self.credentials().await?;
         let identity: Identity = credentials.into();
         let params = v4::SigningParams::builder()
@@ -259,7 +274,7 @@ impl Bedrock for SignedBedrock {
             .into();
         let signable = SignableRequest::new(
             "POST",
-            &url,
+            url.as_str(),
             call.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
             SignableBody::Bytes(&call.body),
         )
@@ -267,7 +282,7 @@ impl Bedrock for SignedBedrock {
         let (instructions, _) = sign(signable, &params)
             .map_err(|e| BedrockError::NotSent(format!("signing failed: {e}")))?
             .into_parts();
-        let mut request = self.http.post(&url);
+        let mut request = self.http.post(url);
         for (name, value) in &call.headers {
             request = request.header(name, value);
         }
@@ -321,6 +336,86 @@ mod tests {
         assert_eq!(
             encode_segment("arn:aws:bedrock:us-east-1:1:application-inference-profile/x"),
             "arn%3Aaws%3Abedrock%3Aus-east-1%3A1%3Aapplication-inference-profile%2Fx"
+        );
+    }
+
+    /// Sends one Converse call through a client configured with `endpoint` to a socket that
+    /// answers `{}`, and returns the request line it received.
+    async fn request_line(endpoint: impl FnOnce(u16) -> String) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = socket.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the client hung up before its headers ended");
+                head.extend_from_slice(&buf[..n]);
+            }
+            socket
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+                .await
+                .unwrap();
+            String::from_utf8_lossy(&head)
+                .lines()
+                .next()
+                .unwrap()
+                .to_string()
+        });
+        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(endpoint(port))
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("test", "test", None, None, "test"))
+            .load()
+            .await;
+        let call = Call {
+            operation: Operation::Converse,
+            body: Bytes::from_static(b"{}"),
+            headers: vec![("content-type".into(), "application/json".into())],
+        };
+        let answer = SignedBedrock::from_config(&config)
+            .send("us.amazon.nova-micro-v1:0", call)
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 200);
+        server.await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn requests_go_to_the_endpoints_path() {
+        assert_eq!(
+            request_line(|port| format!("http://127.0.0.1:{port}")).await,
+            "POST /model/us.amazon.nova-micro-v1%3A0/converse HTTP/1.1"
+        );
+        // An endpoint behind a path prefix (a proxy or a private gateway) keeps it.
+        assert_eq!(
+            request_line(|port| format!("http://127.0.0.1:{port}/bedrock/")).await,
+            "POST /bedrock/model/us.amazon.nova-micro-v1%3A0/converse HTTP/1.1"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_that_is_no_url_is_not_sent() {
+        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url("not a url")
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("test", "test", None, None, "test"))
+            .load()
+            .await;
+        let call = Call {
+            operation: Operation::Converse,
+            body: Bytes::from_static(b"{}"),
+            headers: vec![],
+        };
+        let error = SignedBedrock::from_config(&config)
+            .send("amazon.nova-micro-v1:0", call)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&error, BedrockError::NotSent(m) if m.contains("`not a url` is not a URL")),
+            "{error:?}"
         );
     }
 

@@ -347,7 +347,7 @@ fn converse_bounds(
     {
         price_fields.push(("performanceConfig.latency".into(), latency.into()));
     }
-    one_hour_cache(request, "", price_fields);
+    one_hour_cache(request, price_fields);
     Ok((input_token_bound(request), (set, extra)))
 }
 
@@ -385,28 +385,57 @@ fn unseen_media(request: &Value) -> Result<(), Reply> {
 }
 
 /// Records every one-hour cache point (`cachePoint.ttl` / Anthropic `cache_control.ttl`).
-fn one_hour_cache(value: &Value, path: &str, out: &mut Vec<(String, String)>) {
+fn one_hour_cache(value: &Value, out: &mut Vec<(String, String)>) {
+    // The walk keeps the path as segments and writes it out only for a match: every request's
+    // whole body is walked, and formatting a path per key cost more than the walk itself.
+    walk_cache_points(value, &mut Vec::new(), out);
+}
+
+/// One step of a path into a JSON body.
+enum Step<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+fn walk_cache_points<'a>(
+    value: &'a Value,
+    steps: &mut Vec<Step<'a>>,
+    out: &mut Vec<(String, String)>,
+) {
     match value {
         Value::Object(map) => {
             for (k, v) in map {
-                let here = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
                 if (k == "cachePoint" || k == "cache_control")
                     && let Some(ttl) = v.get("ttl").and_then(Value::as_str)
                     && ttl != "5m"
                 {
+                    let mut here = String::new();
+                    for step in steps.iter().chain(std::iter::once(&Step::Key(k))) {
+                        match step {
+                            Step::Key(key) => {
+                                if !here.is_empty() {
+                                    here.push('.');
+                                }
+                                here.push_str(key);
+                            }
+                            Step::Index(i) => here.push_str(&format!("[{i}]")),
+                        }
+                    }
                     out.push((format!("{here}.ttl"), ttl.to_string()));
                 } else if v.is_object() || v.is_array() {
-                    one_hour_cache(v, &here, out);
+                    steps.push(Step::Key(k));
+                    walk_cache_points(v, steps, out);
+                    steps.pop();
                 }
             }
         }
         Value::Array(items) => {
             for (i, v) in items.iter().enumerate() {
-                one_hour_cache(v, &format!("{path}[{i}]"), out);
+                if v.is_object() || v.is_array() {
+                    steps.push(Step::Index(i));
+                    walk_cache_points(v, steps, out);
+                    steps.pop();
+                }
             }
         }
         _ => {}
@@ -455,7 +484,7 @@ fn native_bounds(
             "`inferenceConfig` must be an object",
         ));
     }
-    one_hour_cache(request, "", price_fields);
+    one_hour_cache(request, price_fields);
     let bound = native_input_bound(request).map_err(|e| field(400, &e.field, e.reason))?;
     Ok((bound, (set, thinking)))
 }
