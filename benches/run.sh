@@ -38,7 +38,7 @@ export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 AW
 start_stub() { # latency_ms -> sets stub_url
   local port; port=$(free_port)
   taskset -c 0 "$bin/bedrock-stub" "127.0.0.1:$port" --latency-ms "$1" >/dev/null 2>&1 &
-  pids+=($!); wait_port "$port"; stub_url="http://127.0.0.1:$port"
+  stub_pid=$!; pids+=($stub_pid); wait_port "$port"; stub_url="http://127.0.0.1:$port"
 }
 
 load() { # name url format concurrency [headers...]
@@ -117,6 +117,21 @@ for latency in 0 50; do
       load "onecpu-relay-http/0/$round" "http://127.0.0.1:$s_rh/model/amazon.nova-micro-v1:0/converse" converse 1
       load "onecpu-tokenfence-memory/0/$round" "http://127.0.0.1:$s_tf/model/nova-micro/converse" converse 1 "x-api-key: bench-key"
     done
+    # What the kernel's timer tick costs the request it lands in (benches/ticks.py): scheduler
+    # switches and timer interrupts on CPU 0 traced for a second of tokenfence's c=1 load. Needs
+    # perf with tracepoint access; without it the report says it was not measured.
+    if command -v perf >/dev/null; then
+      taskset -c 0 "$bin/bench" load --url "http://127.0.0.1:$s_tf/model/nova-micro/converse" --concurrency 1 \
+        --seconds 3 --format converse --header "x-api-key: bench-key" >/dev/null &
+      lp=$!; sleep 1
+      if taskset -c 1 perf record -q -e sched:sched_switch -e irq_vectors:local_timer_entry -C 0 \
+          -o "$out/ticks.data" -- sleep 1 >/dev/null 2>&1; then
+        perf script -i "$out/ticks.data" -F tid,time,event,trace 2>/dev/null > "$out/ticks.txt"
+        python3 benches/ticks.py "$out/ticks.txt" "tokenfence=$s_tf_pid" "stub=$stub_pid" "client=$lp" \
+          > "$out/ticks.json"
+      fi
+      wait "$lp"
+    fi
     kill "$s_tf_pid" "$s_rh_pid" "$s_rt_pid" 2>/dev/null || true
   fi
   # Peak RSS of each gateway over the whole run at this latency.

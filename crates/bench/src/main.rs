@@ -4,7 +4,9 @@
 //! `bench load --url URL --concurrency C --seconds S --format converse|converse-stream|openai|openai-stream [--header K:V]...`:
 //! a closed-loop load generator. Each of C connections sends the request mix (bodies of 200 to
 //! 4,000 characters, maxTokens 64 to 256, round robin) back to back for S seconds. Prints one JSON
-//! line: requests, per-second rate, status counts, latency percentiles in microseconds.
+//! line: requests, per-second rate, status counts, latency percentiles in microseconds. With
+//! `BENCH_SAMPLES=FILE` it also writes every request's latency (µs), in the order they finished
+//! per connection, one per line: to see a distribution's modes, or when its slow requests came.
 //!
 //! `bench relay --listen ADDR --upstream HOST:PORT --mode tcp|http`: the do-nothing peers of a
 //! gateway, to tell what any proxy costs on this machine from what tokenfence's own work costs.
@@ -43,6 +45,11 @@ fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
 }
 
 fn summary(mut samples: Vec<u64>, elapsed: Duration) -> serde_json::Value {
+    if let Some(path) = std::env::var_os("BENCH_SAMPLES") {
+        let text: String = samples.iter().map(|s| format!("{s}\n")).collect();
+        // The samples are the run's result; losing them must not pass silently.
+        std::fs::write(path, text).expect("BENCH_SAMPLES");
+    }
     samples.sort_unstable();
     json!({
         "requests": samples.len(),
@@ -50,6 +57,7 @@ fn summary(mut samples: Vec<u64>, elapsed: Duration) -> serde_json::Value {
         "p50_us": bench::percentile(&samples, 50.0),
         "p90_us": bench::percentile(&samples, 90.0),
         "p99_us": bench::percentile(&samples, 99.0),
+        "p999_us": bench::percentile(&samples, 99.9),
         "max_us": samples.last().copied().unwrap_or(0),
     })
 }
