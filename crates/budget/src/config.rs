@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Charge, Limit, Price, PriceBook, Usage};
+use crate::{Charge, Limit, Price, PriceBook, PriceTier, Usage};
 
 /// What happens to a request that would exceed a limit.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +49,9 @@ pub struct ModelPrice {
     pub model: String,
     /// Its price.
     pub price: Price,
+    /// Its prices in other tiers (flex, priority, latency-optimized), where given.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub tiers: std::collections::BTreeMap<PriceTier, Price>,
 }
 
 /// The application inference profile through which the gateway calls a model, for cost allocation.
@@ -133,6 +136,19 @@ impl BudgetConfig {
             .find(|p| p.model == model)
             .map(|p| p.price)
             .or_else(|| PriceBook::lookup(model))
+    }
+
+    /// The price of `model` in `tier` (`None`: the standard tier): the override's price in that
+    /// tier if it lists one, else the built-in book's.
+    pub fn price_in(&self, model: &str, tier: Option<PriceTier>) -> Option<Price> {
+        let Some(tier) = tier else {
+            return self.price_of(model);
+        };
+        self.prices
+            .iter()
+            .find(|p| p.model == model)
+            .and_then(|p| p.tiers.get(&tier).copied())
+            .or_else(|| PriceBook::lookup_tier(model, tier))
     }
 
     /// Whether the application may call `model`.
@@ -239,6 +255,17 @@ mod tests {
                     cache_write: 1,
                     cache_write_1h: None,
                 },
+                tiers: [(
+                    PriceTier::Flex,
+                    Price {
+                        input: 1,
+                        output: 1,
+                        cache_read: 0,
+                        cache_write: 1,
+                        cache_write_1h: None,
+                    },
+                )]
+                .into(),
             }],
             inference_profiles: vec![],
             results_queue_url: None,
@@ -268,6 +295,18 @@ mod tests {
         let json = serde_json::to_string(&config).unwrap();
         assert_eq!(serde_json::from_str::<BudgetConfig>(&json).unwrap(), config);
         assert_eq!(config.price_of("x").unwrap().output, 2);
+        assert!(json.contains(r#""tiers":{"flex":"#), "{json}");
+        assert_eq!(config.price_in("x", None).unwrap().output, 2);
+        assert_eq!(
+            config.price_in("x", Some(PriceTier::Flex)).unwrap().output,
+            1
+        );
+        assert_eq!(config.price_in("x", Some(PriceTier::Priority)), None);
+        // Without an override, a tier's price is the built-in book's, which lists none yet.
+        assert_eq!(
+            config.price_in("amazon.nova-micro-v1:0", Some(PriceTier::Flex)),
+            None
+        );
         assert_eq!(
             config.price_of("amazon.nova-micro-v1:0").unwrap().input,
             35_000

@@ -117,6 +117,112 @@ impl Price {
     }
 }
 
+/// A way of calling a model that Bedrock prices differently per token from the standard
+/// on-demand tier: a service tier (`serviceTier.type` in Converse, `X-Amzn-Bedrock-Service-Tier`
+/// in InvokeModel) or latency-optimized inference (`performanceConfig.latency: optimized`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PriceTier {
+    /// The flex service tier (`flex`).
+    Flex,
+    /// The priority service tier (`priority`).
+    Priority,
+    /// Latency-optimized inference (`latency-optimized`).
+    LatencyOptimized,
+}
+
+impl PriceTier {
+    /// Every tier, in order.
+    pub const ALL: [PriceTier; 3] = [
+        PriceTier::Flex,
+        PriceTier::Priority,
+        PriceTier::LatencyOptimized,
+    ];
+
+    /// Its name in a price book and in `Custom::TokenBudget`'s `Tiers`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PriceTier::Flex => "flex",
+            PriceTier::Priority => "priority",
+            PriceTier::LatencyOptimized => "latency-optimized",
+        }
+    }
+
+    /// The tier a name in a price book or template names.
+    pub fn from_name(name: &str) -> Option<PriceTier> {
+        PriceTier::ALL.into_iter().find(|t| t.as_str() == name)
+    }
+
+    /// The tier a request's service tier names (`flex`, `priority`); `None` for the standard
+    /// tier (`default`) and for tiers not priced per token (`reserved`, unknown names).
+    pub fn from_service_tier(value: &str) -> Option<PriceTier> {
+        match value {
+            "flex" => Some(PriceTier::Flex),
+            "priority" => Some(PriceTier::Priority),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for PriceTier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A model's prices in the tiers a book lists for it (none by default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct TierPrices {
+    /// `flex`.
+    pub flex: Option<Price>,
+    /// `priority`.
+    pub priority: Option<Price>,
+    /// `latency-optimized`.
+    pub latency_optimized: Option<Price>,
+}
+
+impl TierPrices {
+    /// The price in `tier`, if listed.
+    pub fn get(&self, tier: PriceTier) -> Option<Price> {
+        match tier {
+            PriceTier::Flex => self.flex,
+            PriceTier::Priority => self.priority,
+            PriceTier::LatencyOptimized => self.latency_optimized,
+        }
+    }
+
+    fn slot(&mut self, tier: PriceTier) -> &mut Option<Price> {
+        match tier {
+            PriceTier::Flex => &mut self.flex,
+            PriceTier::Priority => &mut self.priority,
+            PriceTier::LatencyOptimized => &mut self.latency_optimized,
+        }
+    }
+
+    /// Sets the price in `tier`.
+    pub fn set(&mut self, tier: PriceTier, price: Price) {
+        *self.slot(tier) = Some(price);
+    }
+
+    /// The listed tiers and their prices, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (PriceTier, Price)> + '_ {
+        PriceTier::ALL
+            .into_iter()
+            .filter_map(|t| self.get(t).map(|p| (t, p)))
+    }
+
+    /// Whether no tier is listed.
+    pub fn is_empty(&self) -> bool {
+        self.iter().next().is_none()
+    }
+}
+
+impl Serialize for TierPrices {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.iter())
+    }
+}
+
 /// A price as a fraction of the input price.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ratio {
@@ -206,7 +312,21 @@ struct EntryFile {
     cache_write: Option<String>,
     #[serde(default)]
     regional_premium_percent: u64,
+    /// Prices in other tiers, by name (`flex`, `priority`, `latency-optimized`).
+    #[serde(default)]
+    tiers: std::collections::BTreeMap<String, TierFile>,
     source: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TierFile {
+    input: String,
+    output: String,
+    #[serde(default)]
+    cache_read: Option<String>,
+    #[serde(default)]
+    cache_write: Option<String>,
 }
 
 /// One model of the built-in book.
@@ -219,6 +339,9 @@ pub struct BookEntry {
     pub price: Price,
     /// How much more its geographic cross-region profiles (`us.`, `eu.`, ...) cost, in percent.
     pub regional_premium_percent: u64,
+    /// Its prices in other tiers (flex, priority, latency-optimized), where the book lists them;
+    /// the regional premium applies to them too.
+    pub tiers: TierPrices,
     /// The key of the source it was read from, in [`PriceBook::sources`].
     pub source: String,
 }
@@ -253,10 +376,29 @@ fn parse_book(text: &str) -> Result<Book, String> {
             m.cache_write.as_deref(),
         )
         .map_err(|e| format!("price book: `{}`: {e}", m.model))?;
+        let mut tiers = TierPrices::default();
+        for (name, t) in &m.tiers {
+            let tier = PriceTier::from_name(name).ok_or_else(|| {
+                format!(
+                    "price book: `{}` lists the unknown tier `{name}` (tiers: `flex`, `priority`, `latency-optimized`)",
+                    m.model
+                )
+            })?;
+            let price = Price::from_usd_per_million(
+                &m.model,
+                &t.input,
+                &t.output,
+                t.cache_read.as_deref(),
+                t.cache_write.as_deref(),
+            )
+            .map_err(|e| format!("price book: `{}` tier `{name}`: {e}", m.model))?;
+            tiers.set(tier, price);
+        }
         entries.push(BookEntry {
             model: m.model,
             price,
             regional_premium_percent: m.regional_premium_percent,
+            tiers,
             source: m.source,
         });
     }
@@ -324,7 +466,13 @@ impl PriceBook {
     /// `us.anthropic.claude-haiku-4-5-...` resolves to the base model with its regional premium;
     /// `arn:aws:bedrock:...:foundation-model/ID` and `.../inference-profile/ID` resolve to `ID`.
     pub fn lookup(model: &str) -> Option<Price> {
-        lookup_in(book(), model)
+        lookup_in(book(), model, None)
+    }
+
+    /// The built-in price of a model in `tier`, if the book lists one (resolved as
+    /// [`PriceBook::lookup`], regional premium included).
+    pub fn lookup_tier(model: &str, tier: PriceTier) -> Option<Price> {
+        lookup_in(book(), model, Some(tier))
     }
 }
 
@@ -348,14 +496,28 @@ impl CustomBook {
     /// Its price of a model, inference profile or ARN, as [`PriceBook::lookup`] reads the
     /// built-in book.
     pub fn lookup(&self, model: &str) -> Option<Price> {
-        lookup_in(&self.0, model)
+        lookup_in(&self.0, model, None)
+    }
+
+    /// Its prices of a model in every tier it lists, resolved as [`CustomBook::lookup`].
+    pub fn lookup_tiers(&self, model: &str) -> TierPrices {
+        let mut tiers = TierPrices::default();
+        for tier in PriceTier::ALL {
+            if let Some(price) = lookup_in(&self.0, model, Some(tier)) {
+                tiers.set(tier, price);
+            }
+        }
+        tiers
     }
 }
 
-fn lookup_in(book: &Book, model: &str) -> Option<Price> {
+fn lookup_in(book: &Book, model: &str, tier: Option<PriceTier>) -> Option<Price> {
     let (base, regional) = base_model(model);
     let entry = book.entries.iter().find(|e| e.model == base)?;
-    let mut price = entry.price;
+    let mut price = match tier {
+        None => entry.price,
+        Some(t) => entry.tiers.get(t)?,
+    };
     if regional && entry.regional_premium_percent > 0 {
         let factor = 100 + entry.regional_premium_percent;
         let premium = |p: u64| p.saturating_mul(factor).div_ceil(100);
@@ -431,6 +593,78 @@ mod tests {
             ))
             .contains("unknown field")
         );
+    }
+
+    #[test]
+    fn books_price_service_tiers_and_latency_optimized_inference() {
+        let book = CustomBook::parse(
+            r#"{"recorded":"2026-12-04","region":"us-east-1","tier":"standard","unit":"USD per million tokens","note":"n","sources":{"s":"negotiated"},"models":[
+              {"model":"anthropic.claude-haiku-4-5-20251001-v1:0","input":"1","output":"5","regional_premium_percent":10,"source":"s",
+               "tiers":{"flex":{"input":"0.5","output":"2.5"},"priority":{"input":"1.75","output":"8.75","cache_read":"0.175"}}},
+              {"model":"amazon.nova-pro-v1:0","input":"0.8","output":"3.2","source":"s","tiers":{"latency-optimized":{"input":"1","output":"4"}}}]}"#,
+        )
+        .unwrap();
+        let haiku = "anthropic.claude-haiku-4-5-20251001-v1:0";
+        let flex = book.lookup_tiers(haiku).flex.unwrap();
+        // A tier's cache prices the book leaves out follow the family, from the tier's input.
+        assert_eq!(
+            (flex.input, flex.output, flex.cache_read, flex.cache_write),
+            (500_000, 2_500_000, 50_000, 625_000)
+        );
+        assert_eq!(flex.cache_write_1h, Some(1_000_000));
+        let priority = book.lookup_tiers(haiku).priority.unwrap();
+        assert_eq!((priority.input, priority.cache_read), (1_750_000, 175_000));
+        // Geographic profiles carry the regional premium in every tier; global ones do not.
+        let regional = book.lookup_tiers(&format!("us.{haiku}")).flex.unwrap();
+        assert_eq!((regional.input, regional.output), (550_000, 2_750_000));
+        let global = book.lookup_tiers(&format!("global.{haiku}")).flex.unwrap();
+        assert_eq!(global.input, 500_000);
+        // Tiers a book does not list have no price.
+        assert_eq!(book.lookup_tiers(haiku).latency_optimized, None);
+        let nova = book.lookup_tiers("amazon.nova-pro-v1:0");
+        assert_eq!(nova.latency_optimized.map(|p| p.input), Some(1_000_000));
+        assert_eq!(nova.flex, None);
+        assert_eq!(
+            nova.iter().map(|(t, _)| t).collect::<Vec<_>>(),
+            vec![PriceTier::LatencyOptimized]
+        );
+        // The built-in book lists no tier prices (no authoritative source for them yet).
+        for tier in PriceTier::ALL {
+            assert!(
+                PriceBook::entries()
+                    .iter()
+                    .all(|e| e.tiers.get(tier).is_none())
+            );
+            assert!(PriceBook::lookup_tier(haiku, tier).is_none());
+        }
+
+        let minimal = r#"{"recorded":"d","region":"r","tier":"t","unit":"u","note":"n","sources":{"s":"x"},"models":[{"model":"a","input":"1","output":"1","source":"s","tiers":T}]}"#;
+        let bad = |tiers: &str| parse_book(&minimal.replace('T', tiers)).unwrap_err();
+        assert!(
+            bad(r#"{"reserved":{"input":"1","output":"1"}}"#).contains("unknown tier `reserved`"),
+            "{}",
+            bad(r#"{"reserved":{"input":"1","output":"1"}}"#)
+        );
+        assert!(bad(r#"{"flex":{"input":"x","output":"1"}}"#).contains("`a` tier `flex`"));
+        assert!(bad(r#"{"flex":{"input":"1"}}"#).contains("missing field `output`"));
+    }
+
+    #[test]
+    fn service_tiers_name_their_prices() {
+        assert_eq!(PriceTier::from_service_tier("flex"), Some(PriceTier::Flex));
+        assert_eq!(
+            PriceTier::from_service_tier("priority"),
+            Some(PriceTier::Priority)
+        );
+        assert_eq!(PriceTier::from_service_tier("default"), None);
+        assert_eq!(PriceTier::from_service_tier("reserved"), None);
+        for tier in PriceTier::ALL {
+            assert_eq!(PriceTier::from_name(tier.as_str()), Some(tier));
+            assert_eq!(
+                serde_json::to_value(tier).unwrap(),
+                serde_json::json!(tier.as_str())
+            );
+        }
     }
 
     #[test]

@@ -258,6 +258,17 @@ pub fn render_app(spec: &Spec, app: &str, application: &Application, link: Link)
                     output: custom::PerMillion(p.output_usd()),
                     cache_read: Some(custom::PerMillion(p.cache_read_usd())),
                     cache_write: Some(custom::PerMillion(p.cache_write_usd())),
+                    tiers: def
+                        .tiers
+                        .iter()
+                        .map(|(tier, p)| custom::TierPriceProperties {
+                            tier: tier.as_str().to_string(),
+                            input: custom::PerMillion(p.input_usd()),
+                            output: custom::PerMillion(p.output_usd()),
+                            cache_read: Some(custom::PerMillion(p.cache_read_usd())),
+                            cache_write: Some(custom::PerMillion(p.cache_write_usd())),
+                        })
+                        .collect(),
                 })
             })
             .collect(),

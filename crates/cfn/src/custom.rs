@@ -290,6 +290,33 @@ pub struct PriceProperties {
     #[serde_as(as = "Option<Scalar>")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_write: Option<PerMillion>,
+    /// Its prices in other tiers (`Tiers[j]`): a request asking for a tier with no price here or
+    /// in the built-in book is refused under USD limits.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tiers: Vec<TierPriceProperties>,
+}
+
+/// A model's price in one tier (`Prices[i].Tiers[j]`), USD per million tokens.
+#[serde_as]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct TierPriceProperties {
+    /// `flex`, `priority` or `latency-optimized`.
+    pub tier: String,
+    /// Input tokens.
+    #[serde_as(as = "Scalar")]
+    pub input: PerMillion,
+    /// Output tokens.
+    #[serde_as(as = "Scalar")]
+    pub output: PerMillion,
+    /// Cache reads.
+    #[serde_as(as = "Option<Scalar>")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_read: Option<PerMillion>,
+    /// Cache writes.
+    #[serde_as(as = "Option<Scalar>")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write: Option<PerMillion>,
 }
 
 /// The lagging-indicator AWS Budget of a `Custom::TokenBudget` (`CostBudget`).

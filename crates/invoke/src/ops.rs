@@ -3,11 +3,11 @@
 //! read its usage from the body, the headers or the event stream. Pure, so it can be fuzzed; the
 //! budget decision itself is [`crate::gateway::Gateway::admit`]'s alone.
 
-use budget::Usage;
 use budget::estimate::{
     additional_output_cap, at, input_token_bound, native_input_bound, native_tool_prompt_tokens,
     tool_prompt_tokens,
 };
+use budget::{PriceTier, Usage};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
@@ -144,7 +144,8 @@ pub struct Shaped {
     pub content_bound: u64,
     /// Fields that change the price per token (service tier, latency-optimized inference, cache
     /// TTLs other than five minutes): under USD limits, one-hour cache points are priced where
-    /// the price book has a one-hour write price ([`is_one_hour_cache`]); the others are refused.
+    /// the price book has a one-hour write price ([`is_one_hour_cache`]), one tier where it has
+    /// the model's price in that tier ([`Shaped::price_tier`]); the others are refused.
     pub price_fields: Vec<(String, String)>,
 }
 
@@ -161,6 +162,32 @@ impl Shaped {
             .iter()
             .find(|(path, value)| is_one_hour_cache(path, value))
             .map(|(path, _)| path.as_str())
+    }
+
+    /// The priced tier the request asks for (`None`: the standard one), with the field that asks
+    /// for it; or the first price field that no price can be looked up for: a tier not priced
+    /// per token (`reserved`), a second tier, a cache TTL other than five minutes or one hour.
+    pub fn price_tier(&self) -> Result<Option<(PriceTier, &str)>, (&str, &str)> {
+        let mut tier = None;
+        for (path, value) in &self.price_fields {
+            if is_one_hour_cache(path, value) {
+                continue;
+            }
+            let this = match path.as_str() {
+                "serviceTier.type" | "X-Amzn-Bedrock-Service-Tier" => {
+                    PriceTier::from_service_tier(value)
+                }
+                "performanceConfig.latency" | "X-Amzn-Bedrock-PerformanceConfig-Latency" => {
+                    (value == "optimized").then_some(PriceTier::LatencyOptimized)
+                }
+                _ => None,
+            };
+            match (this, tier) {
+                (Some(t), None) => tier = Some((t, path.as_str())),
+                _ => return Err((path.as_str(), value.as_str())),
+            }
+        }
+        Ok(tier)
     }
 
     /// The hidden tool-use prompt for `model`.

@@ -1,7 +1,8 @@
 //! Fields that change the price per token, under a USD limit: one-hour cache writes are priced
 //! (Claude: 2 × input, every cache write of such a request at that price), on reservation and
-//! settlement; a model without a one-hour price, a service tier or latency-optimized inference
-//! is refused with a 400 naming the field, before Bedrock is called.
+//! settlement, and so are service tiers and latency-optimized inference where a price book lists
+//! the model's price in them; a model without a one-hour price, or a tier without a price, is
+//! refused with a 400 naming the field, before Bedrock is called.
 
 mod common;
 
@@ -153,5 +154,125 @@ async fn a_spec_price_book_prices_what_the_gateway_charges() {
     assert!(cost > 0);
     assert_eq!(remaining_usd(&headers), 10_000_000 - cost);
     assert!(PriceBook::lookup("mistral.mistral-large-2407-v1:0").is_none());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Tier prices from the spec's price book: a flex Converse request and a latency-optimized
+/// InvokeModel request are each charged at that tier's price (to the stub's bill); a tier the
+/// book does not price, or two tiers at once, is a 400 naming the field, under USD limits only.
+#[tokio::test]
+async fn tiers_a_price_book_lists_are_charged_at_their_price() {
+    let dir = std::env::temp_dir().join(format!("tokenfence-tier-book-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tiers.json");
+    let text = r#"{ "recorded": "2026-12-04", "region": "us-east-1", "tier": "standard (on-demand)",
+  "unit": "USD per million tokens", "note": "tiers", "sources": { "contract": "schedule C" },
+  "models": [{ "model": "anthropic.claude-sonnet-4-20250514-v1:0", "input": "3", "output": "15",
+    "tiers": { "flex": { "input": "1.5", "output": "7.5" }, "latency-optimized": { "input": "3.75", "output": "18.75" } },
+    "source": "contract" }] }"#;
+    std::fs::write(&path, text).unwrap();
+    let book = budget::price::CustomBook::parse(text).unwrap();
+    let sonnet = "anthropic.claude-sonnet-4-20250514-v1:0";
+    let tiers = book.lookup_tiers(sonnet);
+    let spec = format!(
+        "version: 1\nname: tiers\nprice_book: {}\nmodels: {{ sonnet: {sonnet} }}\ndefaults: {{ max_tokens: 100 }}\napplications:\n  priced:\n    limits: [{{ window: day, usd: 10 }}]\n  tokens:\n    limits: [{{ window: day, tokens: 100000 }}]\n",
+        path.display()
+    );
+    let env = start(Arc::new(MemoryLedger::new()), &spec, |_| {}).await;
+    let billed = |env: &common::Env<MemoryLedger>| {
+        let b = env.stub.billed().get(sonnet).cloned().unwrap_or_default();
+        Usage {
+            input_tokens: b.input_tokens,
+            output_tokens: b.output_tokens,
+            cache_read_tokens: b.cache_read_tokens,
+            cache_write_tokens: b.cache_write_tokens,
+        }
+    };
+    let minus = |a: Usage, b: Usage| Usage {
+        input_tokens: a.input_tokens - b.input_tokens,
+        output_tokens: a.output_tokens - b.output_tokens,
+        cache_read_tokens: a.cache_read_tokens - b.cache_read_tokens,
+        cache_write_tokens: a.cache_write_tokens - b.cache_write_tokens,
+    };
+
+    // Converse on the flex tier: settled at the flex price.
+    let mut flex = common::prompt("summarise the quarter on the flex tier");
+    flex["serviceTier"] = json!({ "type": "flex" });
+    let (status, headers, answer) = env.converse("key-priced", "sonnet", &flex).await;
+    assert_eq!(status, 200, "{answer}");
+    let used = billed(&env);
+    let flex_cost = tiers.flex.unwrap().cost(&used);
+    assert_eq!(MicroUsd(10_000_000 - remaining_usd(&headers)), flex_cost);
+    assert!(
+        flex_cost < book.lookup(sonnet).unwrap().cost(&used),
+        "cheaper than standard"
+    );
+
+    // InvokeModel asking for latency-optimized inference by header: its own price.
+    let before = billed(&env);
+    let response = env
+        .http
+        .post(format!("{}/model/sonnet/invoke", env.base))
+        .header("x-api-key", "key-priced")
+        .header("content-type", "application/json")
+        .header("X-Amzn-Bedrock-PerformanceConfig-Latency", "optimized")
+        .body(
+            json!({
+                "anthropic_version": "bedrock-2023-05-31",
+                "max_tokens": 40,
+                "messages": [{ "role": "user", "content": "fast, please" }]
+            })
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let spent_before = flex_cost.0;
+    let remaining = remaining_usd(response.headers());
+    let used = minus(billed(&env), before);
+    assert!(used.output_tokens > 0);
+    assert_eq!(
+        MicroUsd(10_000_000 - spent_before - remaining),
+        tiers.latency_optimized.unwrap().cost(&used)
+    );
+
+    // Refused under the USD limit: a tier the book does not price, and two tiers at once.
+    let requests = env.stub.requests();
+    let mut priority = common::prompt("x");
+    priority["serviceTier"] = json!({ "type": "priority" });
+    let mut both = flex.clone();
+    both["performanceConfig"] = json!({ "latency": "optimized" });
+    let mut reserved = common::prompt("x");
+    reserved["serviceTier"] = json!({ "type": "reserved" });
+    for (body, field, says) in [
+        (
+            &priority,
+            "serviceTier.type",
+            "asks for the `priority` tier",
+        ),
+        (
+            &both,
+            "performanceConfig.latency",
+            "changes the price per token",
+        ),
+        (&reserved, "serviceTier.type", "changes the price per token"),
+    ] {
+        let (status, _, answer) = env.converse("key-priced", "sonnet", body).await;
+        assert_eq!(
+            (status, answer["field"].as_str()),
+            (400, Some(field)),
+            "{answer}"
+        );
+        assert!(
+            answer["message"].as_str().unwrap().contains(says),
+            "{answer}"
+        );
+    }
+    assert_eq!(env.stub.requests(), requests, "refused before Bedrock");
+    // Token limits do not depend on the price: the same requests pass.
+    let (status, _, answer) = env.converse("key-tokens", "sonnet", &priority).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(env.gateway.ledger().open_reservations(), 0);
     std::fs::remove_dir_all(&dir).unwrap();
 }

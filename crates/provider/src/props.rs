@@ -5,7 +5,7 @@
 //! property, e.g. `Limits[1].Usd`.
 
 use budget::config::{EnforcementMode, ExceedAction, InferenceProfile, ModelPrice, UserBudget};
-use budget::{Limit, MicroUsd, Price, Window};
+use budget::{Limit, MicroUsd, Price, PriceTier, Window};
 pub use cfn::custom::{AlarmKind, AlarmMetric};
 use cfn::custom::{
     LimitProperties, ModeName, OnExceedName, TokenAlarmProperties, TokenBudgetProperties,
@@ -218,9 +218,37 @@ pub fn parse_budget(value: &Value) -> Result<BudgetProps, PropError> {
             q.cache_write.as_ref().map(|c| c.0.as_str()),
         )
         .map_err(|e| err(format!("Prices[{i}]"), e.to_string()))?;
+        let mut tiers = std::collections::BTreeMap::new();
+        for (j, t) in q.tiers.iter().enumerate() {
+            let path = format!("Prices[{i}].Tiers[{j}]");
+            let tier = PriceTier::from_name(&t.tier).ok_or_else(|| {
+                err(
+                    format!("{path}.Tier"),
+                    format!(
+                        "`{}` is not a tier: `flex`, `priority` or `latency-optimized`",
+                        t.tier
+                    ),
+                )
+            })?;
+            let price = Price::from_usd_per_million(
+                &q.model,
+                &t.input.0,
+                &t.output.0,
+                t.cache_read.as_ref().map(|c| c.0.as_str()),
+                t.cache_write.as_ref().map(|c| c.0.as_str()),
+            )
+            .map_err(|e| err(path.clone(), e.to_string()))?;
+            if tiers.insert(tier, price).is_some() {
+                return Err(err(
+                    format!("{path}.Tier"),
+                    format!("tier `{tier}` is listed twice"),
+                ));
+            }
+        }
         prices.push(ModelPrice {
             model: q.model,
             price,
+            tiers,
         });
     }
 

@@ -155,3 +155,67 @@ fn seats_rendered_from_a_spec_are_read_back_as_declared() {
     );
     assert!(!read.user_metrics);
 }
+
+#[test]
+fn tier_prices_from_a_spec_price_book_are_rendered_and_read_back() {
+    let dir =
+        std::env::temp_dir().join(format!("tokenfence-rendered-tiers-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("book.json"),
+        r#"{ "recorded": "2026-12-04", "region": "us-east-1", "tier": "standard (on-demand)",
+  "unit": "USD per million tokens", "note": "tiers", "sources": { "contract": "schedule C" },
+  "models": [{ "model": "amazon.nova-pro-v1:0", "input": "0.8", "output": "3.2",
+    "tiers": { "flex": { "input": "0.4", "output": "1.6" }, "latency-optimized": { "input": "1", "output": "4", "cache_read": "0.25" } },
+    "source": "contract" }] }"#,
+    )
+    .unwrap();
+    let source = "version: 1\nname: tiers\nprice_book: book.json\nmodels: { pro: amazon.nova-pro-v1:0 }\napplications:\n  team:\n    limits: [{ window: day, usd: 10 }]\n";
+    let spec = spec::parse(dir.join("spec.yaml").to_str().unwrap(), source).unwrap();
+    let declared = spec.models["pro"].tiers;
+    assert_eq!(declared.flex.map(|p| p.input), Some(400_000));
+    let rendering = cfn::render(
+        &spec,
+        &cfn::RenderOptions {
+            code_dir: ".".into(),
+        },
+    )
+    .unwrap();
+    let template = serde_json::to_value(&rendering.stacks[0].template).unwrap();
+    let props = template["Resources"]["TeamBudget"]["Properties"].clone();
+    assert_eq!(props["Prices"][0]["Tiers"][0]["Tier"], "flex", "{props}");
+    let read = provider::props::parse_budget(&as_cloudformation_sends(&props)).unwrap();
+    let tiers = &read.prices[0].tiers;
+    assert_eq!(
+        tiers.get(&budget::PriceTier::Flex).copied(),
+        declared.flex,
+        "flex"
+    );
+    assert_eq!(
+        tiers.get(&budget::PriceTier::LatencyOptimized).copied(),
+        declared.latency_optimized
+    );
+    assert_eq!(tiers.len(), 2);
+
+    // A tier the provider does not know, or one listed twice, is named.
+    for (tiers, expected) in [
+        (
+            serde_json::json!([{ "Tier": "reserved", "Input": "1", "Output": "1" }]),
+            "`Prices[0].Tiers[0].Tier`: `reserved` is not a tier: `flex`, `priority` or `latency-optimized`",
+        ),
+        (
+            serde_json::json!([{ "Tier": "flex", "Input": "1", "Output": "1" }, { "Tier": "flex", "Input": "2", "Output": "2" }]),
+            "`Prices[0].Tiers[1].Tier`: tier `flex` is listed twice",
+        ),
+    ] {
+        let mut bad = props.clone();
+        bad["Prices"][0]["Tiers"] = tiers;
+        assert_eq!(
+            provider::props::parse_budget(&as_cloudformation_sends(&bad))
+                .unwrap_err()
+                .to_string(),
+            expected
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -745,12 +745,14 @@ fn decode_models(
         let price = price.or_else(|| book.and_then(|b| b.lookup(&id)));
         let price_from_spec = price.is_some();
         let price = price.or_else(|| PriceBook::lookup(&id));
+        let tiers = book.map(|b| b.lookup_tiers(&id)).unwrap_or_default();
         models.insert(
             alias.to_string(),
             ModelDef {
                 id,
                 price,
                 price_from_spec,
+                tiers,
             },
         );
     }

@@ -1,7 +1,7 @@
 //! The validated spec. Values of these types have passed every check: an alias names a declared
 //! model, a fallback is priced no higher than what it replaces, names make valid AWS names.
 
-use budget::{Limit, MicroUsd, Price, Window};
+use budget::{Limit, MicroUsd, Price, TierPrices, Window};
 use indexmap::IndexMap;
 use serde::Serialize;
 
@@ -47,6 +47,10 @@ pub struct ModelDef {
     pub price: Option<Price>,
     /// Whether `price` came from the spec (or its `price_book`) rather than the built-in book.
     pub price_from_spec: bool,
+    /// Its prices in other tiers (flex, priority, latency-optimized) from the spec's
+    /// `price_book`, rendered with its price; the built-in book's are looked up where enforced.
+    #[serde(skip_serializing_if = "TierPrices::is_empty")]
+    pub tiers: TierPrices,
 }
 
 /// Defaults applied to requests.

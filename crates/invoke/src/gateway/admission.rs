@@ -10,7 +10,25 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
         model: &str,
         shaped: &Shaped,
     ) -> Result<Plan, Reply> {
-        let mut price = config.price_of(model);
+        // The tier's price where the request asks for one; without one, a USD limit cannot hold
+        // it, and under token-only limits the standard price still counts its cost.
+        let mut price = match shaped.price_tier() {
+            Ok(Some((tier, path))) => match config.price_in(model, Some(tier)) {
+                Some(p) => Some(p),
+                None if config.has_any_usd_limit() => {
+                    return Err(field(
+                        400,
+                        path,
+                        &format!(
+                            "`{path}` asks for the `{tier}` tier, which the price book has no price for on model `{model}`, so application `{}`'s USD limits could not be enforced; leave it out, or price the tier in the spec's `price_book`",
+                            config.application
+                        ),
+                    ));
+                }
+                None => config.price_of(model),
+            },
+            _ => config.price_of(model),
+        };
         // A request that writes one-hour cache points is priced with every cache write at the
         // one-hour price (the dearest input kind, so its worst case too); a model without one
         // cannot be held to a USD limit for it.
@@ -232,14 +250,11 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
         if !config.allows(&model) {
             return Err(not_allowed(application, &model));
         }
-        // The price book prices the standard tier and five-minute and one-hour cache writes
-        // (the latter per model, in `plan`): any other field that changes the price per token
-        // cannot be held to a USD limit.
+        // Price books price tiers and one-hour cache writes per model (in `plan`); any other
+        // field that changes the price per token cannot be held to a USD limit. Refused before
+        // anything else is done for the request.
         if config.has_any_usd_limit()
-            && let Some((path, value)) = shaped
-                .price_fields
-                .iter()
-                .find(|(path, value)| !ops::is_one_hour_cache(path, value))
+            && let Err((path, value)) = shaped.price_tier()
         {
             return Err(field(
                 400,
