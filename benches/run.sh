@@ -119,10 +119,11 @@ for latency in 0 50; do
     done
     # What the kernel's timer tick costs the request it lands in (benches/ticks.py): scheduler
     # switches and timer interrupts on CPU 0 traced for a second of tokenfence's c=1 load. Needs
-    # perf with tracepoint access; without it the report says it was not measured.
+    # perf with tracepoint access; without it the report says it was not measured. The load
+    # outlasts the trace and its analysis, so every process is still there to be named.
     if command -v perf >/dev/null; then
       taskset -c 0 "$bin/bench" load --url "http://127.0.0.1:$s_tf/model/nova-micro/converse" --concurrency 1 \
-        --seconds 3 --format converse --header "x-api-key: bench-key" >/dev/null &
+        --seconds 8 --format converse --header "x-api-key: bench-key" >/dev/null &
       lp=$!; sleep 1
       if taskset -c 1 perf record -q -e sched:sched_switch -e irq_vectors:local_timer_entry -C 0 \
           -o "$out/ticks.data" -- sleep 1 >/dev/null 2>&1; then
