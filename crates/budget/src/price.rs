@@ -406,9 +406,7 @@ fn parse_book(text: &str) -> Result<Book, String> {
 }
 
 fn book() -> &'static Book {
-    static BOOK: std::sync::OnceLock<Book> = std::sync::OnceLock::new();
-    // The file is part of the build and parsed by a unit test; a broken one never ships.
-    BOOK.get_or_init(|| parse_book(BOOK_JSON).expect("the built-in price book parses"))
+    &PriceBook::builtin().0
 }
 
 /// Prefixes of cross-region (system) inference profile IDs; `global.` has no regional premium.
@@ -429,6 +427,13 @@ pub fn base_model(model: &str) -> (&str, bool) {
 pub struct PriceBook;
 
 impl PriceBook {
+    /// The built-in book, as a book of one's own would be read.
+    pub fn builtin() -> &'static CustomBook {
+        static BOOK: std::sync::OnceLock<CustomBook> = std::sync::OnceLock::new();
+        // The file is part of the build and parsed by a unit test; a broken one never ships.
+        BOOK.get_or_init(|| CustomBook::parse(BOOK_JSON).expect("the built-in price book parses"))
+    }
+
     /// The model IDs the built-in book prices.
     pub fn known_models() -> impl Iterator<Item = &'static str> {
         book().entries.iter().map(|e| e.model.as_str())
@@ -491,6 +496,27 @@ impl CustomBook {
     /// When the book's prices were read, as it says.
     pub fn recorded(&self) -> &str {
         &self.0.file.recorded
+    }
+
+    /// Every model of the book.
+    pub fn entries(&self) -> &[BookEntry] {
+        &self.0.entries
+    }
+
+    /// The region, tier and unit the prices are for, as the book says.
+    pub fn scope(&self) -> (&str, &str, &str) {
+        let f = &self.0.file;
+        (&f.region, &f.tier, &f.unit)
+    }
+
+    /// The book's note.
+    pub fn note(&self) -> &str {
+        &self.0.file.note
+    }
+
+    /// The sources, by key.
+    pub fn sources(&self) -> &std::collections::BTreeMap<String, String> {
+        &self.0.file.sources
     }
 
     /// Its price of a model, inference profile or ARN, as [`PriceBook::lookup`] reads the

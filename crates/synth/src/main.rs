@@ -92,6 +92,10 @@ enum Command {
         /// The model, inference profile or ARN to price.
         #[arg(long)]
         model: Option<String>,
+        /// Show this price book (the built-in book's format, as a spec's `price_book`) instead
+        /// of the built-in one: to check one's own before a spec uses it.
+        #[arg(long)]
+        book: Option<PathBuf>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -213,8 +217,34 @@ fn run(cli: Cli) -> miette::Result<ExitCode> {
             print_json(&spec::json_schema());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Prices { model, json } => {
-            let rows = match prices::rows(model.as_deref()) {
+        Command::Prices {
+            model,
+            book: own_book,
+            json,
+        } => {
+            let own;
+            let (name, book) = match &own_book {
+                None => (
+                    "Built-in price book".to_string(),
+                    budget::PriceBook::builtin(),
+                ),
+                Some(path) => {
+                    let read = std::fs::read_to_string(path)
+                        .map_err(|e| e.to_string())
+                        .and_then(|text| budget::price::CustomBook::parse(&text));
+                    match read {
+                        Ok(b) => {
+                            own = b;
+                            (format!("Price book `{}`", path.display()), &own)
+                        }
+                        Err(e) => {
+                            eprintln!("error: `{}`: {e}", path.display());
+                            return Ok(ExitCode::from(INVALID_SPEC));
+                        }
+                    }
+                }
+            };
+            let rows = match prices::rows(book, own_book.is_none(), model.as_deref()) {
                 Ok(rows) => rows,
                 Err(unknown) => {
                     eprintln!("error: {unknown}");
@@ -222,9 +252,9 @@ fn run(cli: Cli) -> miette::Result<ExitCode> {
                 }
             };
             if json {
-                print_json(&prices::json(rows));
+                print_json(&prices::json(book, rows));
             } else {
-                print!("{}", prices::table(&rows));
+                print!("{}", prices::table(&name, book, &rows));
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -83,3 +83,86 @@ fn an_unknown_model_is_an_error_with_the_closest_id() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("a spec can set a price for any model"));
 }
+
+#[test]
+fn a_book_of_ones_own_is_shown_with_its_tiers() {
+    let dir = std::env::temp_dir().join(format!("tokenfence-prices-book-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("negotiated.json");
+    std::fs::write(
+        &path,
+        r#"{ "recorded": "2026-12-04", "region": "eu-west-1", "tier": "standard (on-demand)",
+  "unit": "USD per million tokens", "note": "our rates", "sources": { "contract": "schedule C" },
+  "models": [{ "model": "anthropic.claude-haiku-4-5-20251001-v1:0", "input": "0.9", "output": "4.5",
+    "regional_premium_percent": 10, "tiers": { "flex": { "input": "0.45", "output": "2.25" } },
+    "source": "contract" }] }"#,
+    )
+    .unwrap();
+    let file = path.to_str().unwrap();
+    let book = json(&["prices", "--book", file, "--json"]);
+    assert_eq!(
+        (&book["recorded"], &book["region"], &book["note"]),
+        (
+            &json!("2026-12-04"),
+            &json!("eu-west-1"),
+            &json!("our rates")
+        )
+    );
+    let row = &book["models"][0];
+    assert_eq!(
+        (&row["input"], &row["source"]),
+        (&json!("0.9"), &json!("contract"))
+    );
+    assert_eq!(row["tiers"]["flex"]["input"], "0.45");
+    // A geographic profile: the premium in every tier.
+    let us = json(&[
+        "prices",
+        "--book",
+        file,
+        "--model",
+        "us.anthropic.claude-haiku-4-5-20251001-v1:0",
+        "--json",
+    ]);
+    assert_eq!(us["models"][0]["tiers"]["flex"]["output"], "2.475");
+    // The built-in book lists no tiers; its rows say so.
+    let builtin = json(&["prices", "--json"]);
+    assert!(
+        builtin["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["tiers"] == json!({}))
+    );
+
+    let out = synth(&["prices", "--book", file]);
+    assert!(out.status.success());
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.starts_with(&format!("Price book `{file}`: Amazon Bedrock standard (on-demand), eu-west-1, recorded 2026-12-04")), "{table}");
+    assert!(
+        table.contains("    flex: 0.45 / 2.25 / 0.045 / 0.5625"),
+        "{table}"
+    );
+
+    // A model the book lacks, and a book that is not one, exit 2 saying why.
+    let out = synth(&[
+        "prices",
+        "--book",
+        file,
+        "--model",
+        "amazon.nova-micro-v1:0",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("the price book does not know `amazon.nova-micro-v1:0`")
+    );
+    std::fs::write(&path, r#"{"recorded": "x"}"#).unwrap();
+    let out = synth(&["prices", "--book", file]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(file) && stderr.contains("missing field"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
