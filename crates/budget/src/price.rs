@@ -441,29 +441,28 @@ impl PriceBook {
 
     /// Every model of the book.
     pub fn entries() -> &'static [BookEntry] {
-        &book().entries
+        Self::builtin().entries()
     }
 
     /// When the book's prices were read (`YYYY-MM-DD`).
     pub fn recorded() -> &'static str {
-        &book().file.recorded
+        Self::builtin().recorded()
     }
 
     /// The region, tier and unit the prices are for, e.g. `us-east-1`, `standard (on-demand)`,
     /// `USD per million tokens`.
     pub fn scope() -> (&'static str, &'static str, &'static str) {
-        let f = &book().file;
-        (&f.region, &f.tier, &f.unit)
+        Self::builtin().scope()
     }
 
     /// How the book derives what it does not list.
     pub fn note() -> &'static str {
-        &book().file.note
+        Self::builtin().note()
     }
 
     /// The sources, by key.
     pub fn sources() -> &'static std::collections::BTreeMap<String, String> {
-        &book().file.sources
+        Self::builtin().sources()
     }
 
     /// The built-in price of a model, inference profile or ARN, if known.

@@ -339,6 +339,15 @@ mod tests {
         );
     }
 
+    async fn config_at(endpoint: &str) -> aws_config::SdkConfig {
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(endpoint)
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("test", "test", None, None, "test"))
+            .load()
+            .await
+    }
+
     /// Sends one Converse call through a client configured with `endpoint` to a socket that
     /// answers `{}`, and returns the request line it received.
     async fn request_line(endpoint: impl FnOnce(u16) -> String) -> String {
@@ -364,12 +373,7 @@ mod tests {
                 .unwrap()
                 .to_string()
         });
-        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .endpoint_url(endpoint(port))
-            .region(aws_config::Region::new("us-east-1"))
-            .credentials_provider(Credentials::new("test", "test", None, None, "test"))
-            .load()
-            .await;
+        let config = config_at(&endpoint(port)).await;
         let call = Call {
             operation: Operation::Converse,
             body: Bytes::from_static(b"{}"),
@@ -398,12 +402,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_endpoint_that_is_no_url_is_not_sent() {
-        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .endpoint_url("not a url")
-            .region(aws_config::Region::new("us-east-1"))
-            .credentials_provider(Credentials::new("test", "test", None, None, "test"))
-            .load()
-            .await;
+        let config = config_at("not a url").await;
         let call = Call {
             operation: Operation::Converse,
             body: Bytes::from_static(b"{}"),

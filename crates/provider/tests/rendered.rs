@@ -119,20 +119,25 @@ fn the_hand_written_template_passes_cfn_lint_and_is_read_by_the_provider() {
     );
 }
 
-#[test]
-fn seats_rendered_from_a_spec_are_read_back_as_declared() {
-    let path = harness::repo().join("examples/seats.yaml");
-    let spec = spec::parse("seats.yaml", &std::fs::read_to_string(&path).unwrap()).unwrap();
-    let declared = &spec.applications["coding-agents"];
+/// The properties of resource `logical_id` in the first stack `spec` renders to.
+fn rendered_properties(spec: &spec::Spec, logical_id: &str) -> Value {
     let rendering = cfn::render(
-        &spec,
+        spec,
         &cfn::RenderOptions {
             code_dir: ".".into(),
         },
     )
     .unwrap();
     let template = serde_json::to_value(&rendering.stacks[0].template).unwrap();
-    let props = template["Resources"]["CodingAgentsBudget"]["Properties"].clone();
+    template["Resources"][logical_id]["Properties"].clone()
+}
+
+#[test]
+fn seats_rendered_from_a_spec_are_read_back_as_declared() {
+    let path = harness::repo().join("examples/seats.yaml");
+    let spec = spec::parse("seats.yaml", &std::fs::read_to_string(&path).unwrap()).unwrap();
+    let declared = &spec.applications["coding-agents"];
+    let props = rendered_properties(&spec, "CodingAgentsBudget");
     let read = provider::props::parse_budget(&as_cloudformation_sends(&props)).unwrap();
     let per_user = read.per_user.expect("PerUser rendered");
     assert_eq!(per_user.limits, declared.per_user.as_ref().unwrap().limits);
@@ -174,15 +179,7 @@ fn tier_prices_from_a_spec_price_book_are_rendered_and_read_back() {
     let spec = spec::parse(dir.join("spec.yaml").to_str().unwrap(), source).unwrap();
     let declared = spec.models["pro"].tiers;
     assert_eq!(declared.flex.map(|p| p.input), Some(400_000));
-    let rendering = cfn::render(
-        &spec,
-        &cfn::RenderOptions {
-            code_dir: ".".into(),
-        },
-    )
-    .unwrap();
-    let template = serde_json::to_value(&rendering.stacks[0].template).unwrap();
-    let props = template["Resources"]["TeamBudget"]["Properties"].clone();
+    let props = rendered_properties(&spec, "TeamBudget");
     assert_eq!(props["Prices"][0]["Tiers"][0]["Tier"], "flex", "{props}");
     let read = provider::props::parse_budget(&as_cloudformation_sends(&props)).unwrap();
     let tiers = &read.prices[0].tiers;
