@@ -131,11 +131,13 @@ pub struct UserBudget {
 impl BudgetConfig {
     /// The price of `model`: the override if any, else the built-in book.
     pub fn price_of(&self, model: &str) -> Option<Price> {
-        self.prices
-            .iter()
-            .find(|p| p.model == model)
+        self.override_of(model)
             .map(|p| p.price)
             .or_else(|| PriceBook::lookup(model))
+    }
+
+    fn override_of(&self, model: &str) -> Option<&ModelPrice> {
+        self.prices.iter().find(|p| p.model == model)
     }
 
     /// The price of `model` in `tier` (`None`: the standard tier): the override's price in that
@@ -144,9 +146,7 @@ impl BudgetConfig {
         let Some(tier) = tier else {
             return self.price_of(model);
         };
-        self.prices
-            .iter()
-            .find(|p| p.model == model)
+        self.override_of(model)
             .and_then(|p| p.tiers.get(&tier).copied())
             .or_else(|| PriceBook::lookup_tier(model, tier))
     }

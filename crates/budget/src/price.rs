@@ -170,58 +170,8 @@ impl std::fmt::Display for PriceTier {
     }
 }
 
-/// A model's prices in the tiers a book lists for it (none by default).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct TierPrices {
-    /// `flex`.
-    pub flex: Option<Price>,
-    /// `priority`.
-    pub priority: Option<Price>,
-    /// `latency-optimized`.
-    pub latency_optimized: Option<Price>,
-}
-
-impl TierPrices {
-    /// The price in `tier`, if listed.
-    pub fn get(&self, tier: PriceTier) -> Option<Price> {
-        match tier {
-            PriceTier::Flex => self.flex,
-            PriceTier::Priority => self.priority,
-            PriceTier::LatencyOptimized => self.latency_optimized,
-        }
-    }
-
-    fn slot(&mut self, tier: PriceTier) -> &mut Option<Price> {
-        match tier {
-            PriceTier::Flex => &mut self.flex,
-            PriceTier::Priority => &mut self.priority,
-            PriceTier::LatencyOptimized => &mut self.latency_optimized,
-        }
-    }
-
-    /// Sets the price in `tier`.
-    pub fn set(&mut self, tier: PriceTier, price: Price) {
-        *self.slot(tier) = Some(price);
-    }
-
-    /// The listed tiers and their prices, in order.
-    pub fn iter(&self) -> impl Iterator<Item = (PriceTier, Price)> + '_ {
-        PriceTier::ALL
-            .into_iter()
-            .filter_map(|t| self.get(t).map(|p| (t, p)))
-    }
-
-    /// Whether no tier is listed.
-    pub fn is_empty(&self) -> bool {
-        self.iter().next().is_none()
-    }
-}
-
-impl Serialize for TierPrices {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_map(self.iter())
-    }
-}
+/// A model's prices in the tiers a book lists for it (none by default), in tier order.
+pub type TierPrices = std::collections::BTreeMap<PriceTier, Price>;
 
 /// A price as a fraction of the input price.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -392,7 +342,7 @@ fn parse_book(text: &str) -> Result<Book, String> {
                 t.cache_write.as_deref(),
             )
             .map_err(|e| format!("price book: `{}` tier `{name}`: {e}", m.model))?;
-            tiers.set(tier, price);
+            tiers.insert(tier, price);
         }
         entries.push(BookEntry {
             model: m.model,
@@ -526,35 +476,47 @@ impl CustomBook {
 
     /// Its prices of a model in every tier it lists, resolved as [`CustomBook::lookup`].
     pub fn lookup_tiers(&self, model: &str) -> TierPrices {
-        let mut tiers = TierPrices::default();
-        for tier in PriceTier::ALL {
-            if let Some(price) = lookup_in(&self.0, model, Some(tier)) {
-                tiers.set(tier, price);
-            }
-        }
-        tiers
+        entry_in(&self.0, model).map_or_else(TierPrices::new, |(entry, regional)| {
+            entry
+                .tiers
+                .iter()
+                .map(|(tier, price)| (*tier, with_premium(entry, regional, *price)))
+                .collect()
+        })
     }
 }
 
-fn lookup_in(book: &Book, model: &str, tier: Option<PriceTier>) -> Option<Price> {
+/// The entry of `model` (an ID, inference profile ID or ARN) in `book`, and whether it names a
+/// geographic profile.
+fn entry_in<'a>(book: &'a Book, model: &str) -> Option<(&'a BookEntry, bool)> {
     let (base, regional) = base_model(model);
     let entry = book.entries.iter().find(|e| e.model == base)?;
-    let mut price = match tier {
+    Some((entry, regional))
+}
+
+fn lookup_in(book: &Book, model: &str, tier: Option<PriceTier>) -> Option<Price> {
+    let (entry, regional) = entry_in(book, model)?;
+    let price = match tier {
         None => entry.price,
-        Some(t) => entry.tiers.get(t)?,
+        Some(t) => *entry.tiers.get(&t)?,
     };
-    if regional && entry.regional_premium_percent > 0 {
-        let factor = 100 + entry.regional_premium_percent;
-        let premium = |p: u64| p.saturating_mul(factor).div_ceil(100);
-        price = Price {
-            input: premium(price.input),
-            output: premium(price.output),
-            cache_read: premium(price.cache_read),
-            cache_write: premium(price.cache_write),
-            cache_write_1h: price.cache_write_1h.map(premium),
-        };
+    Some(with_premium(entry, regional, price))
+}
+
+/// `price` with `entry`'s regional premium when called through a geographic profile.
+fn with_premium(entry: &BookEntry, regional: bool, price: Price) -> Price {
+    if !regional || entry.regional_premium_percent == 0 {
+        return price;
     }
-    Some(price)
+    let factor = 100 + entry.regional_premium_percent;
+    let premium = |p: u64| p.saturating_mul(factor).div_ceil(100);
+    Price {
+        input: premium(price.input),
+        output: premium(price.output),
+        cache_read: premium(price.cache_read),
+        cache_write: premium(price.cache_write),
+        cache_write_1h: price.cache_write_1h.map(premium),
+    }
 }
 
 #[cfg(test)]
@@ -630,27 +592,33 @@ mod tests {
         )
         .unwrap();
         let haiku = "anthropic.claude-haiku-4-5-20251001-v1:0";
-        let flex = book.lookup_tiers(haiku).flex.unwrap();
+        let flex = book.lookup_tiers(haiku)[&PriceTier::Flex];
         // A tier's cache prices the book leaves out follow the family, from the tier's input.
         assert_eq!(
             (flex.input, flex.output, flex.cache_read, flex.cache_write),
             (500_000, 2_500_000, 50_000, 625_000)
         );
         assert_eq!(flex.cache_write_1h, Some(1_000_000));
-        let priority = book.lookup_tiers(haiku).priority.unwrap();
+        let priority = book.lookup_tiers(haiku)[&PriceTier::Priority];
         assert_eq!((priority.input, priority.cache_read), (1_750_000, 175_000));
         // Geographic profiles carry the regional premium in every tier; global ones do not.
-        let regional = book.lookup_tiers(&format!("us.{haiku}")).flex.unwrap();
+        let regional = book.lookup_tiers(&format!("us.{haiku}"))[&PriceTier::Flex];
         assert_eq!((regional.input, regional.output), (550_000, 2_750_000));
-        let global = book.lookup_tiers(&format!("global.{haiku}")).flex.unwrap();
+        let global = book.lookup_tiers(&format!("global.{haiku}"))[&PriceTier::Flex];
         assert_eq!(global.input, 500_000);
         // Tiers a book does not list have no price.
-        assert_eq!(book.lookup_tiers(haiku).latency_optimized, None);
-        let nova = book.lookup_tiers("amazon.nova-pro-v1:0");
-        assert_eq!(nova.latency_optimized.map(|p| p.input), Some(1_000_000));
-        assert_eq!(nova.flex, None);
         assert_eq!(
-            nova.iter().map(|(t, _)| t).collect::<Vec<_>>(),
+            book.lookup_tiers(haiku).get(&PriceTier::LatencyOptimized),
+            None
+        );
+        let nova = book.lookup_tiers("amazon.nova-pro-v1:0");
+        assert_eq!(
+            nova.get(&PriceTier::LatencyOptimized).map(|p| p.input),
+            Some(1_000_000)
+        );
+        assert_eq!(nova.get(&PriceTier::Flex), None);
+        assert_eq!(
+            nova.keys().copied().collect::<Vec<_>>(),
             vec![PriceTier::LatencyOptimized]
         );
         // The built-in book lists no tier prices (no authoritative source for them yet).
@@ -658,7 +626,7 @@ mod tests {
             assert!(
                 PriceBook::entries()
                     .iter()
-                    .all(|e| e.tiers.get(tier).is_none())
+                    .all(|e| !e.tiers.contains_key(&tier))
             );
             assert!(PriceBook::lookup_tier(haiku, tier).is_none());
         }

@@ -75,7 +75,7 @@ pub fn budget_from_spec(spec: &Spec, application: &str) -> Option<BudgetConfig> 
                     .map(|price| ModelPrice {
                         model: def.id.clone(),
                         price,
-                        tiers: def.tiers.iter().collect(),
+                        tiers: def.tiers.clone(),
                     })
             })
             .collect(),

@@ -201,7 +201,7 @@ async fn tiers_a_price_book_lists_are_charged_at_their_price() {
     let (status, headers, answer) = env.converse("key-priced", "sonnet", &flex).await;
     assert_eq!(status, 200, "{answer}");
     let used = billed(&env);
-    let flex_cost = tiers.flex.unwrap().cost(&used);
+    let flex_cost = tiers[&budget::PriceTier::Flex].cost(&used);
     assert_eq!(MicroUsd(10_000_000 - remaining_usd(&headers)), flex_cost);
     assert!(
         flex_cost < book.lookup(sonnet).unwrap().cost(&used),
@@ -234,7 +234,7 @@ async fn tiers_a_price_book_lists_are_charged_at_their_price() {
     assert!(used.output_tokens > 0);
     assert_eq!(
         MicroUsd(10_000_000 - spent_before - remaining),
-        tiers.latency_optimized.unwrap().cost(&used)
+        tiers[&budget::PriceTier::LatencyOptimized].cost(&used)
     );
 
     // Refused under the USD limit: a tier the book does not price, and two tiers at once.
