@@ -14,6 +14,13 @@ pub enum BudgetError {
     /// A decimal amount does not fit in the integer range.
     #[error("`{value}` is too large")]
     TooLarge { value: String },
+    /// An amount of a price (`field`: `input`, `output`, `cache_read`, `cache_write`,
+    /// `cache_write_1h`) could not be read.
+    #[error("`{field}`: {reason}")]
+    InvalidPrice {
+        field: &'static str,
+        reason: Box<BudgetError>,
+    },
     /// A window name is not one of the four windows.
     #[error("`{value}` is not a window (expected one of `minute`, `hour`, `day`, `month`)")]
     UnknownWindow { value: String },

@@ -18,6 +18,6 @@ mod window;
 pub use error::BudgetError;
 pub use limit::{Exceeded, Limit, LimitMetric};
 pub use money::MicroUsd;
-pub use price::{Price, PriceBook, PriceTier, TierPrices};
+pub use price::{Price, PriceBook, PriceText, PriceTier, TierPrices};
 pub use usage::{Charge, Usage};
 pub use window::{Window, WindowInstance};

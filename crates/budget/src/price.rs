@@ -28,30 +28,30 @@ pub struct Price {
 impl Price {
     /// A price of `model` from USD-per-million-token decimals, deriving absent cache prices by the
     /// model's family ([`CacheRule::for_model`]), rounded up so a derived price never undercharges.
-    pub fn from_usd_per_million(
-        model: &str,
-        input: &str,
-        output: &str,
-        cache_read: Option<&str>,
-        cache_write: Option<&str>,
-    ) -> Result<Price, BudgetError> {
-        let input = parse_decimal_micros(input)?;
-        let output = parse_decimal_micros(output)?;
+    pub fn from_usd_per_million(model: &str, text: PriceText<'_>) -> Result<Price, BudgetError> {
+        let amount = |field: &'static str, value: &str| {
+            parse_decimal_micros(value).map_err(|reason| BudgetError::InvalidPrice {
+                field,
+                reason: Box::new(reason),
+            })
+        };
+        let optional = |field, value: Option<&str>| value.map(|v| amount(field, v)).transpose();
+        let input = amount("input", text.input)?;
+        let output = amount("output", text.output)?;
         let rule = CacheRule::for_model(model);
-        let cache_read = match cache_read {
-            Some(v) => parse_decimal_micros(v)?,
-            None => rule.read.of(input),
-        };
-        let cache_write = match cache_write {
-            Some(v) => parse_decimal_micros(v)?,
-            None => rule.write.of(input),
-        };
+        let cache_read = optional("cache_read", text.cache_read)?.unwrap_or(rule.read.of(input));
+        let cache_write =
+            optional("cache_write", text.cache_write)?.unwrap_or(rule.write.of(input));
+        // A one-hour write is never priced below a five-minute one, whoever wrote the price.
+        let cache_write_1h = optional("cache_write_1h", text.cache_write_1h)?
+            .or(rule.write_1h.map(|r| r.of(input)))
+            .map(|p| p.max(cache_write));
         Ok(Price {
             input,
             output,
             cache_read,
             cache_write,
-            cache_write_1h: rule.write_1h.map(|r| r.of(input).max(cache_write)),
+            cache_write_1h,
         })
     }
 
@@ -115,6 +115,23 @@ impl Price {
     pub fn cache_write_1h_usd(&self) -> Option<String> {
         self.cache_write_1h.map(format_decimal_micros)
     }
+}
+
+/// A price as a book, a spec or a template writes it: USD-per-million-token decimals, the cache
+/// prices optional (derived by the model's family when absent).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PriceText<'a> {
+    /// Input tokens, e.g. `3.00`.
+    pub input: &'a str,
+    /// Output tokens.
+    pub output: &'a str,
+    /// Prompt-cache reads.
+    pub cache_read: Option<&'a str>,
+    /// Prompt-cache writes with the default five-minute TTL.
+    pub cache_write: Option<&'a str>,
+    /// Prompt-cache writes with a one-hour TTL; absent, Claude's are 2 × input and other
+    /// families have none.
+    pub cache_write_1h: Option<&'a str>,
 }
 
 /// A way of calling a model that Bedrock prices differently per token from the standard
@@ -261,6 +278,8 @@ struct EntryFile {
     #[serde(default)]
     cache_write: Option<String>,
     #[serde(default)]
+    cache_write_1h: Option<String>,
+    #[serde(default)]
     regional_premium_percent: u64,
     /// Prices in other tiers, by name (`flex`, `priority`, `latency-optimized`).
     #[serde(default)]
@@ -277,6 +296,32 @@ struct TierFile {
     cache_read: Option<String>,
     #[serde(default)]
     cache_write: Option<String>,
+    #[serde(default)]
+    cache_write_1h: Option<String>,
+}
+
+impl EntryFile {
+    fn text(&self) -> PriceText<'_> {
+        PriceText {
+            input: &self.input,
+            output: &self.output,
+            cache_read: self.cache_read.as_deref(),
+            cache_write: self.cache_write.as_deref(),
+            cache_write_1h: self.cache_write_1h.as_deref(),
+        }
+    }
+}
+
+impl TierFile {
+    fn text(&self) -> PriceText<'_> {
+        PriceText {
+            input: &self.input,
+            output: &self.output,
+            cache_read: self.cache_read.as_deref(),
+            cache_write: self.cache_write.as_deref(),
+            cache_write_1h: self.cache_write_1h.as_deref(),
+        }
+    }
 }
 
 /// One model of the built-in book.
@@ -318,14 +363,8 @@ fn parse_book(text: &str) -> Result<Book, String> {
         if entries.iter().any(|e: &BookEntry| e.model == m.model) {
             return Err(format!("price book: `{}` is listed twice", m.model));
         }
-        let price = Price::from_usd_per_million(
-            &m.model,
-            &m.input,
-            &m.output,
-            m.cache_read.as_deref(),
-            m.cache_write.as_deref(),
-        )
-        .map_err(|e| format!("price book: `{}`: {e}", m.model))?;
+        let price = Price::from_usd_per_million(&m.model, m.text())
+            .map_err(|e| format!("price book: `{}`: {e}", m.model))?;
         let mut tiers = TierPrices::default();
         for (name, t) in &m.tiers {
             let tier = PriceTier::from_name(name).ok_or_else(|| {
@@ -334,14 +373,8 @@ fn parse_book(text: &str) -> Result<Book, String> {
                     m.model
                 )
             })?;
-            let price = Price::from_usd_per_million(
-                &m.model,
-                &t.input,
-                &t.output,
-                t.cache_read.as_deref(),
-                t.cache_write.as_deref(),
-            )
-            .map_err(|e| format!("price book: `{}` tier `{name}`: {e}", m.model))?;
+            let price = Price::from_usd_per_million(&m.model, t.text())
+                .map_err(|e| format!("price book: `{}` tier `{name}`: {e}", m.model))?;
             tiers.insert(tier, price);
         }
         entries.push(BookEntry {
@@ -587,8 +620,8 @@ mod tests {
         let book = CustomBook::parse(
             r#"{"recorded":"2026-12-04","region":"us-east-1","tier":"standard","unit":"USD per million tokens","note":"n","sources":{"s":"negotiated"},"models":[
               {"model":"anthropic.claude-haiku-4-5-20251001-v1:0","input":"1","output":"5","regional_premium_percent":10,"source":"s",
-               "tiers":{"flex":{"input":"0.5","output":"2.5"},"priority":{"input":"1.75","output":"8.75","cache_read":"0.175"}}},
-              {"model":"amazon.nova-pro-v1:0","input":"0.8","output":"3.2","source":"s","tiers":{"latency-optimized":{"input":"1","output":"4"}}}]}"#,
+               "tiers":{"flex":{"input":"0.5","output":"2.5"},"priority":{"input":"1.75","output":"8.75","cache_read":"0.175","cache_write_1h":"3.6"}}},
+              {"model":"amazon.nova-pro-v1:0","input":"0.8","output":"3.2","cache_write_1h":"1.6","source":"s","tiers":{"latency-optimized":{"input":"1","output":"4"}}}]}"#,
         )
         .unwrap();
         let haiku = "anthropic.claude-haiku-4-5-20251001-v1:0";
@@ -601,6 +634,14 @@ mod tests {
         assert_eq!(flex.cache_write_1h, Some(1_000_000));
         let priority = book.lookup_tiers(haiku)[&PriceTier::Priority];
         assert_eq!((priority.input, priority.cache_read), (1_750_000, 175_000));
+        // One-hour writes: as the book says, else by the family.
+        assert_eq!(priority.cache_write_1h, Some(3_600_000));
+        let nova_pro = book.lookup("amazon.nova-pro-v1:0").unwrap();
+        assert_eq!(nova_pro.cache_write_1h, Some(1_600_000));
+        assert_eq!(
+            book.lookup_tiers("amazon.nova-pro-v1:0")[&PriceTier::LatencyOptimized].cache_write_1h,
+            None
+        );
         // Geographic profiles carry the regional premium in every tier; global ones do not.
         let regional = book.lookup_tiers(&format!("us.{haiku}"))[&PriceTier::Flex];
         assert_eq!((regional.input, regional.output), (550_000, 2_750_000));
@@ -674,8 +715,16 @@ mod tests {
         );
         let claude = PriceBook::lookup("anthropic.claude-3-haiku-20240307-v1:0").unwrap();
         assert_eq!((claude.cache_read, claude.cache_write), (25_000, 312_500));
-        let spec = Price::from_usd_per_million("amazon.nova-micro-v1:0", "1", "2", None, Some("3"))
-            .unwrap();
+        let spec = Price::from_usd_per_million(
+            "amazon.nova-micro-v1:0",
+            PriceText {
+                input: "1",
+                output: "2",
+                cache_write: Some("3"),
+                ..PriceText::default()
+            },
+        )
+        .unwrap();
         assert_eq!((spec.cache_read, spec.cache_write), (250_000, 3_000_000));
     }
 
@@ -708,9 +757,28 @@ mod tests {
         assert!(nova.with_one_hour_writes().is_none());
         // Spec prices of a Claude model derive it from their input price, never below the
         // five-minute write the spec set.
-        let spec =
-            Price::from_usd_per_million("anthropic.claude-x", "1", "2", None, Some("5")).unwrap();
+        let written = |cache_write_1h| PriceText {
+            input: "1",
+            output: "2",
+            cache_write: Some("5"),
+            cache_write_1h,
+            ..PriceText::default()
+        };
+        let spec = Price::from_usd_per_million("anthropic.claude-x", written(None)).unwrap();
         assert_eq!(spec.cache_write_1h, Some(5_000_000));
+        // A price that names its one-hour write is taken at its word, for any family, and still
+        // never below the five-minute write.
+        let own = Price::from_usd_per_million("anthropic.claude-x", written(Some("6.5"))).unwrap();
+        assert_eq!(own.cache_write_1h, Some(6_500_000));
+        let nova = Price::from_usd_per_million("amazon.nova-pro-v1:0", written(Some("7"))).unwrap();
+        assert_eq!(
+            nova.with_one_hour_writes().map(|p| p.cache_write),
+            Some(7_000_000)
+        );
+        let below =
+            Price::from_usd_per_million("amazon.nova-pro-v1:0", written(Some("4"))).unwrap();
+        assert_eq!(below.cache_write_1h, Some(5_000_000));
+        assert!(Price::from_usd_per_million("x", written(Some("1.0000001"))).is_err());
     }
 
     #[test]
@@ -746,8 +814,17 @@ mod tests {
 
     #[test]
     fn spec_prices_parse_exactly() {
-        let p =
-            Price::from_usd_per_million("x", "3.00", "15.00", Some("0.30"), Some("3.75")).unwrap();
+        let p = Price::from_usd_per_million(
+            "x",
+            PriceText {
+                input: "3.00",
+                output: "15.00",
+                cache_read: Some("0.30"),
+                cache_write: Some("3.75"),
+                cache_write_1h: None,
+            },
+        )
+        .unwrap();
         assert_eq!(
             p,
             Price {
@@ -759,6 +836,11 @@ mod tests {
             }
         );
         assert_eq!(p.input_usd(), "3");
-        assert!(Price::from_usd_per_million("x", "0.0000001", "1", None, None).is_err());
+        let tiny = PriceText {
+            input: "0.0000001",
+            output: "1",
+            ..PriceText::default()
+        };
+        assert!(Price::from_usd_per_million("x", tiny).is_err());
     }
 }

@@ -258,6 +258,7 @@ pub fn render_app(spec: &Spec, app: &str, application: &Application, link: Link)
                     output: custom::PerMillion(p.output_usd()),
                     cache_read: Some(custom::PerMillion(p.cache_read_usd())),
                     cache_write: Some(custom::PerMillion(p.cache_write_usd())),
+                    cache_write_1h: p.cache_write_1h_usd().map(custom::PerMillion),
                     tiers: def
                         .tiers
                         .iter()
@@ -267,6 +268,7 @@ pub fn render_app(spec: &Spec, app: &str, application: &Application, link: Link)
                             output: custom::PerMillion(p.output_usd()),
                             cache_read: Some(custom::PerMillion(p.cache_read_usd())),
                             cache_write: Some(custom::PerMillion(p.cache_write_usd())),
+                            cache_write_1h: p.cache_write_1h_usd().map(custom::PerMillion),
                         })
                         .collect(),
                 })

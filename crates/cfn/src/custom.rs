@@ -286,10 +286,19 @@ pub struct PriceProperties {
     #[serde_as(as = "Option<Scalar>")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_read: Option<PerMillion>,
-    /// Cache writes.
+    /// Cache writes (five-minute TTL).
     #[serde_as(as = "Option<Scalar>")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_write: Option<PerMillion>,
+    /// Cache writes with a one-hour TTL (`CacheWrite1h`); absent, Claude's are 2 × input and
+    /// other families have none, so a request asking for one is refused under USD limits.
+    #[serde_as(as = "Option<Scalar>")]
+    #[serde(
+        default,
+        rename = "CacheWrite1h",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cache_write_1h: Option<PerMillion>,
     /// Its prices in other tiers (`Tiers[j]`): a request asking for a tier with no price here or
     /// in the built-in book is refused under USD limits.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -313,10 +322,19 @@ pub struct TierPriceProperties {
     #[serde_as(as = "Option<Scalar>")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_read: Option<PerMillion>,
-    /// Cache writes.
+    /// Cache writes (five-minute TTL).
     #[serde_as(as = "Option<Scalar>")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_write: Option<PerMillion>,
+    /// Cache writes with a one-hour TTL (`CacheWrite1h`); absent, Claude's are 2 × input and
+    /// other families have none, so a request asking for one is refused under USD limits.
+    #[serde_as(as = "Option<Scalar>")]
+    #[serde(
+        default,
+        rename = "CacheWrite1h",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cache_write_1h: Option<PerMillion>,
 }
 
 /// The lagging-indicator AWS Budget of a `Custom::TokenBudget` (`CostBudget`).

@@ -41,12 +41,14 @@ fn the_readme_names_every_custom_resource_property() {
             output: PerMillion("1".into()),
             cache_read: Some(PerMillion("1".into())),
             cache_write: Some(PerMillion("1".into())),
+            cache_write_1h: Some(PerMillion("1".into())),
             tiers: vec![TierPriceProperties {
                 tier: "flex".into(),
                 input: PerMillion("1".into()),
                 output: PerMillion("1".into()),
                 cache_read: Some(PerMillion("1".into())),
                 cache_write: Some(PerMillion("1".into())),
+                cache_write_1h: Some(PerMillion("1".into())),
             }],
         }],
         cost_budget: Some(CostBudgetProperties {

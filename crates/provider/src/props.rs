@@ -5,11 +5,11 @@
 //! property, e.g. `Limits[1].Usd`.
 
 use budget::config::{EnforcementMode, ExceedAction, InferenceProfile, ModelPrice, UserBudget};
-use budget::{Limit, MicroUsd, Price, PriceTier, Window};
+use budget::{BudgetError, Limit, MicroUsd, Price, PriceText, PriceTier, Window};
 pub use cfn::custom::{AlarmKind, AlarmMetric};
 use cfn::custom::{
-    LimitProperties, ModeName, OnExceedName, TokenAlarmProperties, TokenBudgetProperties,
-    UserProperties,
+    LimitProperties, ModeName, OnExceedName, PerMillion, TokenAlarmProperties,
+    TokenBudgetProperties, UserProperties,
 };
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -28,6 +28,31 @@ fn err(property: impl Into<String>, message: impl Into<String>) -> PropError {
     PropError {
         property: property.into(),
         message: message.into(),
+    }
+}
+
+/// An optional amount as text.
+fn text(amount: &Option<PerMillion>) -> Option<&str> {
+    amount.as_ref().map(|a| a.0.as_str())
+}
+
+/// A price that cannot be read, named at the amount's property (`Prices[0].CacheWrite1h`).
+fn price_error(path: &str, e: BudgetError) -> PropError {
+    match e {
+        BudgetError::InvalidPrice { field, reason } => {
+            // The price's field names are the properties' in snake case.
+            let property: String = field
+                .split('_')
+                .map(|w| {
+                    let mut c = w.chars();
+                    c.next()
+                        .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                        .unwrap_or_default()
+                })
+                .collect();
+            err(format!("{path}.{property}"), reason.to_string())
+        }
+        other => err(path, other.to_string()),
     }
 }
 
@@ -212,12 +237,15 @@ pub fn parse_budget(value: &Value) -> Result<BudgetProps, PropError> {
     for (i, q) in p.prices.into_iter().enumerate() {
         let price = Price::from_usd_per_million(
             &q.model,
-            &q.input.0,
-            &q.output.0,
-            q.cache_read.as_ref().map(|c| c.0.as_str()),
-            q.cache_write.as_ref().map(|c| c.0.as_str()),
+            PriceText {
+                input: &q.input.0,
+                output: &q.output.0,
+                cache_read: text(&q.cache_read),
+                cache_write: text(&q.cache_write),
+                cache_write_1h: text(&q.cache_write_1h),
+            },
         )
-        .map_err(|e| err(format!("Prices[{i}]"), e.to_string()))?;
+        .map_err(|e| price_error(&format!("Prices[{i}]"), e))?;
         let mut tiers = std::collections::BTreeMap::new();
         for (j, t) in q.tiers.iter().enumerate() {
             let path = format!("Prices[{i}].Tiers[{j}]");
@@ -232,12 +260,15 @@ pub fn parse_budget(value: &Value) -> Result<BudgetProps, PropError> {
             })?;
             let price = Price::from_usd_per_million(
                 &q.model,
-                &t.input.0,
-                &t.output.0,
-                t.cache_read.as_ref().map(|c| c.0.as_str()),
-                t.cache_write.as_ref().map(|c| c.0.as_str()),
+                PriceText {
+                    input: &t.input.0,
+                    output: &t.output.0,
+                    cache_read: text(&t.cache_read),
+                    cache_write: text(&t.cache_write),
+                    cache_write_1h: text(&t.cache_write_1h),
+                },
             )
-            .map_err(|e| err(path.clone(), e.to_string()))?;
+            .map_err(|e| price_error(&path, e))?;
             if tiers.insert(tier, price).is_some() {
                 return Err(err(
                     format!("{path}.Tier"),

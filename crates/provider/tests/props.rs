@@ -160,6 +160,16 @@ fn every_invalid_budget_property_is_named() {
             json!({}),
             "`Prices[0].Input`: must be an amount in USD per million tokens",
         ),
+        (
+            "/Prices/0/Output",
+            json!("fifteen"),
+            "`Prices[0].Output`: `fifteen` is not a decimal amount (expected digits with an optional `.` fraction, e.g. `40.5`)",
+        ),
+        (
+            "/Prices/0/CacheWrite1h",
+            json!("6.0000001"),
+            "`Prices[0].CacheWrite1h`: `6.0000001` has more than 6 decimal places; amounts are whole micro-dollars",
+        ),
     ];
     for (pointer, value, expected) in cases {
         let mut props = base.clone();

@@ -175,7 +175,7 @@ fn tier_prices_from_a_spec_price_book_are_rendered_and_read_back() {
     "source": "contract" }] }"#,
     )
     .unwrap();
-    let source = "version: 1\nname: tiers\nprice_book: book.json\nmodels: { pro: amazon.nova-pro-v1:0 }\napplications:\n  team:\n    limits: [{ window: day, usd: 10 }]\n";
+    let source = "version: 1\nname: tiers\nprice_book: book.json\nmodels:\n  pro: amazon.nova-pro-v1:0\n  haiku:\n    id: anthropic.claude-haiku-4-5-20251001-v1:0\n    price: { input: 1, output: 5, cache_write_1h: 2.5, tiers: { priority: { input: 1.75, output: 8.75 } } }\napplications:\n  team:\n    limits: [{ window: day, usd: 10 }]\n";
     let spec = spec::parse(dir.join("spec.yaml").to_str().unwrap(), source).unwrap();
     let declared = &spec.models["pro"].tiers;
     let flex = declared.get(&budget::PriceTier::Flex).copied();
@@ -191,6 +191,19 @@ fn tier_prices_from_a_spec_price_book_are_rendered_and_read_back() {
         latency_optimized
     );
     assert_eq!(tiers.len(), 2);
+    // Prices written in the spec itself, one-hour writes and tiers included, arrive as written.
+    let haiku = &spec.models["haiku"];
+    assert_eq!(props["Prices"][1]["CacheWrite1h"], "2.5", "{props}");
+    assert_eq!(
+        props["Prices"][1]["Tiers"][0]["CacheWrite1h"], "3.5",
+        "{props}"
+    );
+    assert_eq!(read.prices[1].price, haiku.price.unwrap());
+    assert_eq!(read.prices[1].tiers, haiku.tiers);
+    assert_eq!(
+        read.prices[1].tiers[&budget::PriceTier::Priority].cache_write_1h,
+        Some(3_500_000)
+    );
 
     // A tier the provider does not know, or one listed twice, is named.
     for (tiers, expected) in [

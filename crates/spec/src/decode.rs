@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 
 use budget::estimate::PER_REQUEST_OVERHEAD;
-use budget::{Limit, MicroUsd, Price, PriceBook, Window};
+use budget::{Limit, MicroUsd, Price, PriceBook, PriceText, PriceTier, TierPrices, Window};
 use indexmap::IndexMap;
 
 use crate::error::SpecError;
@@ -23,7 +23,21 @@ pub(crate) const TOP_KEYS: &[&str] = &[
     "price_book",
 ];
 pub(crate) const MODEL_KEYS: &[&str] = &["id", "price"];
-pub(crate) const PRICE_KEYS: &[&str] = &["input", "output", "cache_read", "cache_write"];
+pub(crate) const PRICE_KEYS: &[&str] = &[
+    "input",
+    "output",
+    "cache_read",
+    "cache_write",
+    "cache_write_1h",
+    "tiers",
+];
+pub(crate) const TIER_PRICE_KEYS: &[&str] = &[
+    "input",
+    "output",
+    "cache_read",
+    "cache_write",
+    "cache_write_1h",
+];
 pub(crate) const DEFAULTS_KEYS: &[&str] = &["max_tokens", "on_ledger_error"];
 pub(crate) const ALERTS_KEYS: &[&str] = &["emails"];
 pub(crate) const APP_KEYS: &[&str] = &[
@@ -730,10 +744,10 @@ fn decode_models(
             continue;
         }
         // Cache prices the spec leaves out are derived by the model's family, so the ID comes first.
-        let price = match price {
-            None => None,
+        let (price, own_tiers) = match price {
+            None => (None, TierPrices::new()),
             Some(p) => match decode_price(d, p, &join(&path, "price"), &id) {
-                Some(price) => Some(price),
+                Some((price, tiers)) => (Some(price), tiers),
                 None => {
                     ok = false;
                     continue;
@@ -745,7 +759,9 @@ fn decode_models(
         let price = price.or_else(|| book.and_then(|b| b.lookup(&id)));
         let price_from_spec = price.is_some();
         let price = price.or_else(|| PriceBook::lookup(&id));
-        let tiers = book.map(|b| b.lookup_tiers(&id)).unwrap_or_default();
+        // Tier by tier likewise: the spec's own tier prices win over its book's.
+        let mut tiers = book.map(|b| b.lookup_tiers(&id)).unwrap_or_default();
+        tiers.extend(own_tiers);
         models.insert(
             alias.to_string(),
             ModelDef {
@@ -759,11 +775,66 @@ fn decode_models(
     (models, ok)
 }
 
-fn decode_price(d: &mut Decoder, node: &Node, path: &str, model: &str) -> Option<Price> {
+/// A `models.<alias>.price`: the standard price and the prices in the tiers it lists.
+fn decode_price(
+    d: &mut Decoder,
+    node: &Node,
+    path: &str,
+    model: &str,
+) -> Option<(Price, TierPrices)> {
     let f = d.mapping(node, path, PRICE_KEYS)?;
+    let price = price_fields(d, node, &f, path, model);
+    let tiers = match f.get("tiers") {
+        None => Some(TierPrices::new()),
+        Some(n) => decode_tiers(d, n, &join(path, "tiers"), model),
+    };
+    Some((price?, tiers?))
+}
+
+/// `price.tiers`: `{flex|priority|latency-optimized: {input, output, cache_...?}}`.
+fn decode_tiers(d: &mut Decoder, node: &Node, path: &str, model: &str) -> Option<TierPrices> {
+    let f = d.mapping(node, path, &[])?;
+    let names: Vec<&str> = PriceTier::ALL.iter().map(|t| t.as_str()).collect();
+    let mut tiers = TierPrices::new();
+    let mut ok = true;
+    for (name, key, value) in &f.entries {
+        let tier_path = join(path, name);
+        let Some(tier) = PriceTier::from_name(name) else {
+            let help = did_you_mean(name, names.iter().copied())
+                .or_else(|| Some(format!("expected one of {}", one_of(&names))));
+            d.error_help(
+                key.span,
+                &tier_path,
+                format!("`{name}` is not a tier priced per token"),
+                help,
+            );
+            ok = false;
+            continue;
+        };
+        let price = d
+            .mapping(value, &tier_path, TIER_PRICE_KEYS)
+            .and_then(|t| price_fields(d, value, &t, &tier_path, model));
+        match price {
+            Some(price) => {
+                tiers.insert(tier, price);
+            }
+            None => ok = false,
+        }
+    }
+    ok.then_some(tiers)
+}
+
+/// The amounts of a price mapping, cache prices it leaves out derived by the model's family.
+fn price_fields(
+    d: &mut Decoder,
+    node: &Node,
+    f: &Fields<'_>,
+    path: &str,
+    model: &str,
+) -> Option<Price> {
     let mut text = |key: &str, required: bool| -> Result<Option<String>, ()> {
         let Some(n) = (if required {
-            d.required(&f, key, path)
+            d.required(f, key, path)
         } else {
             f.get(key)
         }) else {
@@ -777,17 +848,21 @@ fn decode_price(d: &mut Decoder, node: &Node, path: &str, model: &str) -> Option
     let output = text("output", true);
     let cache_read = text("cache_read", false);
     let cache_write = text("cache_write", false);
-    let (Ok(Some(input)), Ok(Some(output)), Ok(cache_read), Ok(cache_write)) =
-        (input, output, cache_read, cache_write)
+    let cache_write_1h = text("cache_write_1h", false);
+    let (Ok(Some(input)), Ok(Some(output)), Ok(cache_read), Ok(cache_write), Ok(cache_write_1h)) =
+        (input, output, cache_read, cache_write, cache_write_1h)
     else {
         return None;
     };
     let price = Price::from_usd_per_million(
         model,
-        &input,
-        &output,
-        cache_read.as_deref(),
-        cache_write.as_deref(),
+        PriceText {
+            input: &input,
+            output: &output,
+            cache_read: cache_read.as_deref(),
+            cache_write: cache_write.as_deref(),
+            cache_write_1h: cache_write_1h.as_deref(),
+        },
     )
     .expect("amounts were validated above");
     if price.input == 0 && price.output == 0 {

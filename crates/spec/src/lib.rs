@@ -123,6 +123,12 @@ mod tests {
             sorted(decode::PRICE_KEYS)
         );
         assert_eq!(
+            schema_keys(&s, Some("TierPriceSchema")),
+            sorted(decode::TIER_PRICE_KEYS)
+        );
+        let tiers: Vec<&str> = budget::PriceTier::ALL.iter().map(|t| t.as_str()).collect();
+        assert_eq!(schema_keys(&s, Some("TiersSchema")), sorted(&tiers));
+        assert_eq!(
             schema_keys(&s, Some("DefaultsSchema")),
             sorted(decode::DEFAULTS_KEYS)
         );

@@ -41,7 +41,7 @@ enum ModelSchema {
     /// A model ID, inference profile ID or ARN.
     Id(String),
     /// A model with an explicit price.
-    Full(ModelFull),
+    Full(Box<ModelFull>),
 }
 
 #[derive(JsonSchema)]
@@ -62,8 +62,39 @@ struct PriceSchema {
     output: f64,
     /// USD per million prompt-cache read tokens (default 0.1 x input).
     cache_read: Option<f64>,
-    /// USD per million prompt-cache write tokens (default 1.25 x input).
+    /// USD per million prompt-cache write tokens, five-minute TTL (default by family: Claude 1.25 x input, others the input price).
     cache_write: Option<f64>,
+    /// USD per million prompt-cache write tokens with a one-hour TTL (default: Claude 2 x input; other families none, so a request asking for one is refused under USD limits).
+    cache_write_1h: Option<f64>,
+    /// Prices in other tiers: a request asking for a tier priced here is reserved and settled at that price.
+    tiers: Option<TiersSchema>,
+}
+
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct TiersSchema {
+    /// The flex service tier (`serviceTier.type: flex`).
+    flex: Option<TierPriceSchema>,
+    /// The priority service tier (`serviceTier.type: priority`).
+    priority: Option<TierPriceSchema>,
+    /// Latency-optimized inference (`performanceConfig.latency: optimized`).
+    #[serde(rename = "latency-optimized")]
+    latency_optimized: Option<TierPriceSchema>,
+}
+
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct TierPriceSchema {
+    /// USD per million input tokens in this tier.
+    input: f64,
+    /// USD per million output tokens in this tier.
+    output: f64,
+    /// USD per million prompt-cache read tokens (default by family from this tier's input price).
+    cache_read: Option<f64>,
+    /// USD per million prompt-cache write tokens, five-minute TTL (default by family).
+    cache_write: Option<f64>,
+    /// USD per million prompt-cache write tokens, one-hour TTL (default by family).
+    cache_write_1h: Option<f64>,
 }
 
 #[derive(JsonSchema)]

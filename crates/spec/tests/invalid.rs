@@ -350,3 +350,35 @@ applications:
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn tier_prices_name_a_tier_priced_per_token_and_a_whole_price() {
+    check(
+        "version: 1
+name: acme
+models:
+  h:
+    id: anthropic.claude-haiku-4-5-20251001-v1:0
+    price:
+      input: 1
+      output: 5
+      cache_write_1h: -2
+      tiers:
+        flx: { input: 0.5, output: 2.5 }
+        reserved: { input: 0.5, output: 2.5 }
+        priority: { input: 1.75 }
+        latency-optimized: { input: 0, output: 0, ttl: 1h }
+applications:
+  a:
+    limits: [{ window: day, tokens: 100000 }]
+",
+        &[
+            "spec.yaml:9:23: models.h.price.cache_write_1h: must be positive, found `-2`",
+            "spec.yaml:11:9: models.h.price.tiers.flx: `flx` is not a tier priced per token (did you mean `flex`?)",
+            "spec.yaml:12:9: models.h.price.tiers.reserved: `reserved` is not a tier priced per token (expected one of `flex`, `priority`, `latency-optimized`)",
+            "spec.yaml:13:19: models.h.price.tiers.priority: missing required key `output`",
+            "spec.yaml:14:28: models.h.price.tiers.latency-optimized: a price of zero for both input and output makes USD limits meaningless",
+            "spec.yaml:14:51: models.h.price.tiers.latency-optimized.ttl: unknown key `ttl` (expected one of `input`, `output`, `cache_read`, `cache_write`, `cache_write_1h`)",
+        ],
+    );
+}

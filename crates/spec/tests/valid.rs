@@ -153,3 +153,62 @@ applications:
     assert!(!haiku.price_from_spec && haiku.price.is_some());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn tier_and_one_hour_prices_written_in_the_spec_win_over_its_books_tier_by_tier() {
+    let dir = std::env::temp_dir().join(format!("tokenfence-tiers-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("book.json"),
+        r#"{"recorded":"2026-12-04","region":"us-east-1","tier":"standard","unit":"USD per million tokens","note":"n","sources":{"s":"negotiated"},"models":[
+  {"model":"anthropic.claude-haiku-4-5-20251001-v1:0","input":"1","output":"5","source":"s",
+   "tiers":{"flex":{"input":"0.5","output":"2.5"},"priority":{"input":"1.75","output":"8.75"}}}]}"#,
+    )
+    .unwrap();
+    let source = "version: 1
+name: acme
+price_book: book.json
+models:
+  haiku:
+    id: anthropic.claude-haiku-4-5-20251001-v1:0
+    price:
+      input: 0.9
+      output: 4.5
+      tiers:
+        priority: { input: 1.5, output: 7.5, cache_write_1h: 3.1 }
+        latency-optimized: { input: 1.2, output: 6 }
+  pro:
+    id: amazon.nova-pro-v1:0
+    price: { input: 0.8, output: 3.2, cache_write_1h: 1.6 }
+applications:
+  team:
+    limits: [{ window: day, usd: 10 }]
+";
+    let spec = spec::parse(dir.join("spec.yaml").to_str().unwrap(), source)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let haiku = &spec.models["haiku"];
+    assert_eq!(haiku.price.map(|p| p.input), Some(900_000));
+    let tiers: Vec<(&str, u64, Option<u64>)> = haiku
+        .tiers
+        .iter()
+        .map(|(t, p)| (t.as_str(), p.input, p.cache_write_1h))
+        .collect();
+    assert_eq!(
+        tiers,
+        vec![
+            // The book's flex price, which the spec does not restate (one-hour writes by family).
+            ("flex", 500_000, Some(1_000_000)),
+            // The spec's priority price replaces the book's, its one-hour write as written.
+            ("priority", 1_500_000, Some(3_100_000)),
+            // A tier only the spec prices.
+            ("latency-optimized", 1_200_000, Some(2_400_000)),
+        ]
+    );
+    // A one-hour write price makes one-hour cache points priceable on a family without one.
+    let pro = spec.models["pro"].price.unwrap();
+    assert_eq!(
+        pro.with_one_hour_writes().map(|p| p.cache_write),
+        Some(1_600_000)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -21,6 +21,7 @@ fn row(book: &CustomBook, model: &str, entry: &BookEntry) -> Value {
                     "output": p.output_usd(),
                     "cacheRead": p.cache_read_usd(),
                     "cacheWrite": p.cache_write_usd(),
+                    "cacheWrite1h": p.cache_write_1h_usd(),
                 }),
             )
         })
@@ -150,19 +151,20 @@ pub fn table(name: &str, book: &CustomBook, rows: &[Value]) -> String {
     if !tiered.is_empty() {
         let _ = writeln!(
             out,
-            "\nOther tiers (input / output / cache read / cache write):"
+            "\nOther tiers (input / output / cache read / cache write / one-hour cache write):"
         );
         for r in tiered {
             let _ = writeln!(out, "  {}", r["model"].as_str().unwrap_or_default());
             for (tier, p) in r["tiers"].as_object().into_iter().flatten() {
-                let s = |k: &str| p[k].as_str().unwrap_or_default().to_string();
+                let s = |k: &str| p[k].as_str().unwrap_or("-").to_string();
                 let _ = writeln!(
                     out,
-                    "    {tier}: {} / {} / {} / {}",
+                    "    {tier}: {} / {} / {} / {} / {}",
                     s("input"),
                     s("output"),
                     s("cacheRead"),
-                    s("cacheWrite")
+                    s("cacheWrite"),
+                    s("cacheWrite1h")
                 );
             }
         }

@@ -94,7 +94,7 @@ fn a_book_of_ones_own_is_shown_with_its_tiers() {
         r#"{ "recorded": "2026-12-04", "region": "eu-west-1", "tier": "standard (on-demand)",
   "unit": "USD per million tokens", "note": "our rates", "sources": { "contract": "schedule C" },
   "models": [{ "model": "anthropic.claude-haiku-4-5-20251001-v1:0", "input": "0.9", "output": "4.5",
-    "regional_premium_percent": 10, "tiers": { "flex": { "input": "0.45", "output": "2.25" } },
+    "cache_write_1h": "1.9", "regional_premium_percent": 10, "tiers": { "flex": { "input": "0.45", "output": "2.25" } },
     "source": "contract" }] }"#,
     )
     .unwrap();
@@ -114,6 +114,9 @@ fn a_book_of_ones_own_is_shown_with_its_tiers() {
         (&json!("0.9"), &json!("contract"))
     );
     assert_eq!(row["tiers"]["flex"]["input"], "0.45");
+    // One-hour writes as the book writes them, else by the family (Claude: 2 × input).
+    assert_eq!(row["cacheWrite1h"], "1.9");
+    assert_eq!(row["tiers"]["flex"]["cacheWrite1h"], "0.9");
     // A geographic profile: the premium in every tier.
     let us = json(&[
         "prices",
@@ -139,7 +142,7 @@ fn a_book_of_ones_own_is_shown_with_its_tiers() {
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.starts_with(&format!("Price book `{file}`: Amazon Bedrock standard (on-demand), eu-west-1, recorded 2026-12-04")), "{table}");
     assert!(
-        table.contains("    flex: 0.45 / 2.25 / 0.045 / 0.5625"),
+        table.contains("    flex: 0.45 / 2.25 / 0.045 / 0.5625 / 0.9\n"),
         "{table}"
     );
 
