@@ -254,6 +254,7 @@ mod tests {
                     cache_read: 0,
                     cache_write: 1,
                     cache_write_1h: None,
+                    one_hour_writes: false,
                 },
                 tiers: [(
                     PriceTier::Flex,
@@ -263,6 +264,7 @@ mod tests {
                         cache_read: 0,
                         cache_write: 1,
                         cache_write_1h: None,
+                        one_hour_writes: false,
                     },
                 )]
                 .into(),

@@ -23,6 +23,11 @@ pub struct Price {
     /// `None` where the book has no such price, and a request asking for one cannot be priced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_write_1h: Option<u64>,
+    /// Whether cache writes whose TTL Bedrock's usage does not report are priced as one-hour
+    /// writes: set by [`Price::with_one_hour_writes`] for a request that asks for one-hour cache
+    /// points, never in a book or a configuration.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub one_hour_writes: bool,
 }
 
 impl Price {
@@ -52,26 +57,49 @@ impl Price {
             cache_read,
             cache_write,
             cache_write_1h,
+            one_hour_writes: false,
         })
     }
 
-    /// The price of a request that writes one-hour cache points: every cache write at the
-    /// one-hour price, because Bedrock's usage does not say which writes had which TTL. `None`
-    /// when the model has no one-hour price.
+    /// The price of a request that writes one-hour cache points: the writes Bedrock's usage
+    /// reports by TTL are priced at their TTL's price, and those it does not (InvokeModel's
+    /// headers, families without a breakdown) at the one-hour price, the dearer. `None` when the
+    /// model has no one-hour price.
     pub fn with_one_hour_writes(self) -> Option<Price> {
-        let one_hour = self.cache_write_1h?;
+        self.cache_write_1h?;
         Some(Price {
-            cache_write: one_hour.max(self.cache_write),
+            one_hour_writes: true,
             ..self
         })
     }
 
-    /// The exact cost of `usage`, rounded up to the next micro-dollar.
+    /// The one-hour write price where there is one, never below the five-minute one.
+    fn one_hour_write(&self) -> u64 {
+        self.cache_write_1h
+            .unwrap_or(self.cache_write)
+            .max(self.cache_write)
+    }
+
+    /// The exact cost of `usage`, rounded up to the next micro-dollar. Cache writes reported as
+    /// one-hour writes are priced at the one-hour price, those reported as five-minute writes at
+    /// the five-minute price, and the rest at the price of the TTL the request asked for; where
+    /// the reports add up to more than the writes, the dearer kind is counted first.
     pub fn cost(&self, usage: &Usage) -> MicroUsd {
+        let writes = usage.cache_write_tokens;
+        let one_hour = usage.cache_write_1h_tokens.min(writes);
+        let five_minutes = usage.cache_write_5m_tokens.min(writes - one_hour);
+        let unreported = writes - one_hour - five_minutes;
+        let unreported_price = if self.one_hour_writes {
+            self.one_hour_write()
+        } else {
+            self.cache_write
+        };
         let numerator = u128::from(usage.input_tokens) * u128::from(self.input)
             + u128::from(usage.output_tokens) * u128::from(self.output)
             + u128::from(usage.cache_read_tokens) * u128::from(self.cache_read)
-            + u128::from(usage.cache_write_tokens) * u128::from(self.cache_write);
+            + u128::from(one_hour) * u128::from(self.one_hour_write())
+            + u128::from(five_minutes) * u128::from(self.cache_write)
+            + u128::from(unreported) * u128::from(unreported_price);
         let micros = numerator.div_ceil(1_000_000);
         MicroUsd(u64::try_from(micros).unwrap_or(u64::MAX))
     }
@@ -80,7 +108,12 @@ impl Price {
     /// most `max_output_tokens`: every input token is priced at the dearest input kind, because
     /// how much of the prompt is read from or written to the cache is only known afterwards.
     pub fn worst_case(&self, input_tokens: u64, max_output_tokens: u64) -> MicroUsd {
-        let dearest_input = self.input.max(self.cache_read).max(self.cache_write);
+        let write = if self.one_hour_writes {
+            self.one_hour_write()
+        } else {
+            self.cache_write
+        };
+        let dearest_input = self.input.max(self.cache_read).max(write);
         let numerator = u128::from(input_tokens) * u128::from(dearest_input)
             + u128::from(max_output_tokens) * u128::from(self.output);
         MicroUsd(u64::try_from(numerator.div_ceil(1_000_000)).unwrap_or(u64::MAX))
@@ -549,6 +582,7 @@ fn with_premium(entry: &BookEntry, regional: bool, price: Price) -> Price {
         cache_read: premium(price.cache_read),
         cache_write: premium(price.cache_write),
         cache_write_1h: price.cache_write_1h.map(premium),
+        one_hour_writes: price.one_hour_writes,
     }
 }
 
@@ -733,21 +767,45 @@ mod tests {
         let sonnet = PriceBook::lookup("anthropic.claude-sonnet-4-20250514-v1:0").unwrap();
         assert_eq!(sonnet.cache_write_1h, Some(6_000_000));
         let one_hour = sonnet.with_one_hour_writes().unwrap();
-        assert_eq!(
-            (one_hour.input, one_hour.cache_write, one_hour.cache_read),
-            (3_000_000, 6_000_000, 300_000)
-        );
         // The worst case prices every input token at the one-hour write.
         assert_eq!(
             one_hour.worst_case(1_000_000, 0),
             MicroUsd(6_000_000),
             "dearest input kind"
         );
+        assert_eq!(sonnet.worst_case(1_000_000, 0), MicroUsd(3_750_000));
+        // Writes whose TTL the usage does not report: at the TTL the request asked for.
         let written = Usage {
             cache_write_tokens: 1_000_000,
             ..Usage::default()
         };
         assert_eq!(one_hour.cost(&written), MicroUsd(6_000_000));
+        assert_eq!(sonnet.cost(&written), MicroUsd(3_750_000));
+        // Writes it reports by TTL (`cacheDetails`): each at its TTL's price, whatever was asked.
+        let split = Usage {
+            cache_write_tokens: 1_000_000,
+            cache_write_1h_tokens: 600_000,
+            cache_write_5m_tokens: 400_000,
+            ..Usage::default()
+        };
+        let exact = MicroUsd(600_000 * 6 + 400_000 * 15 / 4);
+        assert_eq!((one_hour.cost(&split), sonnet.cost(&split)), (exact, exact));
+        // Partly reported: the rest at the asked-for TTL.
+        let partly = Usage {
+            cache_write_5m_tokens: 400_000,
+            ..written
+        };
+        assert_eq!(
+            one_hour.cost(&partly),
+            MicroUsd(600_000 * 6 + 400_000 * 15 / 4)
+        );
+        // Reports that add up to more than the writes count the dearer kind first.
+        let over = Usage {
+            cache_write_1h_tokens: 700_000,
+            cache_write_5m_tokens: 700_000,
+            ..written
+        };
+        assert_eq!(sonnet.cost(&over), MicroUsd(700_000 * 6 + 300_000 * 15 / 4));
         // Regional profiles carry the premium on one-hour writes too.
         let regional = PriceBook::lookup("us.anthropic.claude-haiku-4-5-20251001-v1:0").unwrap();
         assert_eq!(regional.cache_write_1h, Some(2_200_000));
@@ -771,9 +829,13 @@ mod tests {
         let own = Price::from_usd_per_million("anthropic.claude-x", written(Some("6.5"))).unwrap();
         assert_eq!(own.cache_write_1h, Some(6_500_000));
         let nova = Price::from_usd_per_million("amazon.nova-pro-v1:0", written(Some("7"))).unwrap();
+        let written_1m = Usage {
+            cache_write_tokens: 1_000_000,
+            ..Usage::default()
+        };
         assert_eq!(
-            nova.with_one_hour_writes().map(|p| p.cache_write),
-            Some(7_000_000)
+            nova.with_one_hour_writes().map(|p| p.cost(&written_1m)),
+            Some(MicroUsd(7_000_000))
         );
         let below =
             Price::from_usd_per_million("amazon.nova-pro-v1:0", written(Some("4"))).unwrap();
@@ -796,6 +858,7 @@ mod tests {
             output_tokens: 0,
             cache_read_tokens: 1_000_000,
             cache_write_tokens: 1_000_000,
+            ..Usage::default()
         };
         let sonnet = PriceBook::lookup("anthropic.claude-sonnet-4-20250514-v1:0").unwrap();
         assert_eq!(sonnet.cost(&cached), MicroUsd(30 + 300_000 + 3_750_000));
@@ -833,6 +896,7 @@ mod tests {
                 cache_read: 300_000,
                 cache_write: 3_750_000,
                 cache_write_1h: None,
+                one_hour_writes: false,
             }
         );
         assert_eq!(p.input_usd(), "3");

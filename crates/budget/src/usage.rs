@@ -11,8 +11,20 @@ pub struct Usage {
     pub output_tokens: u64,
     /// Input tokens read from the prompt cache.
     pub cache_read_tokens: u64,
-    /// Input tokens written to the prompt cache.
+    /// Input tokens written to the prompt cache, whatever their TTL.
     pub cache_write_tokens: u64,
+    /// Of `cache_write_tokens`, those Bedrock reported as written with the five-minute TTL
+    /// (Converse's `cacheDetails`, Anthropic's `cache_creation.ephemeral_5m_input_tokens`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_write_5m_tokens: u64,
+    /// Of `cache_write_tokens`, those Bedrock reported as written with the one-hour TTL. Writes
+    /// of neither kind are priced at the TTL the request asked for.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_write_1h_tokens: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Usage {
@@ -23,6 +35,8 @@ impl Usage {
             output_tokens,
             cache_read_tokens: 0,
             cache_write_tokens: 0,
+            cache_write_5m_tokens: 0,
+            cache_write_1h_tokens: 0,
         }
     }
 

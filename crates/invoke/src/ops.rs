@@ -559,13 +559,32 @@ fn count(v: Option<&Value>) -> u64 {
 /// `None` when absent or zero: no generation has zero input tokens.
 pub fn converse_usage(body: &Value) -> Option<Usage> {
     let u = body.get("usage").filter(|u| u.is_object())?;
+    let (cache_write_5m_tokens, cache_write_1h_tokens) = by_ttl(u.get("cacheDetails"));
     let usage = Usage {
         input_tokens: count(u.get("inputTokens")),
         output_tokens: count(u.get("outputTokens")),
         cache_read_tokens: count(u.get("cacheReadInputTokens")),
         cache_write_tokens: count(u.get("cacheWriteInputTokens")),
+        cache_write_5m_tokens,
+        cache_write_1h_tokens,
     };
     nonzero(usage)
+}
+
+/// Converse's `cacheDetails` (`[{ttl: 5m|1h, inputTokens}]`): the cache writes of each TTL, as
+/// (five-minute, one-hour). Writes of a TTL not listed here stay unreported, so they are priced
+/// at the TTL the request asked for.
+fn by_ttl(details: Option<&Value>) -> (u64, u64) {
+    let (mut five_minutes, mut one_hour) = (0u64, 0u64);
+    for detail in details.and_then(Value::as_array).into_iter().flatten() {
+        let n = count(detail.get("inputTokens"));
+        match detail.get("ttl").and_then(Value::as_str) {
+            Some("5m") => five_minutes = five_minutes.saturating_add(n),
+            Some("1h") => one_hour = one_hour.saturating_add(n),
+            _ => {}
+        }
+    }
+    (five_minutes, one_hour)
 }
 
 fn nonzero(u: Usage) -> Option<Usage> {
@@ -580,6 +599,8 @@ fn larger(a: Option<Usage>, b: Option<Usage>) -> Option<Usage> {
             output_tokens: a.output_tokens.max(b.output_tokens),
             cache_read_tokens: a.cache_read_tokens.max(b.cache_read_tokens),
             cache_write_tokens: a.cache_write_tokens.max(b.cache_write_tokens),
+            cache_write_5m_tokens: a.cache_write_5m_tokens.max(b.cache_write_5m_tokens),
+            cache_write_1h_tokens: a.cache_write_1h_tokens.max(b.cache_write_1h_tokens),
         }),
         (a, b) => a.or(b),
     }
@@ -599,6 +620,7 @@ pub fn invoke_usage(family: Family, headers: &[(String, String)], body: &[u8]) -
         output_tokens: header("x-amzn-bedrock-output-token-count").unwrap_or(0),
         cache_read_tokens: header("x-amzn-bedrock-cache-read-input-token-count").unwrap_or(0),
         cache_write_tokens: header("x-amzn-bedrock-cache-write-input-token-count").unwrap_or(0),
+        ..Usage::default()
     });
     let body: Option<Value> = serde_json::from_slice(body).ok();
     let from_body = body.as_ref().and_then(|b| native_usage(family, b));
@@ -615,6 +637,8 @@ fn native_usage(family: Family, b: &Value) -> Option<Usage> {
                 output_tokens: count(u.get("output_tokens")),
                 cache_read_tokens: count(u.get("cache_read_input_tokens")),
                 cache_write_tokens: count(u.get("cache_creation_input_tokens")),
+                cache_write_5m_tokens: count(at(u, "/cache_creation/ephemeral_5m_input_tokens")),
+                cache_write_1h_tokens: count(at(u, "/cache_creation/ephemeral_1h_input_tokens")),
             }
         }
         Family::Nova | Family::Converse => {
@@ -630,6 +654,7 @@ fn native_usage(family: Family, b: &Value) -> Option<Usage> {
                     u.get("cacheWriteInputTokenCount")
                         .or(u.get("cacheWriteInputTokens")),
                 ),
+                ..Usage::default()
             }
         }
         Family::Llama => Usage {
@@ -649,6 +674,7 @@ fn invocation_metrics(b: &Value) -> Option<Usage> {
         output_tokens: count(m.get("outputTokenCount")),
         cache_read_tokens: count(m.get("cacheReadInputTokenCount")),
         cache_write_tokens: count(m.get("cacheWriteInputTokenCount")),
+        ..Usage::default()
     })
 }
 
@@ -960,15 +986,16 @@ mod tests {
                 "5".to_string(),
             ),
         ];
-        let body =
-            br#"{"usage":{"input_tokens":10,"output_tokens":7,"cache_read_input_tokens":3}}"#;
+        let body = br#"{"usage":{"input_tokens":10,"output_tokens":7,"cache_read_input_tokens":3,"cache_creation_input_tokens":9,"cache_creation":{"ephemeral_5m_input_tokens":2,"ephemeral_1h_input_tokens":7}}}"#;
         assert_eq!(
             invoke_usage(Family::Anthropic, &headers, body),
             Some(Usage {
                 input_tokens: 10,
                 output_tokens: 7,
                 cache_read_tokens: 3,
-                cache_write_tokens: 0
+                cache_write_tokens: 9,
+                cache_write_5m_tokens: 2,
+                cache_write_1h_tokens: 7,
             })
         );
         assert_eq!(invoke_usage(Family::Anthropic, &[], b"{}"), None);
@@ -1007,7 +1034,7 @@ mod tests {
         );
         bytes.extend(frame(
             &[(":message-type", "event"), (":event-type", "metadata")],
-            br#"{"usage":{"inputTokens":12,"outputTokens":3,"totalTokens":15}}"#,
+            br#"{"usage":{"inputTokens":12,"outputTokens":3,"totalTokens":25,"cacheWriteInputTokens":10,"cacheDetails":[{"ttl":"1h","inputTokens":6},{"ttl":"5m","inputTokens":4}]}}"#,
         ));
         let mut reader = StreamUsage::new(Family::Converse);
         for piece in bytes.chunks(7) {
@@ -1019,6 +1046,9 @@ mod tests {
                 Some(Usage {
                     input_tokens: 12,
                     output_tokens: 3,
+                    cache_write_tokens: 10,
+                    cache_write_5m_tokens: 4,
+                    cache_write_1h_tokens: 6,
                     ..Usage::default()
                 }),
                 None

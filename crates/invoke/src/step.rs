@@ -16,7 +16,6 @@
 //! untouched.
 
 use aws_lambda_events::sqs::SqsMessage;
-use budget::Usage;
 use ledger::Ledger;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -92,18 +91,11 @@ pub fn to_sfn(request: &Value, model_id: &str) -> Value {
 }
 
 /// Converse's answer as the workflow passes it back, in Converse JSON with its usage (`None`
-/// when it carries none: settled at the worst case).
+/// when it carries none, or none of it input: settled at the worst case).
 pub fn from_sfn(output: &Value) -> Answered {
     let body = recase(output, lower_first);
-    let usage = body.get("usage").filter(|u| u.is_object()).map(|u| {
-        let n = |k: &str| u[k].as_u64().unwrap_or(0);
-        Usage {
-            input_tokens: n("inputTokens"),
-            output_tokens: n("outputTokens"),
-            cache_read_tokens: n("cacheReadInputTokens"),
-            cache_write_tokens: n("cacheWriteInputTokens"),
-        }
-    });
+    // Read as the gateway reads Converse's own answer, `cacheDetails` included.
+    let usage = crate::ops::converse_usage(&body);
     Answered {
         reply: Reply {
             status: 200,
@@ -447,7 +439,8 @@ mod tests {
         let output = json!({
             "Output": { "Message": { "Role": "assistant", "Content": [{ "Text": "hello" }, { "ToolUse": { "ToolUseId": "t", "Name": "f", "Input": { "Query": "x" } } }] } },
             "StopReason": "end_turn",
-            "Usage": { "InputTokens": 12, "OutputTokens": 7, "TotalTokens": 19, "CacheReadInputTokens": 3 },
+            "Usage": { "InputTokens": 12, "OutputTokens": 7, "TotalTokens": 27, "CacheReadInputTokens": 3, "CacheWriteInputTokens": 5,
+                       "CacheDetails": [{ "Ttl": "1h", "InputTokens": 4 }, { "Ttl": "5m", "InputTokens": 1 }] },
             "Metrics": { "LatencyMs": 40 }
         });
         let out = from_sfn(&output);
@@ -460,11 +453,13 @@ mod tests {
         );
         assert_eq!(
             out.usage,
-            Some(Usage {
+            Some(budget::Usage {
                 input_tokens: 12,
                 output_tokens: 7,
                 cache_read_tokens: 3,
-                cache_write_tokens: 0
+                cache_write_tokens: 5,
+                cache_write_5m_tokens: 1,
+                cache_write_1h_tokens: 4,
             })
         );
         assert_eq!(

@@ -1,6 +1,6 @@
 //! Fields that change the price per token, under a USD limit: one-hour cache writes are priced
-//! (Claude: 2 × input, every cache write of such a request at that price), on reservation and
-//! settlement, and so are service tiers and latency-optimized inference where a price book lists
+//! (Claude: 2 × input) on reservation and settlement, each write at the price of the TTL Bedrock
+//! reports for it, and so are service tiers and latency-optimized inference where a price book lists
 //! the model's price in them; a model without a one-hour price, or a tier without a price, is
 //! refused with a 400 naming the field, before Bedrock is called.
 
@@ -41,6 +41,44 @@ fn remaining_usd(headers: &reqwest::header::HeaderMap) -> u64 {
     MicroUsd::parse_usd(text).unwrap().0
 }
 
+/// Claude Sonnet 4's bill by hand, from the book's USD per million tokens (input 3, output 15,
+/// five-minute cache writes 3.75 = 1.25 × input, one-hour writes 6 = 2 × input), rounded up to
+/// the micro-dollar.
+fn sonnet_bill(input: u64, output: u64, writes_5m: u64, writes_1h: u64) -> MicroUsd {
+    MicroUsd(
+        (input * 3_000_000 + output * 15_000_000 + writes_5m * 3_750_000 + writes_1h * 6_000_000)
+            .div_ceil(1_000_000),
+    )
+}
+
+/// A Converse answer's usage: (input, output, five-minute writes, one-hour writes), the writes
+/// from `cacheDetails`, which must add up to `cacheWriteInputTokens`.
+fn converse_writes(body: &Value) -> (u64, u64, u64, u64) {
+    let u = &body["usage"];
+    let by = |ttl: &str| {
+        u["cacheDetails"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|d| d["ttl"] == ttl)
+            .map(|d| d["inputTokens"].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    let (five, one) = (by("5m"), by("1h"));
+    assert_eq!(
+        five + one,
+        u["cacheWriteInputTokens"].as_u64().unwrap_or(0),
+        "{body}"
+    );
+    assert_eq!(u["cacheReadInputTokens"].as_u64().unwrap_or(0), 0, "{body}");
+    (
+        u["inputTokens"].as_u64().unwrap(),
+        u["outputTokens"].as_u64().unwrap(),
+        five,
+        one,
+    )
+}
+
 #[tokio::test]
 async fn one_hour_cache_writes_are_priced_at_the_one_hour_rate() {
     let env = start(Arc::new(MemoryLedger::new()), SPEC, |_| {}).await;
@@ -50,29 +88,23 @@ async fn one_hour_cache_writes_are_priced_at_the_one_hour_rate() {
         1,
         "the stub reports an odd prompt as a cache write"
     );
+    let mut spent = 0;
+    let mut spend = |headers: &reqwest::header::HeaderMap| {
+        let now = 10_000_000 - remaining_usd(headers);
+        let step = now - spent;
+        spent = now;
+        MicroUsd(step)
+    };
     let (status, headers, body) = env
         .converse("key-priced", "sonnet", &cached(text, "1h"))
         .await;
     assert_eq!(status, 200, "{body}");
-    let usage = Usage {
-        input_tokens: body["usage"]["inputTokens"].as_u64().unwrap(),
-        output_tokens: body["usage"]["outputTokens"].as_u64().unwrap(),
-        cache_read_tokens: body["usage"]["cacheReadInputTokens"].as_u64().unwrap_or(0),
-        cache_write_tokens: body["usage"]["cacheWriteInputTokens"].as_u64().unwrap(),
-    };
-    assert!(usage.cache_write_tokens > 0, "{body}");
-    let book = PriceBook::lookup("anthropic.claude-sonnet-4-20250514-v1:0").unwrap();
-    let one_hour = book.with_one_hour_writes().unwrap();
-    assert_eq!(one_hour.cache_write, 2 * book.input);
-    let spent = 10_000_000 - remaining_usd(&headers);
+    let (input, output, five, one) = converse_writes(&body);
+    assert!(one > 0 && five == 0, "{body}");
     assert_eq!(
-        MicroUsd(spent),
-        one_hour.cost(&usage),
+        spend(&headers),
+        sonnet_bill(input, output, 0, one),
         "settled at the one-hour price"
-    );
-    assert!(
-        one_hour.cost(&usage) > book.cost(&usage),
-        "dearer than five-minute writes"
     );
 
     // The same request with the default TTL is priced at the five-minute rate.
@@ -80,8 +112,74 @@ async fn one_hour_cache_writes_are_priced_at_the_one_hour_rate() {
         .converse("key-priced", "sonnet", &cached(text, "5m"))
         .await;
     assert_eq!(status, 200, "{body}");
-    let spent_5m = 10_000_000 - spent - remaining_usd(&headers);
-    assert_eq!(MicroUsd(spent_5m), book.cost(&usage));
+    let (input, output, five, one) = converse_writes(&body);
+    assert!(five > 0 && one == 0, "{body}");
+    assert_eq!(spend(&headers), sonnet_bill(input, output, five, 0));
+
+    // Both TTLs in one request: Bedrock's `cacheDetails` says which writes had which, and each
+    // is settled at its own price, not every write at the one-hour price.
+    let mixed = json!({
+        "system": [{ "text": "house rules, cached for an hour" }, { "cachePoint": { "type": "default", "ttl": "1h" } }],
+        "messages": [{ "role": "user", "content": [
+            { "text": "this week's context, cached for five minutes, x" },
+            { "cachePoint": { "type": "default" } },
+            { "text": "the question?" }
+        ] }],
+        "inferenceConfig": { "maxTokens": 50 }
+    });
+    let (status, headers, body) = env.converse("key-priced", "sonnet", &mixed).await;
+    assert_eq!(status, 200, "{body}");
+    let (input, output, five, one) = converse_writes(&body);
+    assert!(five > 0 && one > 0, "both TTLs written: {body}");
+    let mixed_cost = spend(&headers);
+    assert_eq!(mixed_cost, sonnet_bill(input, output, five, one));
+    assert!(
+        mixed_cost < sonnet_bill(input, output, 0, five + one),
+        "cheaper than every write at the one-hour price"
+    );
+
+    // The same on InvokeModel with an Anthropic body: `cache_control.ttl`, and the usage's
+    // `cache_creation` by TTL.
+    let anthropic = json!({
+        "anthropic_version": "bedrock-2023-05-31",
+        "max_tokens": 40,
+        "system": [{ "type": "text", "text": "house rules, cached for an hour", "cache_control": { "type": "ephemeral", "ttl": "1h" } }],
+        "messages": [{ "role": "user", "content": [
+            { "type": "text", "text": "this week's context, five minutes, x", "cache_control": { "type": "ephemeral" } },
+            { "type": "text", "text": "the question" }
+        ] }]
+    });
+    let response = env
+        .http
+        .post(format!("{}/model/sonnet/invoke", env.base))
+        .header("x-api-key", "key-priced")
+        .header("content-type", "application/json")
+        .body(anthropic.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let headers = response.headers().clone();
+    let answer: Value = response.json().await.unwrap();
+    let u = &answer["usage"];
+    let (five, one) = (
+        u["cache_creation"]["ephemeral_5m_input_tokens"]
+            .as_u64()
+            .unwrap(),
+        u["cache_creation"]["ephemeral_1h_input_tokens"]
+            .as_u64()
+            .unwrap(),
+    );
+    assert!(five > 0 && one > 0, "{answer}");
+    assert_eq!(
+        spend(&headers),
+        sonnet_bill(
+            u["input_tokens"].as_u64().unwrap(),
+            u["output_tokens"].as_u64().unwrap(),
+            five,
+            one
+        )
+    );
     assert_eq!(env.gateway.ledger().open_reservations(), 0);
 }
 
@@ -180,19 +278,20 @@ async fn tiers_a_price_book_lists_are_charged_at_their_price() {
     );
     let env = start(Arc::new(MemoryLedger::new()), &spec, |_| {}).await;
     let billed = |env: &common::Env<MemoryLedger>| {
-        let b = env.stub.billed().get(sonnet).cloned().unwrap_or_default();
-        Usage {
-            input_tokens: b.input_tokens,
-            output_tokens: b.output_tokens,
-            cache_read_tokens: b.cache_read_tokens,
-            cache_write_tokens: b.cache_write_tokens,
-        }
+        env.stub
+            .billed()
+            .get(sonnet)
+            .cloned()
+            .unwrap_or_default()
+            .usage()
     };
     let minus = |a: Usage, b: Usage| Usage {
         input_tokens: a.input_tokens - b.input_tokens,
         output_tokens: a.output_tokens - b.output_tokens,
         cache_read_tokens: a.cache_read_tokens - b.cache_read_tokens,
         cache_write_tokens: a.cache_write_tokens - b.cache_write_tokens,
+        cache_write_5m_tokens: a.cache_write_5m_tokens - b.cache_write_5m_tokens,
+        cache_write_1h_tokens: a.cache_write_1h_tokens - b.cache_write_1h_tokens,
     };
 
     // Converse on the flex tier: settled at the flex price.

@@ -36,15 +36,6 @@ fn seat_keys() -> Vec<(String, &'static str, &'static str)> {
         .collect()
 }
 
-fn as_usage(b: &bedrock_stub::Billed) -> Usage {
-    Usage {
-        input_tokens: b.input_tokens,
-        output_tokens: b.output_tokens,
-        cache_read_tokens: b.cache_read_tokens,
-        cache_write_tokens: b.cache_write_tokens,
-    }
-}
-
 /// 64 callers across the 8 users, random prompt sizes and caps, against tight user and
 /// application limits: no user is billed over its limit, the application is not billed over its
 /// own, and every ledger window holds exactly what the stub billed.
@@ -109,12 +100,14 @@ async fn seats_hold<L: Ledger>(ledger: Arc<L>, requests_per_client: usize) {
             .get(&format!("user={user}"))
             .copied()
             .unwrap_or_default();
-        let usage = as_usage(&billed);
+        let usage = billed.usage();
         total = Usage {
             input_tokens: total.input_tokens + usage.input_tokens,
             output_tokens: total.output_tokens + usage.output_tokens,
             cache_read_tokens: total.cache_read_tokens + usage.cache_read_tokens,
             cache_write_tokens: total.cache_write_tokens + usage.cache_write_tokens,
+            cache_write_5m_tokens: total.cache_write_5m_tokens + usage.cache_write_5m_tokens,
+            cache_write_1h_tokens: total.cache_write_1h_tokens + usage.cache_write_1h_tokens,
         };
         let limits: &[Limit] = &config.user_budget(user).unwrap().limits;
         let windows = ledger.usage("team", Some(user), limits, now).await.unwrap();
@@ -137,7 +130,7 @@ async fn seats_hold<L: Ledger>(ledger: Arc<L>, requests_per_client: usize) {
         all.calls, ok,
         "every approved request was billed once, and nothing else"
     );
-    assert_eq!(as_usage(&all), total, "every billed request was one user's");
+    assert_eq!(all.usage(), total, "every billed request was one user's");
     let price = PriceBook::lookup("amazon.nova-lite-v1:0").unwrap();
     for w in ledger
         .usage("team", None, &config.limits, now)

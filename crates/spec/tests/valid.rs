@@ -206,9 +206,13 @@ applications:
     );
     // A one-hour write price makes one-hour cache points priceable on a family without one.
     let pro = spec.models["pro"].price.unwrap();
+    let written = budget::Usage {
+        cache_write_tokens: 1_000_000,
+        ..budget::Usage::default()
+    };
     assert_eq!(
-        pro.with_one_hour_writes().map(|p| p.cache_write),
-        Some(1_600_000)
+        pro.with_one_hour_writes().map(|p| p.cost(&written)),
+        Some(MicroUsd(1_600_000))
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -15,7 +15,9 @@
 //! other families); images 1,600; text documents their decoded bytes / 4; PDF, Word and Excel
 //! documents 3 tokens per decoded byte plus 1,000 (they expand past their bytes). Text before a
 //! `cachePoint` block counts as cache-read tokens on even-length prompts and cache-write tokens on
-//! odd ones. The output cap is the largest of `inferenceConfig.maxTokens` and any cap in
+//! odd ones, written with the TTL of the cache point it precedes (`ttl: 1h`, else five minutes;
+//! Anthropic `cache_control.ttl` alike) and reported by TTL as Bedrock does (`cacheDetails`,
+//! Anthropic's `cache_creation`). The output cap is the largest of `inferenceConfig.maxTokens` and any cap in
 //! `additionalModelRequestFields` (`max_tokens`, `max_gen_len`, `max_new_tokens`, ...): a raised
 //! cap is honoured, as the model's own field is. Output tokens are `min(cap, configured output)`.
 //!
@@ -75,8 +77,10 @@ pub struct Billed {
     pub output_tokens: u64,
     /// Cache-read tokens.
     pub cache_read_tokens: u64,
-    /// Cache-write tokens.
+    /// Cache-write tokens, whatever their TTL.
     pub cache_write_tokens: u64,
+    /// Of the cache-write tokens, those written with a one-hour TTL.
+    pub cache_write_1h_tokens: u64,
 }
 
 #[derive(Default)]
@@ -98,6 +102,18 @@ pub struct Stub {
 }
 
 impl Billed {
+    /// What was billed, as the gateway's usage: cache writes reported by TTL, as Bedrock does.
+    pub fn usage(&self) -> budget::Usage {
+        budget::Usage {
+            input_tokens: self.input_tokens,
+            output_tokens: self.output_tokens,
+            cache_read_tokens: self.cache_read_tokens,
+            cache_write_tokens: self.cache_write_tokens,
+            cache_write_5m_tokens: self.cache_write_tokens - self.cache_write_1h_tokens,
+            cache_write_1h_tokens: self.cache_write_1h_tokens,
+        }
+    }
+
     /// Every billed token of every kind.
     pub fn total_tokens(&self) -> u64 {
         self.input_tokens + self.output_tokens + self.cache_read_tokens + self.cache_write_tokens
@@ -182,7 +198,8 @@ async fn billed(State((shared, _)): State<AppState>) -> Response {
         .map(|(model, b)| {
             (model, json!({
                 "calls": b.calls, "inputTokens": b.input_tokens, "outputTokens": b.output_tokens,
-                "cacheReadInputTokens": b.cache_read_tokens, "cacheWriteInputTokens": b.cache_write_tokens
+                "cacheReadInputTokens": b.cache_read_tokens, "cacheWriteInputTokens": b.cache_write_tokens,
+                "cacheWrite1hInputTokens": b.cache_write_1h_tokens
             }))
         })
         .collect();
@@ -236,8 +253,8 @@ fn as_converse(family: &str, body: &Value) -> Value {
                         let mut out = Vec::new();
                         for item in items {
                             out.push(block(item));
-                            if item.get("cache_control").is_some() {
-                                out.push(json!({ "cachePoint": {} }));
+                            if let Some(control) = item.get("cache_control") {
+                                out.push(json!({ "cachePoint": { "ttl": control.get("ttl").cloned().unwrap_or(json!("5m")) } }));
                             }
                         }
                         out
@@ -337,23 +354,40 @@ fn media_tokens(block: &Value) -> u64 {
     }
 }
 
-/// The input the stub's model bills for a request: (fresh input, cache read, cache write).
-fn input_usage(model_id: &str, request: &Value) -> (u64, u64, u64) {
-    let texts = texts(request);
+/// The input the stub's model bills for a request.
+struct InputUsage {
+    /// Fresh input tokens.
+    input: u64,
+    cache_read: u64,
+    /// Cache writes, whatever their TTL.
+    cache_write: u64,
+    /// Of the cache writes, those with a one-hour TTL.
+    cache_write_1h: u64,
+}
+
+/// Text up to each `cachePoint` is cached with that point's TTL (`5m` unless it says `1h`); text
+/// after the last one is fresh.
+fn input_usage(model_id: &str, request: &Value) -> InputUsage {
     let blocks = blocks(request);
     let messages = request
         .get("messages")
         .and_then(Value::as_array)
         .map_or(0, Vec::len) as u64;
-    let mut fresh_bytes = 0u64;
-    let mut cached_bytes = 0u64;
-    for (text, cached) in &texts {
-        if *cached {
-            cached_bytes += text.len() as u64
-        } else {
-            fresh_bytes += text.len() as u64
+    let (mut pending, mut cached_5m, mut cached_1h) = (0u64, 0u64, 0u64);
+    for block in &blocks {
+        if let Some(text) = block.get("text").and_then(Value::as_str) {
+            pending += text.len() as u64;
+        } else if let Some(point) = block.get("cachePoint") {
+            if point.get("ttl").and_then(Value::as_str) == Some("1h") {
+                cached_1h += pending;
+            } else {
+                cached_5m += pending;
+            }
+            pending = 0;
         }
     }
+    let fresh_bytes = pending;
+    let cached_bytes = cached_5m + cached_1h;
     let mut input = fresh_bytes.div_ceil(4) + 3 * messages + blocks.len() as u64;
     for block in &blocks {
         input += media_tokens(block);
@@ -382,13 +416,20 @@ fn input_usage(model_id: &str, request: &Value) -> (u64, u64, u64) {
             };
         }
     }
-    let cached = cached_bytes.div_ceil(4);
-    let (cache_read, cache_write) = if (cached_bytes + fresh_bytes).is_multiple_of(2) {
-        (cached, 0)
-    } else {
-        (0, cached)
-    };
-    (input, cache_read, cache_write)
+    let (written_5m, written_1h) = (cached_5m.div_ceil(4), cached_1h.div_ceil(4));
+    let cached = written_5m + written_1h;
+    let (cache_read, cache_write, cache_write_1h) =
+        if (cached_bytes + fresh_bytes).is_multiple_of(2) {
+            (cached, 0, 0)
+        } else {
+            (0, cached, written_1h)
+        };
+    InputUsage {
+        input,
+        cache_read,
+        cache_write,
+        cache_write_1h,
+    }
 }
 
 /// The output cap the model honours: the largest of Converse's `maxTokens` and any cap in the
@@ -493,7 +534,12 @@ fn count_tokens((shared, _): AppState, model_id: String, body: axum::body::Bytes
             "The provided model doesn't support counting tokens.",
         );
     }
-    let (input, cache_read, cache_write) = input_usage(&model_id, &request);
+    let InputUsage {
+        input,
+        cache_read,
+        cache_write,
+        ..
+    } = input_usage(&model_id, &request);
     (
         [
             ("content-type", "application/json".to_string()),
@@ -527,6 +573,7 @@ struct Generation {
     input: u64,
     cache_read: u64,
     cache_write: u64,
+    cache_write_1h: u64,
     output: u64,
     stop: &'static str,
     latency: Duration,
@@ -634,7 +681,12 @@ async fn generate(
         }
     }
     // The generation starts: it is billed now, whatever becomes of the answer.
-    let (mut input, cache_read, cache_write) = input_usage(&model_id, &request);
+    let InputUsage {
+        mut input,
+        cache_read,
+        cache_write,
+        cache_write_1h,
+    } = input_usage(&model_id, &request);
     if family == "llama" {
         input = (raw["prompt"].as_str().unwrap_or("").len() as u64).div_ceil(4) + 3;
     }
@@ -664,6 +716,7 @@ async fn generate(
         b.output_tokens += output;
         b.cache_read_tokens += cache_read;
         b.cache_write_tokens += cache_write;
+        b.cache_write_1h_tokens += cache_write_1h;
         let tag = raw["requestMetadata"]
             .as_object()
             .map(|m| {
@@ -682,6 +735,7 @@ async fn generate(
         t.output_tokens += output;
         t.cache_read_tokens += cache_read;
         t.cache_write_tokens += cache_write;
+        t.cache_write_1h_tokens += cache_write_1h;
     }
     let mut latency = config.latency;
     if let Some(ms) = marker(&texts, "sleep").and_then(|v| v.parse::<u64>().ok()) {
@@ -710,6 +764,7 @@ async fn generate(
         input,
         cache_read,
         cache_write,
+        cache_write_1h,
         output,
         stop,
         latency,
@@ -733,8 +788,26 @@ fn converse_usage(g: &Generation) -> Value {
     }
     if g.cache_write > 0 {
         usage["cacheWriteInputTokens"] = json!(g.cache_write);
+        // By TTL, one-hour writes first, as Bedrock sorts them.
+        let details: Vec<Value> = [
+            ("1h", g.cache_write_1h),
+            ("5m", g.cache_write - g.cache_write_1h),
+        ]
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(ttl, n)| json!({ "ttl": ttl, "inputTokens": n }))
+        .collect();
+        usage["cacheDetails"] = json!(details);
     }
     usage
+}
+
+/// Anthropic's usage of a message: its cache writes in total and by TTL.
+fn anthropic_usage(g: &Generation, output: u64) -> Value {
+    json!({ "input_tokens": g.input, "output_tokens": output,
+            "cache_read_input_tokens": g.cache_read, "cache_creation_input_tokens": g.cache_write,
+            "cache_creation": { "ephemeral_5m_input_tokens": g.cache_write - g.cache_write_1h,
+                                "ephemeral_1h_input_tokens": g.cache_write_1h } })
 }
 
 fn converse_answer(g: &Generation) -> Response {
@@ -766,8 +839,7 @@ fn invoke_answer(g: &Generation) -> Response {
                 "id": format!("msg_{}", request_id()), "type": "message", "role": "assistant",
                 "model": g.model_id, "content": [{ "type": "text", "text": text }],
                 "stop_reason": g.stop, "stop_sequence": null,
-                "usage": { "input_tokens": g.input, "output_tokens": g.output,
-                           "cache_read_input_tokens": g.cache_read, "cache_creation_input_tokens": g.cache_write }
+                "usage": anthropic_usage(g, g.output)
             });
             if nousage {
                 b.as_object_mut().expect("object").remove("usage");
@@ -906,7 +978,7 @@ fn stream_events(g: &Generation, converse: bool) -> (Vec<bytes::Bytes>, Vec<byte
             let head = vec![
                 chunk(
                     &json!({ "type": "message_start", "message": { "id": format!("msg_{}", request_id()), "type": "message", "role": "assistant", "model": g.model_id, "content": [], "stop_reason": null, "stop_sequence": null,
-                    "usage": { "input_tokens": g.input, "output_tokens": 1, "cache_read_input_tokens": g.cache_read, "cache_creation_input_tokens": g.cache_write } } }),
+                    "usage": anthropic_usage(g, 1) } }),
                 ),
                 chunk(
                     &json!({ "type": "content_block_start", "index": 0, "content_block": { "type": "text", "text": "" } }),

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bedrock_stub::{Stub, StubConfig};
-use budget::{PriceBook, Usage};
+use budget::PriceBook;
 use invoke::bedrock::SignedBedrock;
 use invoke::gateway::{Caller, Gateway, Settings};
 use invoke::metrics::MetricsSink;
@@ -260,12 +260,7 @@ applications:
         "the budget is small enough to deny some ({ok} ok, {denied} denied)"
     );
     let billed = env.stub.billed()["amazon.nova-lite-v1:0"];
-    let usage = Usage {
-        input_tokens: billed.input_tokens,
-        output_tokens: billed.output_tokens,
-        cache_read_tokens: billed.cache_read_tokens,
-        cache_write_tokens: billed.cache_write_tokens,
-    };
+    let usage = billed.usage();
     let cost = PriceBook::lookup("amazon.nova-lite-v1:0")
         .unwrap()
         .cost(&usage);
