@@ -25,6 +25,11 @@ applications:
     users:
       lead:
         limits: [{ window: day, tokens: 9000 }]
+      # Below most of its own requests: refused by its own limit whenever the application still
+      # has room, however the 64 callers interleave (which limit binds first among the others
+      # depends on the order the ledger sees them in).
+      u7:
+        limits: [{ window: day, tokens: 600 }]
 "#;
 
 const USERS: [&str; 8] = ["lead", "u1", "u2", "u3", "u4", "u5", "u6", "u7"];
