@@ -80,6 +80,15 @@ impl Price {
             .max(self.cache_write)
     }
 
+    /// The price of a write whose TTL the usage does not report: the TTL the request asked for.
+    fn asked_write(&self) -> u64 {
+        if self.one_hour_writes {
+            self.one_hour_write()
+        } else {
+            self.cache_write
+        }
+    }
+
     /// The exact cost of `usage`, rounded up to the next micro-dollar. Cache writes reported as
     /// one-hour writes are priced at the one-hour price, those reported as five-minute writes at
     /// the five-minute price, and the rest at the price of the TTL the request asked for; where
@@ -89,17 +98,12 @@ impl Price {
         let one_hour = usage.cache_write_1h_tokens.min(writes);
         let five_minutes = usage.cache_write_5m_tokens.min(writes - one_hour);
         let unreported = writes - one_hour - five_minutes;
-        let unreported_price = if self.one_hour_writes {
-            self.one_hour_write()
-        } else {
-            self.cache_write
-        };
         let numerator = u128::from(usage.input_tokens) * u128::from(self.input)
             + u128::from(usage.output_tokens) * u128::from(self.output)
             + u128::from(usage.cache_read_tokens) * u128::from(self.cache_read)
             + u128::from(one_hour) * u128::from(self.one_hour_write())
             + u128::from(five_minutes) * u128::from(self.cache_write)
-            + u128::from(unreported) * u128::from(unreported_price);
+            + u128::from(unreported) * u128::from(self.asked_write());
         let micros = numerator.div_ceil(1_000_000);
         MicroUsd(u64::try_from(micros).unwrap_or(u64::MAX))
     }
@@ -108,12 +112,7 @@ impl Price {
     /// most `max_output_tokens`: every input token is priced at the dearest input kind, because
     /// how much of the prompt is read from or written to the cache is only known afterwards.
     pub fn worst_case(&self, input_tokens: u64, max_output_tokens: u64) -> MicroUsd {
-        let write = if self.one_hour_writes {
-            self.one_hour_write()
-        } else {
-            self.cache_write
-        };
-        let dearest_input = self.input.max(self.cache_read).max(write);
+        let dearest_input = self.input.max(self.cache_read).max(self.asked_write());
         let numerator = u128::from(input_tokens) * u128::from(dearest_input)
             + u128::from(max_output_tokens) * u128::from(self.output);
         MicroUsd(u64::try_from(numerator.div_ceil(1_000_000)).unwrap_or(u64::MAX))

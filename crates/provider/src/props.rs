@@ -39,19 +39,11 @@ fn text(amount: &Option<PerMillion>) -> Option<&str> {
 /// A price that cannot be read, named at the amount's property (`Prices[0].CacheWrite1h`).
 fn price_error(path: &str, e: BudgetError) -> PropError {
     match e {
-        BudgetError::InvalidPrice { field, reason } => {
-            // The price's field names are the properties' in snake case.
-            let property: String = field
-                .split('_')
-                .map(|w| {
-                    let mut c = w.chars();
-                    c.next()
-                        .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
-                        .unwrap_or_default()
-                })
-                .collect();
-            err(format!("{path}.{property}"), reason.to_string())
-        }
+        // The price's field names are the properties' in snake case (`cache_write_1h`).
+        BudgetError::InvalidPrice { field, reason } => err(
+            format!("{path}.{}", spec::names::logical_id_part(field)),
+            reason.to_string(),
+        ),
         other => err(path, other.to_string()),
     }
 }

@@ -296,17 +296,13 @@ fn as_converse(family: &str, body: &Value) -> Value {
     }
 }
 
-fn texts(request: &Value) -> Vec<(String, bool)> {
-    // (text, before-a-cache-point)
-    let mut out = Vec::new();
-    let blocks = blocks(request);
-    let cache_index = blocks.iter().rposition(|b| b.get("cachePoint").is_some());
-    for (i, block) in blocks.iter().enumerate() {
-        if let Some(text) = block.get("text").and_then(Value::as_str) {
-            out.push((text.to_string(), cache_index.is_some_and(|c| i < c)));
-        }
-    }
-    out
+/// The text blocks of a request, where the fault markers are.
+fn texts(request: &Value) -> Vec<String> {
+    blocks(request)
+        .iter()
+        .filter_map(|b| b.get("text").and_then(Value::as_str))
+        .map(str::to_string)
+        .collect()
 }
 
 fn blocks(request: &Value) -> Vec<&Value> {
@@ -324,9 +320,9 @@ fn blocks(request: &Value) -> Vec<&Value> {
     blocks
 }
 
-fn marker(texts: &[(String, bool)], name: &str) -> Option<String> {
+fn marker(texts: &[String], name: &str) -> Option<String> {
     let open = format!("[[stub:{name}");
-    texts.iter().find_map(|(t, _)| {
+    texts.iter().find_map(|t| {
         let start = t.find(&open)? + open.len();
         let rest = &t[start..];
         let end = rest.find("]]")?;
@@ -577,7 +573,7 @@ struct Generation {
     output: u64,
     stop: &'static str,
     latency: Duration,
-    texts: Vec<(String, bool)>,
+    texts: Vec<String>,
 }
 
 async fn generate(
