@@ -102,6 +102,16 @@ pub struct Stub {
 }
 
 impl Billed {
+    /// Adds another bill (one generation's, say) to this one.
+    fn add(&mut self, other: &Billed) {
+        self.calls += other.calls;
+        self.input_tokens += other.input_tokens;
+        self.output_tokens += other.output_tokens;
+        self.cache_read_tokens += other.cache_read_tokens;
+        self.cache_write_tokens += other.cache_write_tokens;
+        self.cache_write_1h_tokens += other.cache_write_1h_tokens;
+    }
+
     /// What was billed, as the gateway's usage: cache writes reported by TTL, as Bedrock does.
     pub fn usage(&self) -> budget::Usage {
         budget::Usage {
@@ -705,14 +715,16 @@ async fn generate(
         "end_turn"
     };
     {
+        let call = Billed {
+            calls: 1,
+            input_tokens: input,
+            output_tokens: output,
+            cache_read_tokens: cache_read,
+            cache_write_tokens: cache_write,
+            cache_write_1h_tokens: cache_write_1h,
+        };
         let mut billed = shared.billed.lock().expect("stub lock");
-        let b = billed.entry(model_id.clone()).or_default();
-        b.calls += 1;
-        b.input_tokens += input;
-        b.output_tokens += output;
-        b.cache_read_tokens += cache_read;
-        b.cache_write_tokens += cache_write;
-        b.cache_write_1h_tokens += cache_write_1h;
+        billed.entry(model_id.clone()).or_default().add(&call);
         let tag = raw["requestMetadata"]
             .as_object()
             .map(|m| {
@@ -725,13 +737,7 @@ async fn generate(
             })
             .unwrap_or_default();
         let mut by = shared.by_metadata.lock().expect("stub lock");
-        let t = by.entry(tag).or_default();
-        t.calls += 1;
-        t.input_tokens += input;
-        t.output_tokens += output;
-        t.cache_read_tokens += cache_read;
-        t.cache_write_tokens += cache_write;
-        t.cache_write_1h_tokens += cache_write_1h;
+        by.entry(tag).or_default().add(&call);
     }
     let mut latency = config.latency;
     if let Some(ms) = marker(&texts, "sleep").and_then(|v| v.parse::<u64>().ok()) {
