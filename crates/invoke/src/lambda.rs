@@ -15,6 +15,7 @@ use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMe
 use ledger::{Identity, Ledger};
 use serde_json::Value;
 
+use crate::Error;
 use crate::bedrock::Bedrock;
 use crate::gateway::{
     Admission, Caller, Front, Gateway, Outcome, Reply, read_answer, result_message,
@@ -51,7 +52,7 @@ pub fn call_deadline(deadline_ms: u64) -> Instant {
 /// application's usage plan with it.
 pub trait ApiKeyValues: Send + Sync + 'static {
     /// The value of the API key with ID `key_id`.
-    fn value(&self, key_id: &str) -> impl Future<Output = Result<String, String>> + Send;
+    fn value(&self, key_id: &str) -> impl Future<Output = Result<String, Error>> + Send;
 }
 
 /// [`ApiKeyValues`] through aws-sdk-apigateway (`GetApiKey` with `includeValue`), each value
@@ -72,7 +73,7 @@ impl SdkApiKeys {
 }
 
 impl ApiKeyValues for SdkApiKeys {
-    async fn value(&self, key_id: &str) -> Result<String, String> {
+    async fn value(&self, key_id: &str) -> Result<String, Error> {
         if let Some(v) = self.values.lock().expect("key cache").get(key_id) {
             return Ok(v.clone());
         }
@@ -83,15 +84,16 @@ impl ApiKeyValues for SdkApiKeys {
             .include_value(true)
             .send()
             .await
-            .map_err(|e| {
-                format!(
-                    "GetApiKey `{key_id}`: {}",
-                    aws_sdk_apigateway::error::DisplayErrorContext(&e)
-                )
+            .map_err(|e| Error::Aws {
+                operation: "GetApiKey",
+                target: key_id.to_string(),
+                message: aws_sdk_apigateway::error::DisplayErrorContext(&e).to_string(),
             })?;
-        let value = out
-            .value
-            .ok_or_else(|| format!("GetApiKey `{key_id}` returned no value"))?;
+        let value = out.value.ok_or_else(|| Error::AwsAnswer {
+            operation: "GetApiKey",
+            target: key_id.to_string(),
+            field: "value",
+        })?;
         self.values
             .lock()
             .expect("key cache")
@@ -108,9 +110,9 @@ pub trait Queues: Send + Sync + 'static {
         queue_url: &str,
         body: String,
         delay_seconds: i32,
-    ) -> impl Future<Output = Result<(), String>> + Send;
+    ) -> impl Future<Output = Result<(), Error>> + Send;
     /// The URL of the queue with ARN `queue_arn`.
-    fn url_of(&self, queue_arn: &str) -> impl Future<Output = Result<String, String>> + Send;
+    fn url_of(&self, queue_arn: &str) -> impl Future<Output = Result<String, Error>> + Send;
 }
 
 /// [`Queues`] through aws-sdk-sqs.
@@ -130,7 +132,7 @@ impl SdkQueues {
 }
 
 impl Queues for SdkQueues {
-    async fn send(&self, queue_url: &str, body: String, delay_seconds: i32) -> Result<(), String> {
+    async fn send(&self, queue_url: &str, body: String, delay_seconds: i32) -> Result<(), Error> {
         self.client
             .send_message()
             .queue_url(queue_url)
@@ -139,21 +141,22 @@ impl Queues for SdkQueues {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| {
-                format!(
-                    "SendMessage to `{queue_url}`: {}",
-                    aws_sdk_sqs::error::DisplayErrorContext(&e)
-                )
+            .map_err(|e| Error::Aws {
+                operation: "SendMessage",
+                target: queue_url.to_string(),
+                message: aws_sdk_sqs::error::DisplayErrorContext(&e).to_string(),
             })
     }
 
-    async fn url_of(&self, queue_arn: &str) -> Result<String, String> {
+    async fn url_of(&self, queue_arn: &str) -> Result<String, Error> {
         if let Some(url) = self.urls.lock().expect("url cache").get(queue_arn) {
             return Ok(url.clone());
         }
         let parts: Vec<&str> = queue_arn.split(':').collect();
         let (Some(account), Some(name)) = (parts.get(4), parts.get(5)) else {
-            return Err(format!("`{queue_arn}` is not an SQS queue ARN"));
+            return Err(Error::Queue(format!(
+                "`{queue_arn}` is not an SQS queue ARN"
+            )));
         };
         let out = self
             .client
@@ -162,13 +165,16 @@ impl Queues for SdkQueues {
             .queue_owner_aws_account_id(*account)
             .send()
             .await
-            .map_err(|e| {
-                format!(
-                    "GetQueueUrl `{name}`: {}",
-                    aws_sdk_sqs::error::DisplayErrorContext(&e)
-                )
+            .map_err(|e| Error::Aws {
+                operation: "GetQueueUrl",
+                target: name.to_string(),
+                message: aws_sdk_sqs::error::DisplayErrorContext(&e).to_string(),
             })?;
-        let url = out.queue_url.ok_or("GetQueueUrl returned no URL")?;
+        let url = out.queue_url.ok_or_else(|| Error::AwsAnswer {
+            operation: "GetQueueUrl",
+            target: name.to_string(),
+            field: "URL",
+        })?;
         self.urls
             .lock()
             .expect("url cache")
@@ -234,36 +240,36 @@ pub async fn handle<L: Ledger, B: Bedrock, Q: Queues, K: ApiKeyValues>(
     api_keys: &K,
     event: Value,
     deadline: Instant,
-) -> Result<Value, String> {
+) -> Result<Value, Error> {
     if event.get("tokenfence").and_then(Value::as_str) == Some("sweep") {
-        let expired = gateway.sweep().await.map_err(|e| e.to_string())?;
+        let expired = gateway
+            .sweep()
+            .await
+            .map_err(Error::ledger("sweep expired reservations"))?;
         return Ok(serde_json::json!({ "expired": expired.len() }));
     }
     if is_authorizer_request(&event) {
         let request: ApiGatewayCustomAuthorizerRequestTypeRequest =
             serde_json::from_value(event)
-                .map_err(|e| format!("not an API Gateway REQUEST authorizer event: {e}"))?;
+                .map_err(Error::event("an API Gateway REQUEST authorizer event"))?;
         return authorize(gateway, api_keys, &request).await;
     }
     if event.get("Records").is_some() {
         let event: SqsEvent =
-            serde_json::from_value(event).map_err(|e| format!("not an SQS event: {e}"))?;
+            serde_json::from_value(event).map_err(Error::event("an SQS event"))?;
         // The function's timeout is sized for streams; a batch keeps to its own bound, which
         // the queues' visibility timeout is sized for.
         let deadline = deadline.min(Instant::now() + QUEUE_BATCH);
         let response = handle_sqs(gateway, queues, event, deadline).await;
-        return serde_json::to_value(response).map_err(|e| e.to_string());
+        return Ok(serde_json::to_value(response)?);
     }
     if event.get("requestContext").is_some() && event.get("httpMethod").is_some() {
-        let request: ApiGatewayProxyRequest = serde_json::from_value(event)
-            .map_err(|e| format!("not an API Gateway proxy event: {e}"))?;
+        let request: ApiGatewayProxyRequest =
+            serde_json::from_value(event).map_err(Error::event("an API Gateway proxy event"))?;
         let response = handle_api(gateway, request, deadline).await;
-        return serde_json::to_value(response).map_err(|e| e.to_string());
+        return Ok(serde_json::to_value(response)?);
     }
-    Err(
-        "unsupported event: expected an API Gateway REST proxy event, an SQS event or a sweep"
-            .into(),
-    )
+    Err(Error::UnsupportedEvent)
 }
 
 /// Whether `event` is the REST API's REQUEST authorizer event (`type: REQUEST` with a
@@ -289,9 +295,9 @@ pub async fn authorize<L: Ledger, B: Bedrock, K: ApiKeyValues>(
     gateway: &Gateway<L, B>,
     api_keys: &K,
     request: &ApiGatewayCustomAuthorizerRequestTypeRequest,
-) -> Result<Value, String> {
+) -> Result<Value, Error> {
     let Some(key) = crate::http::presented_key(&request.headers) else {
-        return Err("Unauthorized".into());
+        return Err(Error::Unauthorized);
     };
     let resource = request.method_arn.clone().unwrap_or_default();
     let policy = |effect: &str| {
@@ -316,13 +322,13 @@ pub async fn authorize<L: Ledger, B: Bedrock, K: ApiKeyValues>(
     }
     let issued = match gateway.ledger().key(&ledger::key_digest(key)).await {
         Ok(Some(issued)) => issued,
-        Ok(None) => return Err("Unauthorized".into()),
-        Err(e) => return Err(format!("the ledger could not check the key: {e}")),
+        Ok(None) => return Err(Error::Unauthorized),
+        Err(e) => return Err(Error::ledger("check the key")(e)),
     };
     let config = gateway
         .config(&issued.application)
         .await
-        .map_err(|e| format!("the ledger could not read the application: {e}"))?;
+        .map_err(Error::ledger("read the application"))?;
     let Some(key_id) = config.as_ref().and_then(|c| c.api_key_ids.first()) else {
         tracing::warn!(application = %issued.application, key = %issued.id, "a seat's application has no API key on this API; denied");
         return Ok(serde_json::json!({
@@ -694,11 +700,11 @@ async fn handle_message<L: Ledger, B: Bedrock, Q: Queues>(
     queues: &Q,
     message: SqsMessage,
     deadline: Instant,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let arn = message
         .event_source_arn
         .clone()
-        .ok_or("the message has no eventSourceARN")?;
+        .ok_or_else(|| Error::Queue("the message has no eventSourceARN".into()))?;
     let body = message.body.clone().unwrap_or_default();
     let message_id = message.message_id.clone().unwrap_or_default();
     match queued_admit(gateway, queues, &arn, &message_id, &body, deadline).await? {
@@ -759,24 +765,24 @@ pub async fn queued_admit<L: Ledger, B: Bedrock, Q: Queues>(
     message_id: &str,
     body: &str,
     deadline: Instant,
-) -> Result<QueuedAdmission, String> {
+) -> Result<QueuedAdmission, Error> {
     let arn = queue_arn.to_string();
     let application = gateway
         .ledger()
         .application_for(&Identity::QueueArn(arn.clone()))
         .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("queue `{arn}` belongs to no application"))?;
+        .map_err(Error::ledger("find the queue's application"))?
+        .ok_or_else(|| Error::Queue(format!("queue `{arn}` belongs to no application")))?;
     let config = gateway
         .ledger()
         .budget(&application)
         .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("application `{application}` has no budget"))?;
+        .map_err(Error::ledger("read the application's budget"))?
+        .ok_or_else(|| Error::Queue(format!("application `{application}` has no budget")))?;
     let results = config
         .results_queue_url
         .clone()
-        .ok_or_else(|| format!("application `{application}` has no results queue"))?;
+        .ok_or_else(|| Error::Queue(format!("application `{application}` has no results queue")))?;
     let fallback_id = message_id.to_string();
     let queued: QueuedRequest = match serde_json::from_str(body) {
         Ok(q) => q,
@@ -850,7 +856,7 @@ pub async fn queued_admit<L: Ledger, B: Bedrock, Q: Queues>(
             return Ok(QueuedAdmission::Handled);
         }
     };
-    let request_bytes = serde_json::to_vec(&queued.request).map_err(|e| e.to_string())?;
+    let request_bytes = serde_json::to_vec(&queued.request)?;
     match gateway
         .admit(
             &Caller::application(application.as_str()),
@@ -934,16 +940,15 @@ pub async fn queued_finish<Q: Queues>(
     queues: &Q,
     context: &QueueContext,
     outcome: Outcome,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let results = &context.results_queue_url;
     match outcome {
         Outcome::Reply(reply) => {
             if is_transient(&reply) {
-                return Err(format!(
-                    "transient answer {} `{}`: the message is retried",
-                    reply.status,
-                    error_code(&reply)
-                ));
+                return Err(Error::Transient {
+                    status: reply.status,
+                    code: error_code(&reply),
+                });
             }
             queues
                 .send(
@@ -958,7 +963,9 @@ pub async fn queued_finish<Q: Queues>(
         } => queues.send(results, result, 0).await,
         Outcome::Duplicate { result: None } => Ok(()),
         // Only admission requeues; it re-sends the message itself.
-        Outcome::Requeue { .. } => Err("unexpected requeue after Bedrock answered".into()),
-        Outcome::Stream(_) => Err("unexpected stream on the queue front".into()),
+        Outcome::Requeue { .. } => Err(Error::Unexpected(
+            "unexpected requeue after Bedrock answered",
+        )),
+        Outcome::Stream(_) => Err(Error::Unexpected("unexpected stream on the queue front")),
     }
 }

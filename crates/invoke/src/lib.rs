@@ -9,6 +9,7 @@
 //! workflow steps ([`step`]).
 
 pub mod bedrock;
+pub mod error;
 pub mod gateway;
 pub mod http;
 pub mod lambda;
@@ -17,4 +18,5 @@ pub mod ops;
 pub mod settings;
 pub mod step;
 
+pub use error::Error;
 pub use gateway::{Front, Gateway, LedgerFailurePolicy, Outcome, Reply, Settings};

@@ -98,7 +98,8 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run_lambda() -> Result<(), String> {
-    let (mut settings, table) = invoke::settings::from_env(|k| std::env::var(k).ok())?;
+    let (mut settings, table) =
+        invoke::settings::from_env(|k| std::env::var(k).ok()).map_err(|e| e.to_string())?;
     let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let ledger = Arc::new(DynamoLedger::new(
         aws_sdk_dynamodb::Client::new(&aws),
@@ -122,7 +123,7 @@ async fn run_lambda() -> Result<(), String> {
                     if event.payload.get("action").is_some() {
                         let step: invoke::step::StepEvent =
                             serde_json::from_value(event.payload)
-                                .map_err(|e| format!("not a step event: {e}"))?;
+                                .map_err(invoke::Error::event("a step event"))?;
                         invoke::step::handle(&gateway, queues.as_ref(), step, deadline).await
                     } else {
                         invoke::lambda::handle(
@@ -152,7 +153,7 @@ async fn run_lambda() -> Result<(), String> {
                 if invoke::lambda::is_stream_request(&event.payload) {
                     let streamed =
                         invoke::lambda::handle_stream(gateway, event.payload, deadline).await;
-                    return Ok::<invoke::lambda::LambdaResponse, String>(
+                    return Ok::<invoke::lambda::LambdaResponse, invoke::Error>(
                         lambda_runtime::FunctionResponse::StreamingResponse(streamed),
                     );
                 }

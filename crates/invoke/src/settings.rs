@@ -5,28 +5,34 @@ use std::collections::BTreeMap;
 use budget::config::{BudgetConfig, EnforcementMode, ExceedAction, ModelPrice, UserBudget};
 use spec::{Mode, OnExceed, OnLedgerError, Spec};
 
+use crate::Error;
 use crate::gateway::{LedgerFailurePolicy, Settings};
 
 /// Settings and table name from environment variables (`TOKENFENCE_*`), read through `var`.
-pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<(Settings, String), String> {
-    let table = var("TOKENFENCE_TABLE").ok_or("`TOKENFENCE_TABLE` is not set")?;
+pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<(Settings, String), Error> {
+    const TABLE: &str = "TOKENFENCE_TABLE";
+    const MODELS: &str = "TOKENFENCE_MODELS";
+    const MAX_TOKENS: &str = "TOKENFENCE_DEFAULT_MAX_TOKENS";
+    const ON_LEDGER_ERROR: &str = "TOKENFENCE_ON_LEDGER_ERROR";
+    let table = var(TABLE).ok_or_else(|| Error::setting(TABLE, "is not set"))?;
     let mut settings = Settings::default();
-    if let Some(models) = var("TOKENFENCE_MODELS") {
+    if let Some(models) = var(MODELS) {
         settings.models = serde_json::from_str::<BTreeMap<String, String>>(&models)
-            .map_err(|e| format!("`TOKENFENCE_MODELS` is not a JSON object of strings: {e}"))?;
+            .map_err(|e| Error::setting(MODELS, format!("is not a JSON object of strings: {e}")))?;
     }
-    if let Some(max) = var("TOKENFENCE_DEFAULT_MAX_TOKENS") {
+    if let Some(max) = var(MAX_TOKENS) {
         settings.default_max_tokens = max.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-            format!("`TOKENFENCE_DEFAULT_MAX_TOKENS` is `{max}`, not a positive integer")
+            Error::setting(MAX_TOKENS, format!("is `{max}`, not a positive integer"))
         })?;
     }
-    if let Some(policy) = var("TOKENFENCE_ON_LEDGER_ERROR") {
+    if let Some(policy) = var(ON_LEDGER_ERROR) {
         settings.on_ledger_error = match policy.as_str() {
             "deny" => LedgerFailurePolicy::Deny,
             "allow" => LedgerFailurePolicy::Allow,
             other => {
-                return Err(format!(
-                    "`TOKENFENCE_ON_LEDGER_ERROR` is `{other}`, not `deny` or `allow`"
+                return Err(Error::setting(
+                    ON_LEDGER_ERROR,
+                    format!("is `{other}`, not `deny` or `allow`"),
                 ));
             }
         };
@@ -138,13 +144,17 @@ mod tests {
         assert_eq!(settings.models["haiku"], "anthropic.x");
         assert_eq!(settings.default_max_tokens, 77);
         assert_eq!(settings.on_ledger_error, LedgerFailurePolicy::Allow);
-        assert!(
+        assert_eq!(
             from_env(|k| (k == "TOKENFENCE_TABLE")
                 .then(|| "t".into())
                 .or((k == "TOKENFENCE_ON_LEDGER_ERROR").then(|| "maybe".into())))
             .unwrap_err()
-            .contains("`maybe`")
+            .to_string(),
+            "`TOKENFENCE_ON_LEDGER_ERROR` is `maybe`, not `deny` or `allow`"
         );
-        assert!(from_env(|_| None).unwrap_err().contains("TOKENFENCE_TABLE"));
+        assert_eq!(
+            from_env(|_| None).unwrap_err().to_string(),
+            "`TOKENFENCE_TABLE` is not set"
+        );
     }
 }

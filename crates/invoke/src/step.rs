@@ -20,6 +20,7 @@ use ledger::Ledger;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use crate::Error;
 use crate::bedrock::{BedrockError, SignedBedrock};
 use crate::gateway::{
     Admission, Answered, Caller, Failure, Front, Gateway, Outcome, Reply, Ticket,
@@ -239,7 +240,7 @@ pub async fn handle<L: Ledger, Q: Queues>(
     queues: &Q,
     event: StepEvent,
     deadline: std::time::Instant,
-) -> Result<Value, String> {
+) -> Result<Value, Error> {
     match event {
         StepEvent::Reserve(e) => match e.records {
             Some(records) => reserve_queued(gateway, queues, records, deadline).await,
@@ -311,17 +312,17 @@ async fn reserve_queued<L: Ledger, Q: Queues>(
     queues: &Q,
     records: Vec<SqsMessage>,
     deadline: std::time::Instant,
-) -> Result<Value, String> {
+) -> Result<Value, Error> {
     let [message] = <[SqsMessage; 1]>::try_from(records).map_err(|r| {
-        format!(
+        Error::Queue(format!(
             "the pipe must deliver one message at a time, got {}",
             r.len()
-        )
+        ))
     })?;
     let arn = message
         .event_source_arn
         .clone()
-        .ok_or("the message has no eventSourceARN")?;
+        .ok_or_else(|| Error::Queue("the message has no eventSourceARN".into()))?;
     let id = message.message_id.clone().unwrap_or_default();
     let body = message.body.clone().unwrap_or_default();
     match queued_admit(gateway, queues, &arn, &id, &body, deadline).await? {
@@ -369,7 +370,7 @@ async fn settle<L: Ledger, Q: Queues>(
     gateway: &Gateway<L, StepBedrock>,
     queues: &Q,
     e: SettleEvent,
-) -> Result<Value, String> {
+) -> Result<Value, Error> {
     let called = match (&e.output, &e.error) {
         (Some(output), None) => Ok(from_sfn(output)),
         (_, Some(error)) => Err(error_from_sfn(error)),
@@ -391,7 +392,9 @@ async fn settle<L: Ledger, Q: Queues>(
             queued_finish(queues, &context, outcome).await?;
             Ok(json!({ "next": "done" }))
         }
-        (Front::Queue, None) => Err("a queued request without its queue context".into()),
+        (Front::Queue, None) => Err(Error::Unexpected(
+            "a queued request without its queue context",
+        )),
         (Front::Sync, _) => Ok(match outcome {
             Outcome::Reply(reply) => api_reply(&reply),
             _ => api_reply(&Reply::error(

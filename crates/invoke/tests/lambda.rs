@@ -37,7 +37,12 @@ struct CapturedQueues {
 }
 
 impl Queues for CapturedQueues {
-    async fn send(&self, queue_url: &str, body: String, delay_seconds: i32) -> Result<(), String> {
+    async fn send(
+        &self,
+        queue_url: &str,
+        body: String,
+        delay_seconds: i32,
+    ) -> Result<(), invoke::Error> {
         self.sent.lock().unwrap().push((
             queue_url.to_string(),
             serde_json::from_str(&body).unwrap(),
@@ -45,7 +50,7 @@ impl Queues for CapturedQueues {
         ));
         Ok(())
     }
-    async fn url_of(&self, queue_arn: &str) -> Result<String, String> {
+    async fn url_of(&self, queue_arn: &str) -> Result<String, invoke::Error> {
         assert_eq!(queue_arn, QUEUE_ARN);
         Ok(REQUESTS.to_string())
     }
@@ -56,7 +61,7 @@ impl Queues for CapturedQueues {
 struct NoSeats;
 
 impl invoke::lambda::ApiKeyValues for NoSeats {
-    async fn value(&self, key_id: &str) -> Result<String, String> {
+    async fn value(&self, key_id: &str) -> Result<String, invoke::Error> {
         panic!("no event here carries a seat's key, yet the value of `{key_id}` was asked for")
     }
 }
@@ -526,7 +531,7 @@ async fn unknown_events_are_errors() {
     )
     .await
     .unwrap_err();
-    assert!(err.contains("unsupported event"));
+    assert!(matches!(err, invoke::Error::UnsupportedEvent), "{err}");
 }
 
 /// The REST API's REQUEST authorizer hands API Gateway the key the caller presented, as a bearer
@@ -565,7 +570,8 @@ async fn the_authorizer_passes_bearer_and_header_keys_to_usage_plans() {
     let err = handle(&*env.gateway, &env.queues, &NoSeats, none, soon())
         .await
         .unwrap_err();
-    assert_eq!(err, "Unauthorized");
+    assert!(matches!(err, invoke::Error::Unauthorized), "{err}");
+    assert_eq!(err.to_string(), "Unauthorized");
 }
 
 /// A proxy event for `POST /model/micro/{op}` with `body`.
