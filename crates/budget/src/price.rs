@@ -73,6 +73,15 @@ impl Price {
         })
     }
 
+    /// The dearest price of any one token this price bills: output, input, cache reads or cache
+    /// writes of either TTL. What a token limit costs at most.
+    pub fn dearest(&self) -> u64 {
+        self.output
+            .max(self.input)
+            .max(self.cache_read)
+            .max(self.one_hour_write())
+    }
+
     /// The one-hour write price where there is one, never below the five-minute one.
     fn one_hour_write(&self) -> u64 {
         self.cache_write_1h

@@ -620,14 +620,16 @@ pub fn bedrock_caps(spec: &Spec) -> Vec<BedrockCap> {
             if let spec::OnExceed::Fallback { model } = &app.on_exceed {
                 aliases.push(model);
             }
-            // The dearest token any of its models bills, per million, in micro-USD.
+            // The dearest token any of its models bills in any tier it has a price for, per
+            // million, in micro-USD: a request chooses its tier and its cache TTL.
             let dearest = aliases.iter().try_fold(0u64, |acc, alias| {
-                let p = spec.models.get(*alias)?.price?;
+                let def = spec.models.get(*alias)?;
+                let standard = def.price?.dearest();
                 Some(
-                    acc.max(p.input)
-                        .max(p.output)
-                        .max(p.cache_read)
-                        .max(p.cache_write),
+                    def.tiers
+                        .values()
+                        .map(|p| p.dearest())
+                        .fold(acc.max(standard), u64::max),
                 )
             });
             let mut best: Option<(u64, String)> = None;
@@ -1063,6 +1065,22 @@ mod tests {
         )
         .unwrap();
         assert_eq!(e.bedrock_total_micros, Some(307_136_000));
+    }
+
+    #[test]
+    fn token_caps_price_the_dearest_tier_and_cache_write() {
+        // Sonnet 4's standard output is $15/M; the spec's priority tier charges $18.75/M.
+        let tiered = "version: 1\nname: demo\nmodels:\n  sonnet:\n    id: anthropic.claude-sonnet-4-20250514-v1:0\n    price:\n      input: 3\n      output: 15\n      tiers:\n        priority: { input: 3.75, output: 18.75 }\napplications:\n  chat:\n    models: [sonnet]\n    limits:\n      - { window: month, tokens: 1000000 }\n";
+        let caps = bedrock_caps(&spec(tiered));
+        assert_eq!(caps[0].monthly_max_micros, Some(18_750_000));
+        assert_eq!(
+            caps[0].bound_by,
+            "month token limit at its dearest model's price"
+        );
+        // A spec price whose one-hour cache write is its dearest token: $40/M against $30/M out.
+        let cached = "version: 1\nname: demo\nmodels:\n  sonnet:\n    id: anthropic.claude-sonnet-4-20250514-v1:0\n    price: { input: 3, output: 30, cache_write_1h: 40 }\napplications:\n  chat:\n    models: [sonnet]\n    limits:\n      - { window: month, tokens: 1000000 }\n";
+        let caps = bedrock_caps(&spec(cached));
+        assert_eq!(caps[0].monthly_max_micros, Some(40_000_000));
     }
 
     #[test]
