@@ -218,26 +218,21 @@ impl DynamoLedger {
     ) -> Result<Vec<HashMap<String, AttributeValue>>, LedgerError> {
         let mut items = Vec::new();
         for shard in 0..OPEN_SHARDS {
-            let mut start: Option<HashMap<String, AttributeValue>> = None;
-            loop {
-                let out = self
-                    .client
-                    .query()
-                    .table_name(&self.table)
-                    .index_name(OPEN_INDEX)
-                    .key_condition_expression("open_shard = :shard AND hold_until < :before")
-                    .expression_attribute_values(":shard", s(format!("open#{shard}")))
-                    .expression_attribute_values(":before", n(before))
-                    .set_exclusive_start_key(start.take())
-                    .send()
-                    .await
-                    .map_err(|e| unavailable("Query", &e))?;
-                items.extend(out.items.unwrap_or_default());
-                match out.last_evaluated_key {
-                    Some(key) if !key.is_empty() => start = Some(key),
-                    _ => break,
-                }
-            }
+            let shard_items: Vec<_> = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(OPEN_INDEX)
+                .key_condition_expression("open_shard = :shard AND hold_until < :before")
+                .expression_attribute_values(":shard", s(format!("open#{shard}")))
+                .expression_attribute_values(":before", n(before))
+                .into_paginator()
+                .items()
+                .send()
+                .collect::<Result<_, _>>()
+                .await
+                .map_err(|e| unavailable("Query", &e))?;
+            items.extend(shard_items);
         }
         Ok(items)
     }
@@ -249,27 +244,19 @@ impl DynamoLedger {
         pk: String,
         prefix: &str,
     ) -> Result<Vec<HashMap<String, AttributeValue>>, LedgerError> {
-        let mut items = Vec::new();
-        let mut start: Option<HashMap<String, AttributeValue>> = None;
-        loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
-                .expression_attribute_values(":pk", s(&pk))
-                .expression_attribute_values(":prefix", s(prefix))
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| unavailable("Query", &e))?;
-            items.extend(out.items.unwrap_or_default());
-            match out.last_evaluated_key {
-                Some(key) if !key.is_empty() => start = Some(key),
-                _ => return Ok(items),
-            }
-        }
+        self.client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+            .expression_attribute_values(":pk", s(&pk))
+            .expression_attribute_values(":prefix", s(prefix))
+            .consistent_read(true)
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Result<_, _>>()
+            .await
+            .map_err(|e| unavailable("Query", &e))
     }
 
     /// Every user counter of `application`: the user, its window occurrence's key
@@ -300,30 +287,25 @@ impl DynamoLedger {
     /// Every application's budget configuration in the table, ordered by application (a paginated
     /// scan: for reports, not for the request path).
     pub async fn budgets(&self) -> Result<Vec<BudgetConfig>, LedgerError> {
-        let mut configs = Vec::new();
-        let mut start: Option<HashMap<String, AttributeValue>> = None;
-        loop {
-            let out = self
-                .client
-                .scan()
-                .table_name(&self.table)
-                .filter_expression("sk = :config")
-                .expression_attribute_values(":config", s("config"))
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| unavailable("Scan", &e))?;
-            for item in out.items.unwrap_or_default() {
-                let pk = match item.get("pk") {
-                    Some(AttributeValue::S(pk)) => pk.clone(),
-                    _ => "?".to_string(),
-                };
-                configs.push(decode_config(&format!("{pk}/config"), &item)?);
-            }
-            match out.last_evaluated_key {
-                Some(key) if !key.is_empty() => start = Some(key),
-                _ => break,
-            }
+        let items: Vec<HashMap<String, AttributeValue>> = self
+            .client
+            .scan()
+            .table_name(&self.table)
+            .filter_expression("sk = :config")
+            .expression_attribute_values(":config", s("config"))
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Result<_, _>>()
+            .await
+            .map_err(|e| unavailable("Scan", &e))?;
+        let mut configs = Vec::with_capacity(items.len());
+        for item in items {
+            let pk = match item.get("pk") {
+                Some(AttributeValue::S(pk)) => pk.clone(),
+                _ => "?".to_string(),
+            };
+            configs.push(decode_config(&format!("{pk}/config"), &item)?);
         }
         configs.sort_by(|a, b| a.application.cmp(&b.application));
         Ok(configs)

@@ -597,30 +597,24 @@ pub async fn fetch(
                         .build()
                 })
                 .collect();
-            let mut next: Option<String> = None;
-            loop {
-                let out = cw
-                    .get_metric_data()
-                    .set_metric_data_queries(Some(built.clone()))
-                    .start_time(aws_sdk_cloudwatch::primitives::DateTime::from_secs(start))
-                    .end_time(aws_sdk_cloudwatch::primitives::DateTime::from_secs(end))
-                    .set_next_token(next.take())
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        ReportError::Metrics(format!(
-                            "{}",
-                            aws_sdk_cloudwatch::error::DisplayErrorContext(&e)
-                        ))
-                    })?;
+            let mut pages = cw
+                .get_metric_data()
+                .set_metric_data_queries(Some(built))
+                .start_time(aws_sdk_cloudwatch::primitives::DateTime::from_secs(start))
+                .end_time(aws_sdk_cloudwatch::primitives::DateTime::from_secs(end))
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                let out = page.map_err(|e| {
+                    ReportError::Metrics(format!(
+                        "{}",
+                        aws_sdk_cloudwatch::error::DisplayErrorContext(&e)
+                    ))
+                })?;
                 for r in out.metric_data_results.unwrap_or_default() {
                     let Some(id) = r.id else { continue };
                     let total: f64 = r.values.unwrap_or_default().iter().sum();
                     *sums.entry(id).or_insert(0.0) += total;
-                }
-                match out.next_token {
-                    Some(t) if !t.is_empty() => next = Some(t),
-                    _ => break,
                 }
             }
         }
