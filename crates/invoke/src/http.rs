@@ -17,7 +17,7 @@ use axum::routing::{get, post};
 use ledger::Ledger;
 
 use crate::bedrock::Bedrock;
-use crate::gateway::{Caller, Front, Gateway, Outcome, Reply};
+use crate::gateway::{Caller, Front, Gateway, Outcome, Reply, Request};
 use crate::ops::Operation;
 
 /// What `serve` answers for a path it does not know.
@@ -166,18 +166,17 @@ async fn operation<L: Ledger, B: Bedrock>(
     let gateway = Arc::clone(&state.gateway);
     let (opened_tx, opened_rx) = tokio::sync::oneshot::channel::<Response>();
     tokio::spawn(async move {
-        let outcome = gateway
-            .call(
-                &caller,
-                operation,
-                &model,
-                &bytes,
-                &passed,
-                Front::Sync,
-                &new_request_id(),
-                None,
-            )
-            .await;
+        let request_id = new_request_id();
+        let request = Request {
+            caller: &caller,
+            operation,
+            model: &model,
+            body: &bytes,
+            headers: &passed,
+            front: Front::Sync,
+            request_id: &request_id,
+        };
+        let outcome = gateway.call(&request, None).await;
         match outcome {
             Outcome::Stream(opened) => {
                 let (tx, rx) = tokio::sync::mpsc::channel(32);

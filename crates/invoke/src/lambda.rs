@@ -18,7 +18,7 @@ use serde_json::Value;
 use crate::Error;
 use crate::bedrock::Bedrock;
 use crate::gateway::{
-    Admission, Caller, Front, Gateway, Outcome, Reply, read_answer, result_message,
+    Admission, Caller, Front, Gateway, Outcome, Reply, Request, read_answer, result_message,
 };
 use crate::ops::Operation;
 
@@ -389,18 +389,16 @@ impl ApiRequest {
         gateway: &Gateway<L, B>,
         deadline: Instant,
     ) -> Outcome {
-        gateway
-            .call(
-                &self.caller,
-                self.operation,
-                &self.model,
-                &self.body,
-                &self.headers,
-                Front::Sync,
-                &self.reservation_id,
-                Some(deadline),
-            )
-            .await
+        let request = Request {
+            caller: &self.caller,
+            operation: self.operation,
+            model: &self.model,
+            body: &self.body,
+            headers: &self.headers,
+            front: Front::Sync,
+            request_id: &self.reservation_id,
+        };
+        gateway.call(&request, Some(deadline)).await
     }
 }
 
@@ -857,19 +855,17 @@ pub async fn queued_admit<L: Ledger, B: Bedrock, Q: Queues>(
         }
     };
     let request_bytes = serde_json::to_vec(&queued.request)?;
-    match gateway
-        .admit(
-            &Caller::application(application.as_str()),
-            operation,
-            &queued.model_id,
-            &request_bytes,
-            &[],
-            Front::Queue,
-            &request_id,
-            deadline,
-        )
-        .await
-    {
+    let caller = Caller::application(application.as_str());
+    let request = Request {
+        caller: &caller,
+        operation,
+        model: &queued.model_id,
+        body: &request_bytes,
+        headers: &[],
+        front: Front::Queue,
+        request_id: &request_id,
+    };
+    match gateway.admit(&request, deadline).await {
         Admission::Admitted { ticket, shaped } => Ok(QueuedAdmission::Admitted {
             ticket,
             shaped,

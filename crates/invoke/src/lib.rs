@@ -19,4 +19,4 @@ pub mod settings;
 pub mod step;
 
 pub use error::Error;
-pub use gateway::{Front, Gateway, LedgerFailurePolicy, Outcome, Reply, Settings};
+pub use gateway::{Front, Gateway, LedgerFailurePolicy, Outcome, Reply, Request, Settings};

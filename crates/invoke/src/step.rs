@@ -23,7 +23,7 @@ use serde_json::{Map, Value, json};
 use crate::Error;
 use crate::bedrock::{BedrockError, SignedBedrock};
 use crate::gateway::{
-    Admission, Answered, Caller, Failure, Front, Gateway, Outcome, Reply, Ticket,
+    Admission, Answered, Caller, Failure, Front, Gateway, Outcome, Reply, Request, Ticket,
 };
 use crate::lambda::{
     QueueContext, QueuedAdmission, Queues, application_of_key, queued_admit, queued_finish,
@@ -275,19 +275,17 @@ async fn reserve_sync<L: Ledger>(
         application = %application,
         "reserve"
     );
-    match gateway
-        .admit(
-            &Caller::application(application.as_str()),
-            Operation::Converse,
-            &model,
-            &body,
-            &[],
-            Front::Sync,
-            &reservation_id,
-            deadline,
-        )
-        .await
-    {
+    let caller = Caller::application(application.as_str());
+    let request = Request {
+        caller: &caller,
+        operation: Operation::Converse,
+        model: &model,
+        body: &body,
+        headers: &[],
+        front: Front::Sync,
+        request_id: &reservation_id,
+    };
+    match gateway.admit(&request, deadline).await {
         Admission::Admitted { ticket, shaped } => {
             let converse = to_sfn(&shaped.request, &ticket.plan.target);
             json!({

@@ -178,54 +178,31 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
         outcome
     }
 
-    /// Admits a request of `caller` for `model_param` against its application's budgets and its
-    /// user's:
-    /// validates it, plans the model and reserves the worst case (with fallback, shadow and
-    /// queue handling). The caller calls Bedrock and then [`Gateway::complete`]. `deadline`
-    /// bounds the only Bedrock call admission makes: the unreserved one when the ledger is down
-    /// and policy allows it.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn admit(
-        &self,
-        caller: &Caller,
-        operation: Operation,
-        model_param: &str,
-        body: &[u8],
-        headers: &[(String, String)],
-        front: Front,
-        request_id: &str,
-        deadline: Instant,
-    ) -> Admission {
-        match self
-            .admit_inner(
-                caller,
-                operation,
-                model_param,
-                body,
-                headers,
-                front,
-                request_id,
-                deadline,
-            )
-            .await
-        {
+    /// Admits a request against its application's budgets and its user's: validates it, plans
+    /// the model and reserves the worst case (with fallback, shadow and queue handling). The
+    /// caller calls Bedrock and then [`Gateway::complete`]. `deadline` bounds the only Bedrock
+    /// call admission makes: the unreserved one when the ledger is down and policy allows it.
+    pub async fn admit(&self, request: &Request<'_>, deadline: Instant) -> Admission {
+        match self.admit_inner(request, deadline).await {
             Ok(admission) => admission,
             Err(reply) => Admission::Done(Outcome::Reply(reply)),
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) async fn admit_inner(
+    async fn admit_inner(
         &self,
-        caller: &Caller,
-        operation: Operation,
-        model_param: &str,
-        body: &[u8],
-        headers: &[(String, String)],
-        front: Front,
-        request_id: &str,
+        request: &Request<'_>,
         deadline: Instant,
     ) -> Result<Admission, Reply> {
+        let Request {
+            caller,
+            operation,
+            model: model_param,
+            body,
+            headers,
+            front,
+            request_id,
+        } = *request;
         let application = caller.application.as_str();
         ledger::check_request_id(request_id).map_err(|m| field(400, "requestId", &m))?;
         let Some(model) = self.resolve_model(model_param) else {

@@ -138,6 +138,27 @@ impl Caller {
     }
 }
 
+/// One request as a front hands it to the gateway: who asks, for which operation on which
+/// model, with what, and where the answer goes.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// Who is calling, from the caller's authenticated key.
+    pub caller: &'a Caller,
+    /// The operation.
+    pub operation: Operation,
+    /// The model as the caller named it: an alias of the spec or a model ID.
+    pub model: &'a str,
+    /// The body, exactly as the caller sent it.
+    pub body: &'a [u8],
+    /// The caller's headers; `content-type`, `accept` and `x-amzn-bedrock-*` are passed on.
+    pub headers: &'a [(String, String)],
+    /// The front it came through.
+    pub front: Front,
+    /// Its reservation ID: unique per request on the synchronous front, the caller's request ID
+    /// (for deduplication) on the queue.
+    pub request_id: &'a str,
+}
+
 /// The front a request came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Front {
@@ -301,37 +322,33 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
         front: Front,
         request_id: &str,
     ) -> Outcome {
-        self.call(
+        let request = Request {
             caller,
-            Operation::Converse,
-            model_param,
+            operation: Operation::Converse,
+            model: model_param,
             body,
-            &[],
+            headers: &[],
             front,
             request_id,
-            None,
-        )
-        .await
+        };
+        self.call(&request, None).await
     }
 
-    /// Handles a request of `application` for any operation on `model_param` (alias or ID):
-    /// CountTokens is passed through uncharged; the others are admitted, sent and settled. A
-    /// stream Bedrock opened comes back as [`Outcome::Stream`], to relay with [`Gateway::relay`].
-    /// `headers` are the caller's (`content-type`, `accept` and `x-amzn-bedrock-*` are passed
-    /// on). Bedrock gets until `deadline`, or [`Settings::call_timeout`] from the call's start
-    /// ([`Settings::stream_timeout`] for a stream).
-    #[allow(clippy::too_many_arguments)]
-    pub async fn call(
-        &self,
-        caller: &Caller,
-        operation: Operation,
-        model_param: &str,
-        body: &[u8],
-        headers: &[(String, String)],
-        front: Front,
-        request_id: &str,
-        deadline: Option<Instant>,
-    ) -> Outcome {
+    /// Handles a request for any operation: CountTokens is passed through uncharged; the others
+    /// are admitted, sent and settled. A stream Bedrock opened comes back as
+    /// [`Outcome::Stream`], to relay with [`Gateway::relay`]. Bedrock gets until `deadline`, or
+    /// [`Settings::call_timeout`] from the call's start ([`Settings::stream_timeout`] for a
+    /// stream).
+    pub async fn call(&self, request: &Request<'_>, deadline: Option<Instant>) -> Outcome {
+        let Request {
+            caller,
+            operation,
+            model: model_param,
+            body,
+            headers,
+            front,
+            request_id,
+        } = *request;
         let timeout = if operation.streams() {
             self.settings.stream_timeout
         } else {
@@ -350,19 +367,7 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
                 .await,
             );
         }
-        let (ticket, shaped) = match self
-            .admit(
-                caller,
-                operation,
-                model_param,
-                body,
-                headers,
-                front,
-                request_id,
-                call_deadline(),
-            )
-            .await
-        {
+        let (ticket, shaped) = match self.admit(request, call_deadline()).await {
             Admission::Admitted { ticket, shaped } => (ticket, shaped),
             Admission::Done(outcome) => return outcome,
         };
