@@ -101,7 +101,7 @@ impl Rendering {
 
 /// New applications fill a stack to this share of each quota (percent), leaving room for the
 /// applications already in it to grow (alarms, models) without moving.
-const FILL_PERCENT: usize = 80;
+pub const FILL_PERCENT: usize = 80;
 
 /// Renders `spec` as if for the first time.
 pub fn render(spec: &Spec, opts: &RenderOptions) -> Result<Rendering, RenderError> {

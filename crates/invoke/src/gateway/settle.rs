@@ -73,7 +73,7 @@ pub(super) fn refund() -> Settlement {
 impl<L: Ledger, B: Bedrock> Gateway<L, B> {
     /// Settles an admitted request with what Bedrock answered, emits its metrics and builds the
     /// reply: the actual usage when Bedrock reported it; a refund only for the errors that prove
-    /// Bedrock generated nothing ([`BedrockError::refundable`]); the whole reservation for
+    /// Bedrock generated nothing ([`Failure::refundable`]); the whole reservation for
     /// everything else (server errors, timeouts, cut connections, a response without usage).
     pub async fn complete(
         &self,
