@@ -340,32 +340,15 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
     /// [`Settings::call_timeout`] from the call's start ([`Settings::stream_timeout`] for a
     /// stream).
     pub async fn call(&self, request: &Request<'_>, deadline: Option<Instant>) -> Outcome {
-        let Request {
-            caller,
-            operation,
-            model: model_param,
-            body,
-            headers,
-            front,
-            request_id,
-        } = *request;
-        let timeout = if operation.streams() {
+        let (front, request_id) = (request.front, request.request_id);
+        let timeout = if request.operation.streams() {
             self.settings.stream_timeout
         } else {
             self.settings.call_timeout
         };
         let call_deadline = || deadline.unwrap_or_else(|| Instant::now() + timeout);
-        if operation == Operation::CountTokens {
-            return Outcome::Reply(
-                self.count_tokens(
-                    &caller.application,
-                    model_param,
-                    body,
-                    headers,
-                    call_deadline(),
-                )
-                .await,
-            );
+        if request.operation == Operation::CountTokens {
+            return Outcome::Reply(self.count_tokens(request, call_deadline()).await);
         }
         let (ticket, shaped) = match self.admit(request, call_deadline()).await {
             Admission::Admitted { ticket, shaped } => (ticket, shaped),
@@ -421,14 +404,9 @@ impl<L: Ledger, B: Bedrock> Gateway<L, B> {
 
     /// CountTokens, passed through: free, so nothing is reserved, but the caller's key must be
     /// valid and the model one its application may call.
-    async fn count_tokens(
-        &self,
-        application: &str,
-        model_param: &str,
-        body: &[u8],
-        headers: &[(String, String)],
-        deadline: Instant,
-    ) -> Reply {
+    async fn count_tokens(&self, request: &Request<'_>, deadline: Instant) -> Reply {
+        let (application, model_param) = (request.caller.application.as_str(), request.model);
+        let (body, headers) = (request.body, request.headers);
         let Some(model) = self.resolve_model(model_param) else {
             return unknown_model(model_param);
         };
